@@ -1,0 +1,407 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	logging "github.com/ipfs/go-log/v2"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+var log = logging.Logger("p2pkey/consensus")
+
+// Errors returned by Consensus.
+var (
+	ErrNotLeader  = errors.New("consensus: this node is not the leader")
+	ErrNoLeader   = errors.New("consensus: no leader is known")
+	ErrClosed     = errors.New("consensus: closed")
+	ErrNotAllowed = errors.New("consensus: peer is not in the Raft configuration")
+)
+
+// ErrorCodec turns state-machine errors into stable codes and back, so that an
+// error returned by the leader keeps its identity (errors.Is) when a command
+// was forwarded.
+type ErrorCodec interface {
+	Code(err error) string
+	Error(code string) error
+}
+
+// Config configures a Consensus.
+type Config struct {
+	// Host is the libp2p host Raft runs on. Its peer ID is the Raft server ID
+	// and address.
+	Host host.Host
+	// Dir holds raft.db (log and stable store) and snapshots/.
+	Dir string
+	// StateMachine is the replicated state.
+	StateMachine StateMachine
+	// ClusterID returns the cluster ID carried in forwarded commands (rule
+	// S4). It may return "" before the cluster is known.
+	ClusterID func() string
+	// AllowUnconfigured admits Raft streams from peers while this node has no
+	// Raft configuration yet (a joiner waiting for its first AppendEntries).
+	// Once a configuration exists, only its servers are admitted (rule S1).
+	AllowUnconfigured func(peer.ID) bool
+	// Errors maps state-machine errors to codes across forwarding.
+	Errors ErrorCodec
+
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// SnapshotThreshold is how many log entries trigger a snapshot.
+	SnapshotThreshold uint64
+	// MaxPool is how many idle Raft streams are kept per peer.
+	MaxPool int
+	// OnApplied is called after each log command is applied, with its index.
+	OnApplied func(index uint64)
+}
+
+// Consensus is a Raft server over libp2p.
+type Consensus struct {
+	cfg       Config
+	raft      *raft.Raft
+	fsm       *fsm
+	stream    *streamLayer
+	transport *raft.NetworkTransport
+	store     *raftboltdb.BoltStore
+	forward   *forwarder
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New opens the stores in cfg.Dir and starts Raft. A node with existing state
+// resumes from it; a new node waits to be bootstrapped or added.
+func New(cfg Config) (*Consensus, error) {
+	if cfg.Host == nil || cfg.StateMachine == nil || cfg.Dir == "" {
+		return nil, errors.New("consensus: Host, StateMachine and Dir are required")
+	}
+	if cfg.ClusterID == nil {
+		cfg.ClusterID = func() string { return "" }
+	}
+	if cfg.MaxPool == 0 {
+		cfg.MaxPool = defaultMaxPool
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	self := cfg.Host.ID()
+	hl := newHCLogger(log, "peer", self.String())
+
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("open raft store: %w", err)
+	}
+	if err := os.Chmod(filepath.Join(cfg.Dir, "raft.db"), 0o600); err != nil {
+		store.Close()
+		return nil, err
+	}
+	logs, err := raft.NewLogCache(256, store)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hl.Named("snapshots"))
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("open snapshot store: %w", err)
+	}
+
+	c := &Consensus{cfg: cfg, store: store}
+	c.fsm = &fsm{sm: cfg.StateMachine, applied: cfg.OnApplied}
+	c.stream = newStreamLayer(cfg.Host, c.admit)
+	c.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		ServerAddressProvider: addrProvider{},
+		Logger:                hl.Named("transport"),
+		Stream:                c.stream,
+		MaxPool:               cfg.MaxPool,
+		Timeout:               10 * time.Second,
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(self.String())
+	rc.Logger = hl
+	if cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	}
+	if cfg.ElectionTimeout > 0 {
+		rc.ElectionTimeout = cfg.ElectionTimeout
+	}
+	if cfg.LeaderLeaseTimeout > 0 {
+		rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	}
+	if rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
+		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
+	}
+	if cfg.CommitTimeout > 0 {
+		rc.CommitTimeout = cfg.CommitTimeout
+	}
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	rc.NoLegacyTelemetry = true
+	if err := raft.ValidateConfig(rc); err != nil {
+		c.closeTransport()
+		store.Close()
+		return nil, fmt.Errorf("raft config: %w", err)
+	}
+	r, err := raft.NewRaft(rc, c.fsm, logs, store, snaps, c.transport)
+	if err != nil {
+		c.closeTransport()
+		store.Close()
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	c.raft = r
+	c.forward = newForwarder(c)
+	return c, nil
+}
+
+func (c *Consensus) closeTransport() {
+	c.transport.Close()
+	c.stream.Close()
+}
+
+// admit is the S1 gate: a peer may open a Raft stream only if it is a server
+// in the latest Raft configuration, or, while this node has none yet, if
+// AllowUnconfigured admits it.
+func (c *Consensus) admit(p peer.ID) bool {
+	if c.raft == nil {
+		return false
+	}
+	servers := c.raft.GetConfiguration().Configuration().Servers
+	if len(servers) == 0 {
+		return c.cfg.AllowUnconfigured != nil && c.cfg.AllowUnconfigured(p)
+	}
+	id := raft.ServerID(p.String())
+	for _, s := range servers {
+		if s.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// InConfiguration reports whether p is a server in the latest configuration.
+func (c *Consensus) InConfiguration(p peer.ID) bool {
+	id := raft.ServerID(p.String())
+	for _, s := range c.raft.GetConfiguration().Configuration().Servers {
+		if s.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// RefusedStreams reports how many Raft streams the S1 gate refused.
+func (c *Consensus) RefusedStreams() uint64 { return c.stream.Refused() }
+
+// HasState reports whether dir already holds Raft state, so a restart needs
+// neither bootstrap nor join.
+func HasState(dir string) (bool, error) {
+	path := filepath.Join(dir, "raft.db")
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: path})
+	if err != nil {
+		return false, err
+	}
+	defer store.Close()
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, newHCLogger(log))
+	if err != nil {
+		return false, err
+	}
+	return raft.HasExistingState(store, store, snaps)
+}
+
+// Bootstrap makes this node the single voter of a new cluster.
+func (c *Consensus) Bootstrap() error {
+	self := c.cfg.Host.ID().String()
+	f := c.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+		Suffrage: raft.Voter,
+		ID:       raft.ServerID(self),
+		Address:  raft.ServerAddress(self),
+	}}})
+	return f.Error()
+}
+
+// ID returns this server's peer ID.
+func (c *Consensus) ID() peer.ID { return c.cfg.Host.ID() }
+
+// IsLeader reports whether this node is the leader.
+func (c *Consensus) IsLeader() bool { return c.raft.State() == raft.Leader }
+
+// Leader returns the current leader, or "" if none is known.
+func (c *Consensus) Leader() peer.ID {
+	_, id := c.raft.LeaderWithID()
+	if id == "" {
+		return ""
+	}
+	p, err := peer.Decode(string(id))
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+// State returns "Leader", "Follower", "Candidate" or "Shutdown".
+func (c *Consensus) State() string { return c.raft.State().String() }
+
+// Stats returns Raft's own statistics (term, indexes, ...).
+func (c *Consensus) Stats() map[string]string { return c.raft.Stats() }
+
+// AppliedIndex returns the index of the last entry applied to the FSM.
+func (c *Consensus) AppliedIndex() uint64 { return c.raft.AppliedIndex() }
+
+// Server describes one member of the Raft configuration.
+type Server struct {
+	ID    peer.ID
+	Voter bool
+}
+
+// Servers returns the latest Raft configuration, sorted as Raft keeps it.
+func (c *Consensus) Servers() []Server {
+	cfg := c.raft.GetConfiguration().Configuration()
+	out := make([]Server, 0, len(cfg.Servers))
+	for _, s := range cfg.Servers {
+		p, err := peer.Decode(string(s.ID))
+		if err != nil {
+			continue
+		}
+		out = append(out, Server{ID: p, Voter: s.Suffrage == raft.Voter})
+	}
+	return out
+}
+
+// View runs fn with the state machine locked against concurrent Apply, for
+// consistent reads of local state.
+func (c *Consensus) View(fn func(StateMachine)) { c.fsm.View(fn) }
+
+// Apply replicates cmd and returns the state machine's result. On a follower
+// it forwards cmd to the leader. Raft's error and the state machine's error
+// come back as one error.
+func (c *Consensus) Apply(ctx context.Context, cmd []byte) ([]byte, error) {
+	res, _, err := c.ApplyIndex(ctx, cmd)
+	return res, err
+}
+
+// ApplyIndex is Apply that also returns the log index of the entry.
+func (c *Consensus) ApplyIndex(ctx context.Context, cmd []byte) ([]byte, uint64, error) {
+	for {
+		if c.IsLeader() {
+			res, idx, err := c.applyLocal(ctx, cmd)
+			if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+				return res, idx, err
+			}
+		} else if leader := c.Leader(); leader != "" {
+			res, idx, err := c.forward.send(ctx, leader, cmd)
+			if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) {
+				return res, idx, err
+			}
+		}
+		// No usable leader right now: wait for one, bounded by ctx.
+		select {
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// applyLocal applies on this node, which must be the leader. It is the one
+// place that merges ApplyFuture.Error() and the FSM's response (STYLE 7).
+func (c *Consensus) applyLocal(ctx context.Context, cmd []byte) ([]byte, uint64, error) {
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return nil, 0, ctx.Err()
+		}
+	}
+	f := c.raft.Apply(EncodeEntry(cmd), timeout)
+	if err := f.Error(); err != nil {
+		return nil, 0, err
+	}
+	r, ok := f.Response().(applyResult)
+	if !ok {
+		return nil, f.Index(), fmt.Errorf("consensus: unexpected FSM response %T", f.Response())
+	}
+	return r.result, f.Index(), r.err
+}
+
+// Barrier waits until every entry committed before the call is applied
+// locally. Only the leader can issue it.
+func (c *Consensus) Barrier(timeout time.Duration) error { return c.raft.Barrier(timeout).Error() }
+
+// WaitApplied waits until the local FSM has applied index.
+func (c *Consensus) WaitApplied(ctx context.Context, index uint64) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for c.raft.AppliedIndex() < index {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// AddNonvoter adds p as a non-voting server. Leader only.
+func (c *Consensus) AddNonvoter(p peer.ID, timeout time.Duration) error {
+	id := raft.ServerID(p.String())
+	return c.leaderErr(c.raft.AddNonvoter(id, raft.ServerAddress(id), 0, timeout).Error())
+}
+
+// AddVoter adds p as a voter, or promotes it if it is a non-voter. Leader only.
+func (c *Consensus) AddVoter(p peer.ID, timeout time.Duration) error {
+	id := raft.ServerID(p.String())
+	return c.leaderErr(c.raft.AddVoter(id, raft.ServerAddress(id), 0, timeout).Error())
+}
+
+// RemoveServer takes p out of the configuration. Leader only.
+func (c *Consensus) RemoveServer(p peer.ID, timeout time.Duration) error {
+	return c.leaderErr(c.raft.RemoveServer(raft.ServerID(p.String()), 0, timeout).Error())
+}
+
+func (c *Consensus) leaderErr(err error) error {
+	if errors.Is(err, raft.ErrNotLeader) {
+		return ErrNotLeader
+	}
+	return err
+}
+
+// LeaderCh reports leadership changes of this node.
+func (c *Consensus) LeaderCh() <-chan bool { return c.raft.LeaderCh() }
+
+// Snapshot forces a snapshot now.
+func (c *Consensus) Snapshot() error { return c.raft.Snapshot().Error() }
+
+// Close shuts Raft down and releases the stores and the protocol handlers.
+func (c *Consensus) Close() error {
+	c.closeOnce.Do(func() {
+		c.forward.close()
+		err := c.raft.Shutdown().Error()
+		c.closeTransport()
+		if cerr := c.store.Close(); err == nil {
+			err = cerr
+		}
+		c.closeErr = err
+	})
+	return c.closeErr
+}
+
+type addrProvider struct{}
+
+func (addrProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	return raft.ServerAddress(id), nil
+}

@@ -1,0 +1,296 @@
+package consensus
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// listSM is a StateMachine for tests: it appends every command to a list and
+// refuses commands that start with "bad".
+type listSM struct {
+	mu      sync.Mutex
+	entries [][]byte
+}
+
+var errBad = errors.New("test: bad command")
+
+func (s *listSM) Apply(cmd []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if bytes.HasPrefix(cmd, []byte("bad")) {
+		return nil, errBad
+	}
+	if bytes.HasPrefix(cmd, []byte("panic")) {
+		panic("test panic")
+	}
+	s.entries = append(s.entries, append([]byte(nil), cmd...))
+	return binary.BigEndian.AppendUint64(nil, uint64(len(s.entries))), nil
+}
+
+func (s *listSM) Snapshot() ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b []byte
+	for _, e := range s.entries {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(e)))
+		b = append(b, e...)
+	}
+	return b, nil
+}
+
+func (s *listSM) Restore(data []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entries = nil
+	for len(data) > 0 {
+		if len(data) < 4 {
+			return errors.New("short snapshot")
+		}
+		n := binary.BigEndian.Uint32(data)
+		data = data[4:]
+		if uint32(len(data)) < n {
+			return errors.New("short snapshot")
+		}
+		s.entries = append(s.entries, data[:n])
+		data = data[n:]
+	}
+	return nil
+}
+
+func (s *listSM) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.entries)
+}
+
+type testCodec struct{}
+
+func (testCodec) Code(err error) string {
+	if errors.Is(err, errBad) {
+		return "test.bad"
+	}
+	return ""
+}
+
+func (testCodec) Error(code string) error {
+	if code == "test.bad" {
+		return errBad
+	}
+	return nil
+}
+
+// testNode is one member of a test cluster.
+type testNode struct {
+	dir  string
+	host host.Host
+	sm   *listSM
+	c    *Consensus
+	// allow admits the test cluster's peers while this node is unconfigured,
+	// as the node package does with the members named in a join response.
+	allow func(peer.ID) bool
+}
+
+// cluster is a set of real libp2p hosts on loopback running real Raft with
+// real bolt stores in temp dirs.
+type cluster struct {
+	t     testing.TB
+	nodes []*testNode
+}
+
+func newHost(t testing.TB) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func fastConfig(n *testNode) Config {
+	return Config{
+		Host:               n.host,
+		Dir:                n.dir,
+		StateMachine:       n.sm,
+		ClusterID:          func() string { return "test-cluster" },
+		Errors:             testCodec{},
+		HeartbeatTimeout:   300 * time.Millisecond,
+		ElectionTimeout:    300 * time.Millisecond,
+		LeaderLeaseTimeout: 150 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		AllowUnconfigured:  n.allow,
+	}
+}
+
+// newCluster starts n nodes; node 0 bootstraps and the rest are added as
+// voters (non-voter first, then promoted).
+func newCluster(t testing.TB, n int) *cluster {
+	t.Helper()
+	cl := &cluster{t: t}
+	for i := 0; i < n; i++ {
+		cl.nodes = append(cl.nodes, &testNode{dir: t.TempDir(), host: newHost(t), sm: &listSM{}})
+	}
+	for _, a := range cl.nodes {
+		for _, b := range cl.nodes {
+			if a != b {
+				a.host.Peerstore().AddAddrs(b.host.ID(), b.host.Addrs(), time.Hour)
+			}
+		}
+	}
+	for _, nd := range cl.nodes {
+		nd.allow = cl.isNode
+		cl.start(nd)
+	}
+	t.Cleanup(cl.close)
+	if err := cl.nodes[0].c.Bootstrap(); err != nil {
+		t.Fatal(err)
+	}
+	cl.waitLeader(cl.nodes[:1])
+	for _, nd := range cl.nodes[1:] {
+		leader := cl.nodes[0].c
+		if err := leader.AddNonvoter(nd.host.ID(), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := leader.AddVoter(nd.host.ID(), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "every node to see the full configuration", 10*time.Second, func() bool {
+		for _, nd := range cl.nodes {
+			if len(nd.c.Servers()) != n {
+				return false
+			}
+		}
+		return true
+	})
+	return cl
+}
+
+func (cl *cluster) start(nd *testNode) {
+	cl.t.Helper()
+	c, err := New(fastConfig(nd))
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	nd.c = c
+}
+
+func (cl *cluster) isNode(p peer.ID) bool {
+	for _, nd := range cl.nodes {
+		if nd.host.ID() == p {
+			return true
+		}
+	}
+	return false
+}
+
+func (cl *cluster) close() {
+	for _, nd := range cl.nodes {
+		if nd.c != nil {
+			nd.c.Close()
+		}
+		nd.host.Close()
+	}
+}
+
+// kill stops node i's Raft and closes its host.
+func (cl *cluster) kill(i int) {
+	nd := cl.nodes[i]
+	nd.c.Close()
+	nd.c = nil
+	nd.host.Close()
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitLeader waits until all live nodes among nodes agree on one leader, and
+// returns it.
+func (cl *cluster) waitLeader(nodes []*testNode) peer.ID {
+	cl.t.Helper()
+	var leader peer.ID
+	waitFor(cl.t, "an agreed leader", 15*time.Second, func() bool {
+		leader = ""
+		for _, nd := range nodes {
+			if nd.c == nil {
+				continue
+			}
+			l := nd.c.Leader()
+			if l == "" || (leader != "" && l != leader) {
+				return false
+			}
+			leader = l
+		}
+		return leader != ""
+	})
+	return leader
+}
+
+func (cl *cluster) live() []*testNode {
+	var out []*testNode
+	for _, nd := range cl.nodes {
+		if nd.c != nil {
+			out = append(out, nd)
+		}
+	}
+	return out
+}
+
+func (cl *cluster) byID(p peer.ID) *testNode {
+	for _, nd := range cl.nodes {
+		if nd.host.ID() == p {
+			return nd
+		}
+	}
+	cl.t.Fatalf("no node %s", p)
+	return nil
+}
+
+func apply(t testing.TB, c *Consensus, cmd string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := c.Apply(ctx, []byte(cmd))
+	if err != nil {
+		t.Fatalf("apply %q: %v", cmd, err)
+	}
+	return res
+}
+
+func term(c *Consensus) string { return c.Stats()["term"] }
+
+func fmtIDs(nodes []*testNode) string {
+	s := ""
+	for _, n := range nodes {
+		s += fmt.Sprintf("%s ", n.host.ID())
+	}
+	return s
+}
+
+func newHostWithKey(t testing.TB, priv crypto.PrivKey) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.Identity(priv), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}

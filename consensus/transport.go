@@ -1,0 +1,155 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"golang.org/x/time/rate"
+)
+
+// RaftProtocol carries Raft RPCs. Its version changes whenever the framing
+// does (rule S6). It is deliberately not go-libp2p-raft's "/raft/1.0.0/rpc",
+// so a p2pkey node never talks Raft with an unrelated application.
+const RaftProtocol protocol.ID = "/p2pkey/raft/1.0.0"
+
+// raftServiceName names the resource-manager scope of Raft streams.
+const raftServiceName = "p2pkey.raft"
+
+// defaultMaxPool is how many idle streams the transport keeps per peer. Every
+// RPC on a fresh stream costs two 256 KiB buffers at each end; pooling makes an
+// idle cluster's heartbeats nearly free. go-libp2p-raft uses 0.
+const defaultMaxPool = 3
+
+// gate decides whether a remote peer may open a Raft stream (rule S1).
+type gate func(peer.ID) bool
+
+// streamLayer implements raft.StreamLayer over libp2p streams. Unlike
+// go-libp2p-raft's, it refuses streams from peers the gate does not admit
+// before Raft reads a byte, and it dials over limited (relayed) connections.
+type streamLayer struct {
+	host    host.Host
+	allow   gate
+	streams chan network.Stream
+	ctx     context.Context
+	cancel  context.CancelFunc
+
+	refusedLog *rate.Limiter
+	mu         sync.Mutex
+	refused    uint64
+}
+
+func newStreamLayer(h host.Host, allow gate) *streamLayer {
+	ctx, cancel := context.WithCancel(context.Background())
+	sl := &streamLayer{
+		host:       h,
+		allow:      allow,
+		streams:    make(chan network.Stream),
+		ctx:        ctx,
+		cancel:     cancel,
+		refusedLog: rate.NewLimiter(rate.Every(time.Second), 5),
+	}
+	h.SetStreamHandler(RaftProtocol, sl.handle)
+	return sl
+}
+
+func (sl *streamLayer) handle(s network.Stream) {
+	remote := s.Conn().RemotePeer()
+	if !sl.allow(remote) {
+		sl.mu.Lock()
+		sl.refused++
+		n := sl.refused
+		sl.mu.Unlock()
+		if sl.refusedLog.Allow() {
+			log.Warnw("refused Raft stream from a peer outside the Raft configuration", "peer", remote, "addr", s.Conn().RemoteMultiaddr(), "refused_total", n)
+		}
+		s.Reset()
+		return
+	}
+	if err := s.Scope().SetService(raftServiceName); err != nil {
+		log.Debugw("raft stream: resource scope", "peer", remote, "err", err)
+		s.Reset()
+		return
+	}
+	select {
+	case sl.streams <- s:
+	case <-sl.ctx.Done():
+		s.Reset()
+	}
+}
+
+// Refused reports how many Raft streams the gate has refused.
+func (sl *streamLayer) Refused() uint64 {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	return sl.refused
+}
+
+// Dial opens a Raft stream to the peer whose ID is address.
+func (sl *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	pid, err := peer.Decode(string(address))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(sl.ctx, timeout)
+	defer cancel()
+	ctx = network.WithAllowLimitedConn(ctx, "p2pkey-raft")
+	s, err := sl.host.NewStream(ctx, pid, RaftProtocol)
+	if err != nil {
+		return nil, err
+	}
+	return &streamConn{Stream: s}, nil
+}
+
+// Accept waits for the next admitted Raft stream.
+func (sl *streamLayer) Accept() (net.Conn, error) {
+	select {
+	case s := <-sl.streams:
+		return &streamConn{Stream: s}, nil
+	case <-sl.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting streams.
+func (sl *streamLayer) Close() error {
+	sl.host.RemoveStreamHandler(RaftProtocol)
+	sl.cancel()
+	return nil
+}
+
+// Addr returns the local peer ID as a net.Addr.
+func (sl *streamLayer) Addr() net.Addr { return peerAddr(sl.host.ID()) }
+
+// streamConn makes a libp2p stream a net.Conn.
+type streamConn struct{ network.Stream }
+
+func (c *streamConn) LocalAddr() net.Addr  { return peerAddr(c.Conn().LocalPeer()) }
+func (c *streamConn) RemoteAddr() net.Addr { return peerAddr(c.Conn().RemotePeer()) }
+
+// Close closes the stream; Raft closes pooled conns it no longer wants, and a
+// reset is the honest signal for a conn that failed mid-RPC, which Raft also
+// closes. A full close would wait for the peer's half, so reset instead when
+// a plain close fails.
+func (c *streamConn) Close() error {
+	if err := c.Stream.Close(); err != nil {
+		c.Stream.Reset()
+		if errors.Is(err, network.ErrReset) {
+			return nil
+		}
+		return err
+	}
+	return nil
+}
+
+type peerAddr peer.ID
+
+func (a peerAddr) Network() string { return "libp2p" }
+func (a peerAddr) String() string  { return peer.ID(a).String() }

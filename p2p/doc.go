@@ -1,0 +1,11 @@
+// Package p2p builds the libp2p host a p2pkey node runs on.
+//
+// It owns the node's persisted Ed25519 identity, the transports (TCP and QUIC
+// on IPv4 and IPv6), the security handshakes (Noise and TLS), the resource
+// manager, and the connection manager that protects cluster members from
+// trimming. It also routes go-libp2p's slog output into go-log/v2, so the
+// GOLOG_* environment variables govern every log line the process writes.
+//
+// It must not know about Raft, the custody ledger or shares: those packages
+// take the host.Host this package returns and register their own protocols.
+package p2p
