@@ -1,0 +1,146 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/node/pb"
+	"github.com/p2pkey/p2pkey/p2p"
+)
+
+// Invite issues a single-use invite that expires after ttl (the configured
+// InviteTTL when ttl is 0). Only the hash of its secret is recorded in the
+// ledger. The token carries the cluster ID and the addresses of live members.
+func (n *Node) Invite(ctx context.Context, ttl time.Duration) (string, error) {
+	if ttl <= 0 {
+		ttl = n.cfg.InviteTTL
+	}
+	clusterID := n.ClusterID()
+	if clusterID == "" {
+		return "", ErrNotReady
+	}
+	now := time.Now()
+	inv, err := newInvite(clusterID, ttl, n.inviteAddrs(), now)
+	if err != nil {
+		return "", err
+	}
+	if err := n.apply(ctx, generations.NewAddInvite(inv.Hash(), inv.ExpiresAt, n.host.ID(), now)); err != nil {
+		return "", fmt.Errorf("record invite: %w", err)
+	}
+	log.Infow("issued invite", "expires", inv.ExpiresAt.Format(time.RFC3339))
+	return inv.Encode(), nil
+}
+
+// inviteAddrs lists this node's addresses first, then those of the other
+// active members, so the joiner can dial whoever is up.
+func (n *Node) inviteAddrs() []string {
+	addrs := p2p.AddrInfoStrings(n.host)
+	for _, m := range n.memberPeers() {
+		id, err := peer.IDFromBytes(m.GetId())
+		if err != nil || id == n.host.ID() {
+			continue
+		}
+		addrs = append(addrs, m.GetAddrs()...)
+	}
+	if len(addrs) > 32 {
+		addrs = addrs[:32]
+	}
+	return addrs
+}
+
+// memberPeers returns the active and joining members with full /p2p/
+// addresses, from the ledger and the peerstore.
+func (n *Node) memberPeers() []*pb.Peer {
+	var members []generations.Member
+	n.view(func(l *generations.Ledger) { members = l.Members() })
+	var out []*pb.Peer
+	for _, m := range members {
+		if m.Status != generations.StatusActive && m.Status != generations.StatusJoining {
+			continue
+		}
+		var addrs []string
+		if m.ID == n.host.ID() {
+			addrs = p2p.AddrInfoStrings(n.host)
+		} else {
+			addrs = m.Addrs
+			if len(addrs) == 0 {
+				for _, a := range n.host.Peerstore().Addrs(m.ID) {
+					addrs = append(addrs, a.String()+"/p2p/"+m.ID.String())
+				}
+			}
+		}
+		out = append(out, &pb.Peer{Id: []byte(m.ID), Addrs: addrs})
+	}
+	return out
+}
+
+// Remove revokes a member (rule R1): the ledger marks it removed at once and
+// the leader takes it out of the Raft configuration.
+func (n *Node) Remove(ctx context.Context, p peer.ID) error {
+	if n.memberStatus(p) == generations.StatusUnknown {
+		return fmt.Errorf("%w: %s", ErrUnknownMember, p)
+	}
+	now := time.Now()
+	if err := n.apply(ctx, generations.NewRemoveMember(p, now.Add(n.cfg.GenerationTimeout), now)); err != nil {
+		return err
+	}
+	n.pokeReconciler()
+	return n.waitOutOfRaft(ctx, p)
+}
+
+// Leave removes this node from the cluster and waits until it is out of the
+// Raft configuration. The node should be closed afterwards.
+func (n *Node) Leave(ctx context.Context) error {
+	return n.Remove(ctx, n.host.ID())
+}
+
+func (n *Node) waitOutOfRaft(ctx context.Context, p peer.ID) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for n.cons.InConfiguration(p) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s is removed from the ledger but still in the Raft configuration: %w", p, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+func (n *Node) memberStatus(p peer.ID) generations.MemberStatus {
+	st := generations.StatusUnknown
+	n.view(func(l *generations.Ledger) {
+		if m, ok := l.Member(p); ok {
+			st = m.Status
+		}
+	})
+	return st
+}
+
+func (n *Node) isVoter() bool {
+	for _, s := range n.cons.Servers() {
+		if s.ID == n.host.ID() {
+			return s.Voter
+		}
+	}
+	return false
+}
+
+// WaitReady waits until the node is a voting member that knows the leader.
+func (n *Node) WaitReady(ctx context.Context) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if n.isVoter() && n.cons.Leader() != "" && n.memberStatus(n.host.ID()) == generations.StatusActive {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,114 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/p2pkey/p2pkey/p2p"
+)
+
+// Config configures a Node. Start from DefaultConfig.
+type Config struct {
+	// DataDir holds the identity, the Raft state and the control socket.
+	DataDir string
+	// ListenAddrs are the libp2p multiaddrs to listen on.
+	ListenAddrs []string
+	// AnnounceAddrs, if set, replace the addresses advertised to peers.
+	AnnounceAddrs []string
+
+	// Bootstrap creates a new cluster with this node as its only member. It
+	// is ignored when DataDir already holds Raft state.
+	Bootstrap bool
+	// Join is an invite token. It is ignored when DataDir already holds Raft
+	// state.
+	Join string
+	// JoinTimeout bounds the whole join, from dialling to being a voter.
+	JoinTimeout time.Duration
+
+	// ControlSocket serves the control API on DataDir/p2pkey.sock (mode
+	// 0600). The CLI needs it; an embedding program may turn it off.
+	ControlSocket bool
+
+	// InviteTTL is the default lifetime of an invite.
+	InviteTTL time.Duration
+	// GenerationTimeout is the deadline given to a generation opened by a
+	// join or a removal.
+	GenerationTimeout time.Duration
+
+	// Raft timing. Zero values take hashicorp/raft's defaults.
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+	CommitTimeout    time.Duration
+}
+
+// DefaultConfig returns a configuration with safe defaults and the data
+// directory dataDir.
+func DefaultConfig(dataDir string) Config {
+	return Config{
+		DataDir:           dataDir,
+		ListenAddrs:       append([]string(nil), p2p.DefaultListenAddrs...),
+		JoinTimeout:       2 * time.Minute,
+		ControlSocket:     true,
+		InviteTTL:         time.Hour,
+		GenerationTimeout: 2 * time.Minute,
+		HeartbeatTimeout:  time.Second,
+		ElectionTimeout:   time.Second,
+		CommitTimeout:     10 * time.Millisecond,
+	}
+}
+
+// Validate reports the first problem with c.
+func (c Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("node: DataDir is required")
+	}
+	if c.Bootstrap && c.Join != "" {
+		return errors.New("node: Bootstrap and Join are mutually exclusive")
+	}
+	if len(c.ListenAddrs) == 0 {
+		return errors.New("node: at least one listen address is required")
+	}
+	for _, a := range append(append([]string(nil), c.ListenAddrs...), c.AnnounceAddrs...) {
+		if _, err := ma.NewMultiaddr(a); err != nil {
+			return fmt.Errorf("node: address %q: %w", a, err)
+		}
+	}
+	if c.Join != "" {
+		if _, err := DecodeInvite(c.Join); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+	}
+	for name, d := range map[string]time.Duration{
+		"JoinTimeout": c.JoinTimeout, "InviteTTL": c.InviteTTL, "GenerationTimeout": c.GenerationTimeout,
+	} {
+		if d <= 0 {
+			return fmt.Errorf("node: %s must be positive", name)
+		}
+	}
+	if c.ControlSocket && len(c.SocketPath()) > 100 {
+		return fmt.Errorf("node: control socket path %q is too long for a unix socket; use a shorter data directory", c.SocketPath())
+	}
+	return nil
+}
+
+// IdentityPath is where the node's libp2p identity lives.
+func (c Config) IdentityPath() string { return filepath.Join(c.DataDir, "identity.key") }
+
+// SocketPath is the control API's unix socket.
+func (c Config) SocketPath() string { return SocketPath(c.DataDir) }
+
+// SocketPath is the control API's unix socket in dataDir.
+func SocketPath(dataDir string) string { return filepath.Join(dataDir, "p2pkey.sock") }
+
+func (c Config) raftDir() string    { return filepath.Join(c.DataDir, "raft") }
+func (c Config) peersPath() string  { return filepath.Join(c.DataDir, "peers.json") }
+
+// Initialized reports whether dataDir has an identity.
+func Initialized(dataDir string) bool {
+	_, err := os.Stat(filepath.Join(dataDir, "identity.key"))
+	return err == nil
+}

@@ -1,0 +1,294 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/node/pb"
+	"github.com/p2pkey/p2pkey/p2p"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/encoding/protodelim"
+)
+
+// JoinProtocol is where a joiner presents its invite.
+const JoinProtocol protocol.ID = "/p2pkey/join/1.0.0"
+
+const (
+	joinServiceName = "p2pkey.join"
+	// MaxJoinMessageSize bounds a join request or response.
+	MaxJoinMessageSize = 64 << 10
+	joinStreamTimeout  = 30 * time.Second
+	joinVersion        = 1
+)
+
+// Join error codes that are not ledger errors.
+const (
+	codeWrongCluster = "join.wrong_cluster"
+	codeBadRequest   = "join.bad_request"
+	codeRateLimited  = "join.rate_limited"
+	codeUnavailable  = "join.unavailable"
+)
+
+// Errors a joiner can get back.
+var (
+	ErrWrongCluster   = errors.New("the invite is for another cluster")
+	ErrJoinRefused    = errors.New("join refused")
+	ErrJoinRateLimit  = errors.New("too many join attempts; try again shortly")
+	ErrJoinNoResponse = errors.New("no member named in the invite answered")
+)
+
+// DecodeJoinRequest reads one size-bounded, version-checked join request.
+func DecodeJoinRequest(r io.Reader) (*pb.JoinRequest, error) {
+	m := &pb.JoinRequest{}
+	if err := (protodelim.UnmarshalOptions{MaxSize: MaxJoinMessageSize}).UnmarshalFrom(bufio.NewReader(r), m); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInvite, err)
+	}
+	if m.GetVersion() != joinVersion {
+		return nil, fmt.Errorf("%w: join request version %d", ErrBadInvite, m.GetVersion())
+	}
+	if len(m.GetSecret()) != 32 {
+		return nil, fmt.Errorf("%w: secret has %d bytes", ErrBadInvite, len(m.GetSecret()))
+	}
+	return m, nil
+}
+
+// DecodeJoinResponse reads one size-bounded, version-checked join response.
+func DecodeJoinResponse(r io.Reader) (*pb.JoinResponse, error) {
+	m := &pb.JoinResponse{}
+	if err := (protodelim.UnmarshalOptions{MaxSize: MaxJoinMessageSize}).UnmarshalFrom(bufio.NewReader(r), m); err != nil {
+		return nil, fmt.Errorf("malformed join response: %w", err)
+	}
+	if m.GetVersion() != joinVersion {
+		return nil, fmt.Errorf("malformed join response: version %d", m.GetVersion())
+	}
+	if len(m.GetMembers()) > 1024 {
+		return nil, errors.New("malformed join response: too many members")
+	}
+	return m, nil
+}
+
+type joinService struct {
+	n       *Node
+	global  *rate.Limiter
+	perPeer *peerLimiter
+}
+
+func (n *Node) startJoinService() {
+	js := &joinService{
+		n:       n,
+		global:  rate.NewLimiter(rate.Limit(5), 20),
+		perPeer: newPeerLimiter(rate.Every(2*time.Second), 3),
+	}
+	n.host.SetStreamHandler(JoinProtocol, js.handle)
+}
+
+func (js *joinService) handle(s network.Stream) {
+	remote := s.Conn().RemotePeer()
+	if err := s.Scope().SetService(joinServiceName); err != nil {
+		s.Reset()
+		return
+	}
+	if err := s.Scope().ReserveMemory(MaxJoinMessageSize, network.ReservationPriorityAlways); err != nil {
+		s.Reset()
+		return
+	}
+	defer s.Scope().ReleaseMemory(MaxJoinMessageSize)
+	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
+
+	resp := &pb.JoinResponse{ClusterId: js.n.ClusterID()}
+	if !js.global.Allow() || !js.perPeer.allow(remote) {
+		log.Warnw("join refused: rate limited", "peer", remote)
+		resp.ErrorCode, resp.ErrorMessage = codeRateLimited, ErrJoinRateLimit.Error()
+		js.reply(s, resp)
+		return
+	}
+	req, err := DecodeJoinRequest(s)
+	if err != nil {
+		log.Warnw("join refused: malformed request", "peer", remote, "err", err)
+		resp.ErrorCode, resp.ErrorMessage = codeBadRequest, err.Error()
+		js.reply(s, resp)
+		return
+	}
+	if resp.ClusterId == "" {
+		resp.ErrorCode, resp.ErrorMessage = codeUnavailable, ErrNotReady.Error()
+		js.reply(s, resp)
+		return
+	}
+	if req.GetClusterId() != resp.ClusterId {
+		log.Warnw("join refused: invite for another cluster", "peer", remote, "invite_cluster", req.GetClusterId())
+		resp.ErrorCode = codeWrongCluster
+		resp.ErrorMessage = fmt.Sprintf("%v: the invite names cluster %s, this node is in cluster %s", ErrWrongCluster, req.GetClusterId(), resp.ClusterId)
+		js.reply(s, resp)
+		return
+	}
+	inv := Invite{Secret: req.GetSecret()}
+	ctx, cancel := context.WithTimeout(js.n.ctx, joinStreamTimeout-5*time.Second)
+	defer cancel()
+	cmd := generations.NewConsumeInvite(inv.Hash(), remote, resp.ClusterId, time.Time{}, time.Now())
+	if err := js.n.apply(ctx, cmd); err != nil {
+		log.Warnw("join refused", "peer", remote, "err", err)
+		resp.ErrorCode, resp.ErrorMessage = generations.ErrorCode(err), err.Error()
+		if resp.ErrorCode == "" {
+			resp.ErrorCode = codeUnavailable
+		}
+		js.reply(s, resp)
+		return
+	}
+	log.Infow("invite accepted", "peer", remote)
+	js.n.host.Peerstore().AddAddrs(remote, js.n.host.Peerstore().Addrs(remote), time.Hour)
+	p2p.Protect(js.n.host, remote)
+	resp.Members = js.n.memberPeers()
+	resp.Leader = []byte(js.n.cons.Leader())
+	js.reply(s, resp)
+	js.n.pokeReconciler()
+}
+
+func (js *joinService) reply(s network.Stream, resp *pb.JoinResponse) {
+	resp.Version = joinVersion
+	if _, err := protodelim.MarshalTo(s, resp); err != nil {
+		s.Reset()
+		return
+	}
+	s.Close()
+}
+
+// join presents the invite to the members it names, one after another, and
+// then waits until this node is a voter that sees itself as an active member.
+func (n *Node) join(ctx context.Context, inv Invite) error {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.JoinTimeout)
+	defer cancel()
+	infos, err := addrInfos(inv.Addrs)
+	if err != nil {
+		return err
+	}
+	// Admit the named members to Raft before the leader adds us, so its first
+	// AppendEntries is not refused.
+	n.mu.Lock()
+	for _, ai := range infos {
+		n.allowed[ai.ID] = true
+	}
+	n.mu.Unlock()
+
+	var lastErr error = ErrJoinNoResponse
+	var resp *pb.JoinResponse
+	for _, ai := range infos {
+		if ai.ID == n.host.ID() {
+			continue
+		}
+		resp, err = n.requestJoin(ctx, ai, inv)
+		if err == nil {
+			break
+		}
+		lastErr = err
+		// A refusal from the ledger is final; a dead member is not.
+		if errors.Is(err, ErrJoinRefused) || errors.Is(err, ErrWrongCluster) {
+			return err
+		}
+		log.Warnw("join attempt failed", "member", ai.ID, "err", err)
+	}
+	if resp == nil {
+		return lastErr
+	}
+	n.mu.Lock()
+	for _, m := range resp.GetMembers() {
+		if id, err := peer.IDFromBytes(m.GetId()); err == nil {
+			n.allowed[id] = true
+			n.addAddrs(id, m.GetAddrs())
+			p2p.Protect(n.host, id)
+		}
+	}
+	n.mu.Unlock()
+	log.Infow("invite accepted; waiting to become a voter", "cluster", resp.GetClusterId())
+
+	// Wait for the ledger to replicate here and show us active, and for the
+	// leader to promote us.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if n.isVoter() && n.memberStatus(n.host.ID()) == generations.StatusActive {
+			n.events.publish(Event{Type: EventJoined, Peer: n.host.ID(), Detail: resp.GetClusterId()})
+			log.Infow("joined the cluster", "cluster", n.ClusterID())
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("joined the ledger but was not made a voter in time: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+func (n *Node) requestJoin(ctx context.Context, ai peer.AddrInfo, inv Invite) (*pb.JoinResponse, error) {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := n.host.Connect(cctx, ai); err != nil {
+		return nil, fmt.Errorf("dial %s: %w", ai.ID, err)
+	}
+	s, err := n.host.NewStream(network.WithAllowLimitedConn(cctx, "p2pkey-join"), ai.ID, JoinProtocol)
+	if err != nil {
+		return nil, fmt.Errorf("open join stream to %s: %w", ai.ID, err)
+	}
+	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
+	if _, err := protodelim.MarshalTo(s, &pb.JoinRequest{Version: joinVersion, ClusterId: inv.ClusterID, Secret: inv.Secret}); err != nil {
+		s.Reset()
+		return nil, err
+	}
+	s.CloseWrite()
+	resp, err := DecodeJoinResponse(s)
+	if err != nil {
+		s.Reset()
+		return nil, err
+	}
+	s.Close()
+	switch code := resp.GetErrorCode(); code {
+	case "":
+		if resp.GetClusterId() != inv.ClusterID {
+			return nil, fmt.Errorf("%w: member answered for cluster %s", ErrWrongCluster, resp.GetClusterId())
+		}
+		return resp, nil
+	case codeWrongCluster:
+		return nil, fmt.Errorf("%w: %s", ErrWrongCluster, resp.GetErrorMessage())
+	case codeRateLimited:
+		return nil, ErrJoinRateLimit
+	case codeUnavailable:
+		return nil, fmt.Errorf("member %s cannot take joins now: %s", ai.ID, resp.GetErrorMessage())
+	default:
+		if sentinel := generations.ErrorByCode(code); sentinel != nil {
+			return nil, fmt.Errorf("%w: %w", ErrJoinRefused, sentinel)
+		}
+		return nil, fmt.Errorf("%w: %s", ErrJoinRefused, resp.GetErrorMessage())
+	}
+}
+
+func addrInfos(addrs []string) ([]peer.AddrInfo, error) {
+	var mas []ma.Multiaddr
+	for _, a := range addrs {
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("%w: address %q: %v", ErrBadInvite, a, err)
+		}
+		mas = append(mas, m)
+	}
+	infos, err := peer.AddrInfosFromP2pAddrs(mas...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInvite, err)
+	}
+	return infos, nil
+}
+
+func (n *Node) addAddrs(id peer.ID, addrs []string) {
+	for _, a := range addrs {
+		if m, err := ma.NewMultiaddr(a); err == nil {
+			n.host.Peerstore().AddAddr(id, m, time.Hour)
+		}
+	}
+}

@@ -1,0 +1,254 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	logging "github.com/ipfs/go-log/v2"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/consensus"
+	"github.com/p2pkey/p2pkey/generations"
+	gpb "github.com/p2pkey/p2pkey/generations/pb"
+	"github.com/p2pkey/p2pkey/p2p"
+)
+
+var log = logging.Logger("p2pkey/node")
+
+// Errors returned by Node.
+var (
+	ErrNoState       = errors.New("this data directory has no cluster state: start with Bootstrap (--bootstrap) or Join (--join INVITE)")
+	ErrNotMember     = errors.New("this node is not a member of the cluster")
+	ErrNotReady      = errors.New("the node has not joined a cluster yet")
+	ErrUnknownMember = errors.New("no such member")
+)
+
+// Node is a running p2pkey node.
+type Node struct {
+	cfg  Config
+	priv crypto.PrivKey
+	host host.Host
+	cons *consensus.Consensus
+	sm   *ledgerSM
+
+	events  *broadcaster
+	applied chan struct{}
+
+	// allowed holds peers admitted to Raft while this node is unconfigured:
+	// the members named by the join response.
+	mu      sync.Mutex
+	allowed map[peer.ID]bool
+
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	control *controlServer
+
+	bookMu   sync.Mutex
+	lastBook []byte
+	closeMu sync.Once
+}
+
+// Start opens the data directory, starts the libp2p host and Raft, and then
+// bootstraps, joins, or resumes the cluster. It returns once the node is a
+// member (or, on a restart, once Raft is running).
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	priv, err := loadOrCreateIdentity(cfg.IdentityPath())
+	if err != nil {
+		return nil, err
+	}
+	hasState, err := consensus.HasState(cfg.raftDir())
+	if err != nil {
+		return nil, fmt.Errorf("read Raft state: %w", err)
+	}
+	if !hasState && !cfg.Bootstrap && cfg.Join == "" {
+		return nil, ErrNoState
+	}
+	var inv Invite
+	if !hasState && cfg.Join != "" {
+		if inv, err = DecodeInvite(cfg.Join); err != nil {
+			return nil, err
+		}
+		if time.Now().After(inv.ExpiresAt) {
+			return nil, fmt.Errorf("%w: the invite expired at %s", generations.ErrInviteExpired, inv.ExpiresAt.Format(time.RFC3339))
+		}
+	}
+
+	hopts := []p2p.Option{p2p.WithListenAddrs(cfg.ListenAddrs...)}
+	if len(cfg.AnnounceAddrs) > 0 {
+		hopts = append(hopts, p2p.WithAnnounceAddrs(cfg.AnnounceAddrs...))
+	}
+	h, err := p2p.New(priv, hopts...)
+	if err != nil {
+		return nil, err
+	}
+	nctx, cancel := context.WithCancel(context.Background())
+	n := &Node{
+		cfg: cfg, priv: priv, host: h,
+		sm:      &ledgerSM{l: generations.New()},
+		events:  newBroadcaster(),
+		applied: make(chan struct{}, 1),
+		allowed: map[peer.ID]bool{},
+		ctx:     nctx, cancel: cancel,
+	}
+	n.cons, err = consensus.New(consensus.Config{
+		Host:              h,
+		Dir:               cfg.raftDir(),
+		StateMachine:      n.sm,
+		ClusterID:         n.ClusterID,
+		AllowUnconfigured: n.allowUnconfigured,
+		Errors:            errorCodec{},
+		HeartbeatTimeout:  cfg.HeartbeatTimeout,
+		ElectionTimeout:   cfg.ElectionTimeout,
+		CommitTimeout:     cfg.CommitTimeout,
+		OnApplied:         n.onApplied,
+	})
+	if err != nil {
+		h.Close()
+		cancel()
+		return nil, err
+	}
+	n.loadPeerBook()
+	n.startJoinService()
+	n.wg.Add(3)
+	go n.reconcileLoop()
+	go n.connectLoop()
+	go n.watchLoop()
+
+	switch {
+	case hasState:
+		log.Infow("resuming from on-disk state", "peer", h.ID())
+	case cfg.Bootstrap:
+		err = n.bootstrap(ctx)
+	default:
+		err = n.join(ctx, inv)
+	}
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	if cfg.ControlSocket {
+		if n.control, err = n.serveControl(); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	n.wg.Add(1)
+	go n.announceAddrsLoop()
+	return n, nil
+}
+
+func loadOrCreateIdentity(path string) (crypto.PrivKey, error) {
+	priv, err := p2p.LoadIdentity(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return p2p.CreateIdentity(path)
+	}
+	return priv, err
+}
+
+// Init creates dataDir's identity and returns its peer ID. It refuses to
+// overwrite an existing identity.
+func Init(dataDir string) (peer.ID, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", err
+	}
+	priv, err := p2p.CreateIdentity(DefaultConfig(dataDir).IdentityPath())
+	if err != nil {
+		return "", err
+	}
+	return peer.IDFromPrivateKey(priv)
+}
+
+func (n *Node) bootstrap(ctx context.Context) error {
+	if err := n.cons.Bootstrap(); err != nil {
+		return fmt.Errorf("bootstrap Raft: %w", err)
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return err
+	}
+	clusterID := hex.EncodeToString(id)
+	if err := n.apply(ctx, generations.NewBootstrap(clusterID, n.host.ID(), time.Now())); err != nil {
+		return fmt.Errorf("bootstrap the ledger: %w", err)
+	}
+	log.Infow("bootstrapped a new cluster", "cluster", clusterID, "peer", n.host.ID())
+	n.events.publish(Event{Type: EventBootstrapped, Peer: n.host.ID()})
+	return nil
+}
+
+// apply encodes cmd, replicates it, and waits until this node has applied
+// it too, so a read of the local ledger afterwards sees its effect.
+func (n *Node) apply(ctx context.Context, cmd *gpb.Command) error {
+	data, err := generations.EncodeCommand(cmd)
+	if err != nil {
+		return err
+	}
+	_, idx, err := n.cons.ApplyIndex(ctx, data)
+	if err != nil {
+		return err
+	}
+	return n.cons.WaitApplied(ctx, idx)
+}
+
+// ID returns the node's peer ID.
+func (n *Node) ID() peer.ID { return n.host.ID() }
+
+// Host returns the libp2p host, for embedders that run protocols of their own.
+func (n *Node) Host() host.Host { return n.host }
+
+// ClusterID returns the cluster ID, or "" before the node knows it.
+func (n *Node) ClusterID() string {
+	var id string
+	n.view(func(l *generations.Ledger) { id = l.ClusterID() })
+	return id
+}
+
+// view runs fn on the local ledger, locked against concurrent Apply.
+func (n *Node) view(fn func(*generations.Ledger)) {
+	n.cons.View(func(sm consensus.StateMachine) { fn(sm.(*ledgerSM).l) })
+}
+
+func (n *Node) allowUnconfigured(p peer.ID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.allowed[p]
+}
+
+func (n *Node) onApplied(uint64) {
+	select {
+	case n.applied <- struct{}{}:
+	default:
+	}
+}
+
+// Close stops the node. It does not leave the cluster.
+func (n *Node) Close() error {
+	var err error
+	n.closeMu.Do(func() {
+		if n.control != nil {
+			n.control.close()
+		}
+		n.cancel()
+		n.wg.Wait()
+		n.savePeerBook()
+		err = n.cons.Close()
+		if herr := n.host.Close(); err == nil {
+			err = herr
+		}
+		n.events.close()
+	})
+	return err
+}

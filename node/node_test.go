@@ -1,0 +1,154 @@
+package node
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/p2pkey/p2pkey/generations"
+)
+
+// Acceptance 1: a bootstrapped node admits two nodes by invite, and all
+// three agree on the members and the leader.
+func TestBootstrapAndJoinByInvite(t *testing.T) {
+	nodes := testCluster(t, 3)
+	want := activeIDs(nodes[0])
+	if len(want) != 3 {
+		t.Fatalf("ledger has %d active members, want 3", len(want))
+	}
+	for _, n := range nodes[1:] {
+		if got := activeIDs(n); !slices.Equal(got, want) {
+			t.Fatalf("node %s sees members %v, want %v", n.ID(), got, want)
+		}
+		if n.ClusterID() != nodes[0].ClusterID() {
+			t.Fatalf("cluster IDs differ: %s vs %s", n.ClusterID(), nodes[0].ClusterID())
+		}
+	}
+}
+
+// Acceptance 4: an invite works once; reused, expired, forged and
+// other-cluster invites are refused with a clear error and change nothing.
+func TestInviteRefusals(t *testing.T) {
+	nodes := testCluster(t, 1)
+	a := nodes[0]
+	tok, err := a.Invite(ctxT(t, 10*time.Second), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.Join = tok
+	startNode(t, cfg)
+	waitAgree(t, nodes, 2)
+
+	try := func(token string) error {
+		cfg := testConfig(t)
+		cfg.Join = token
+		cfg.JoinTimeout = 10 * time.Second
+		n, err := Start(ctxT(t, 20*time.Second), cfg)
+		if err == nil {
+			n.Close()
+		}
+		return err
+	}
+	before := activeIDs(a)
+
+	// Reused.
+	if err := try(tok); !errors.Is(err, generations.ErrInviteUsed) {
+		t.Fatalf("reused invite: got %v, want ErrInviteUsed", err)
+	}
+	// Forged: right cluster and addresses, unknown secret.
+	inv, _ := DecodeInvite(tok)
+	forged := inv
+	forged.Secret = make([]byte, 32)
+	if err := try(forged.Encode()); !errors.Is(err, generations.ErrUnknownInvite) {
+		t.Fatalf("forged invite: got %v, want ErrInviteUnknown", err)
+	}
+	// Other cluster.
+	other := inv
+	other.ClusterID = "00112233445566778899aabbccddeeff"
+	if err := try(other.Encode()); !errors.Is(err, ErrWrongCluster) {
+		t.Fatalf("other-cluster invite: got %v, want ErrWrongCluster", err)
+	}
+	// Expired: the ledger refuses it even if the joiner's clock is wrong; the
+	// joiner itself refuses an invite whose expiry has passed.
+	short, err := a.Invite(ctxT(t, 10*time.Second), time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The joiner refuses an invite whose printed expiry has passed...
+	waitFor(t, "the 1 ms invite to lapse", time.Second, func() bool {
+		inv, _ := DecodeInvite(short)
+		return time.Now().After(inv.ExpiresAt)
+	})
+	if err := try(short); !errors.Is(err, generations.ErrInviteExpired) {
+		t.Fatalf("expired invite: got %v, want ErrInviteExpired", err)
+	}
+	// ...and the ledger refuses it even when the token claims a later expiry.
+	lying, _ := DecodeInvite(short)
+	lying.ExpiresAt = time.Now().Add(time.Hour)
+	if err := try(lying.Encode()); !errors.Is(err, generations.ErrInviteExpired) || !errors.Is(err, ErrJoinRefused) {
+		t.Fatalf("expired invite presented to the ledger: got %v, want ErrJoinRefused wrapping ErrInviteExpired", err)
+	}
+	if got := activeIDs(a); !slices.Equal(got, before) {
+		t.Fatalf("members changed after refused invites: %v -> %v", before, got)
+	}
+}
+
+// Acceptance 5: remove takes a member out of the Raft configuration; leave
+// does the same for the node itself.
+func TestRemoveAndLeave(t *testing.T) {
+	nodes := testCluster(t, 3)
+	victim := nodes[2]
+	if err := nodes[1].Remove(ctxT(t, 20*time.Second), victim.ID()); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	for _, n := range nodes[:2] {
+		waitFor(t, "removal to reach every member", 10*time.Second, func() bool {
+			return !n.cons.InConfiguration(victim.ID()) && n.memberStatus(victim.ID()) == generations.StatusRemoved
+		})
+	}
+	if err := nodes[1].Leave(ctxT(t, 20*time.Second)); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	waitFor(t, "the leaver to be out of the configuration", 10*time.Second, func() bool {
+		return !nodes[0].cons.InConfiguration(nodes[1].ID())
+	})
+	if got := activeIDs(nodes[0]); len(got) != 1 || got[0] != nodes[0].ID() {
+		t.Fatalf("active members after remove and leave: %v", got)
+	}
+	// A removed member cannot come back with a new invite.
+	if err := nodes[0].Remove(ctxT(t, 5*time.Second), nodes[0].ID()); !errors.Is(err, generations.ErrLastMember) {
+		t.Fatalf("removing the last member: got %v, want ErrLastMember", err)
+	}
+}
+
+// Acceptance 2 at the node level: a restarted node resumes from disk with no
+// bootstrap or join, and the cluster has a leader again after the leader dies.
+func TestRestartFromDisk(t *testing.T) {
+	nodes := testCluster(t, 3)
+	var leaderIdx int
+	for i, n := range nodes {
+		if n.cons.IsLeader() {
+			leaderIdx = i
+		}
+	}
+	old := nodes[leaderIdx]
+	cfg := old.cfg
+	oldApplied := old.cons.AppliedIndex()
+	old.Close()
+	rest := slices.Delete(slices.Clone(nodes), leaderIdx, leaderIdx+1)
+	waitFor(t, "a new leader", 20*time.Second, func() bool {
+		l := rest[0].cons.Leader()
+		return l != "" && l != old.ID() && rest[1].cons.Leader() == l
+	})
+	cfg.Bootstrap, cfg.Join = false, ""
+	again := startNode(t, cfg)
+	if again.ID() != old.ID() {
+		t.Fatalf("restarted with a new identity %s, was %s", again.ID(), old.ID())
+	}
+	waitFor(t, "the restarted node to catch up", 20*time.Second, func() bool {
+		return again.cons.AppliedIndex() >= oldApplied && again.cons.Leader() != ""
+	})
+	waitAgree(t, append(rest, again), 3)
+}

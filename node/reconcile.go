@@ -1,0 +1,351 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/p2p"
+	"golang.org/x/time/rate"
+)
+
+const (
+	reconcileInterval = time.Second
+	connectInterval   = 2 * time.Second
+	membershipTimeout = 10 * time.Second
+)
+
+func (n *Node) pokeReconciler() { n.onApplied(0) }
+
+// reconcileLoop runs on every node and acts only on the leader. It keeps the
+// Raft configuration in step with the ledger (the ledger is the truth):
+// active and joining members are servers; active members are promoted to
+// voters once connected; removed and rejected members are taken out. It also
+// aborts an open generation whose deadline has passed (rule G3). Each pass is
+// idempotent, so a new leader simply carries on.
+func (n *Node) reconcileLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(reconcileInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-tick.C:
+		case <-n.applied:
+		}
+		if n.cons.IsLeader() {
+			n.reconcile()
+		}
+	}
+}
+
+func (n *Node) reconcile() {
+	var members []generations.Member
+	var bootstrapped bool
+	n.view(func(l *generations.Ledger) {
+		bootstrapped = l.Bootstrapped()
+		members = l.Members()
+	})
+	if !bootstrapped {
+		return
+	}
+	servers := map[peer.ID]bool{} // id -> voter
+	for _, s := range n.cons.Servers() {
+		servers[s.ID] = s.Voter
+	}
+	want := map[peer.ID]bool{}
+	for _, m := range members {
+		switch m.Status {
+		case generations.StatusActive, generations.StatusJoining:
+			want[m.ID] = true
+			voter, in := servers[m.ID]
+			if !in {
+				if err := n.cons.AddNonvoter(m.ID, membershipTimeout); err != nil {
+					log.Warnw("add non-voter", "peer", m.ID, "err", err)
+					continue
+				}
+				log.Infow("added non-voter", "peer", m.ID)
+			} else if !voter && m.Status == generations.StatusActive && n.connected(m.ID) {
+				if err := n.cons.AddVoter(m.ID, membershipTimeout); err != nil {
+					log.Warnw("promote to voter", "peer", m.ID, "err", err)
+					continue
+				}
+				log.Infow("promoted to voter", "peer", m.ID)
+			}
+		}
+	}
+	for id := range servers {
+		if want[id] {
+			continue
+		}
+		if err := n.cons.RemoveServer(id, membershipTimeout); err != nil {
+			log.Warnw("remove server", "peer", id, "err", err)
+			continue
+		}
+		log.Infow("removed from the Raft configuration", "peer", id)
+	}
+	n.abortExpired()
+}
+
+func (n *Node) abortExpired() {
+	var gen uint64
+	var expired bool
+	n.view(func(l *generations.Ledger) {
+		if g, ok := l.Open(); ok && !g.Deadline.IsZero() && time.Now().After(g.Deadline) {
+			gen, expired = g.Number, true
+		}
+	})
+	if !expired {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, membershipTimeout)
+	defer cancel()
+	if err := n.apply(ctx, generations.NewAbortGeneration(gen, time.Now())); err != nil {
+		log.Warnw("abort expired generation", "generation", gen, "err", err)
+		return
+	}
+	log.Warnw("aborted generation: its deadline passed", "generation", gen)
+}
+
+func (n *Node) connected(p peer.ID) bool {
+	return p == n.host.ID() || n.host.Network().Connectedness(p) == network.Connected
+}
+
+// connectLoop keeps a connection open to every live member, using the
+// addresses in the ledger and the local peer book.
+func (n *Node) connectLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(connectInterval)
+	defer tick.Stop()
+	for {
+		n.connectMembers()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (n *Node) connectMembers() {
+	var members []generations.Member
+	n.view(func(l *generations.Ledger) { members = l.Members() })
+	var wg sync.WaitGroup
+	for _, m := range members {
+		if m.ID == n.host.ID() {
+			continue
+		}
+		if m.Status == generations.StatusRemoved || m.Status == generations.StatusRejected {
+			p2p.Unprotect(n.host, m.ID)
+			continue
+		}
+		p2p.Protect(n.host, m.ID)
+		n.addAddrs(m.ID, m.Addrs)
+		if n.connected(m.ID) {
+			continue
+		}
+		wg.Add(1)
+		go func(id peer.ID) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+			defer cancel()
+			if err := n.host.Connect(ctx, peer.AddrInfo{ID: id}); err != nil {
+				log.Debugw("connect to member", "peer", id, "err", err)
+			}
+		}(m.ID)
+	}
+	wg.Wait()
+}
+
+// announceAddrsLoop records this node's addresses in the ledger whenever they
+// differ from what it holds, so restarted members and invites can find it.
+func (n *Node) announceAddrsLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		n.announceAddrs()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (n *Node) announceAddrs() {
+	mine := p2p.AddrInfoStrings(n.host)
+	if len(mine) > generations.MaxAddrs {
+		mine = mine[:generations.MaxAddrs]
+	}
+	var recorded []string
+	var member bool
+	n.view(func(l *generations.Ledger) {
+		if m, ok := l.Member(n.host.ID()); ok && (m.Status == generations.StatusActive || m.Status == generations.StatusJoining) {
+			member, recorded = true, m.Addrs
+		}
+	})
+	if !member || slices.Equal(sortedCopy(mine), sortedCopy(recorded)) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, membershipTimeout)
+	defer cancel()
+	if err := n.apply(ctx, generations.NewSetAddrs(n.host.ID(), mine, time.Now())); err != nil {
+		log.Debugw("record addresses", "err", err)
+	}
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
+
+// watchLoop turns ledger and leadership changes into events.
+func (n *Node) watchLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var leader peer.ID
+	statuses := map[peer.ID]generations.MemberStatus{}
+	first := true
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if l := n.cons.Leader(); l != leader {
+			leader = l
+			n.events.publish(Event{Type: EventLeaderChanged, Peer: l})
+		}
+		var members []generations.Member
+		n.view(func(l *generations.Ledger) { members = l.Members() })
+		for _, m := range members {
+			old, seen := statuses[m.ID]
+			statuses[m.ID] = m.Status
+			switch {
+			case first:
+			case !seen:
+				n.events.publish(Event{Type: EventMemberAdded, Peer: m.ID, Detail: m.Status.String()})
+			case old != m.Status && m.Status == generations.StatusRemoved:
+				n.events.publish(Event{Type: EventMemberRemoved, Peer: m.ID})
+			case old != m.Status:
+				n.events.publish(Event{Type: EventMemberChanged, Peer: m.ID, Detail: m.Status.String()})
+			}
+		}
+		first = false
+		n.savePeerBookIfChanged(members)
+	}
+}
+
+// The peer book keeps members' addresses on local disk, so a restarted node
+// can reach its cluster before its ledger has caught up.
+type peerBook struct {
+	Version int                 `json:"version"`
+	Peers   map[string][]string `json:"peers"`
+}
+
+func (n *Node) loadPeerBook() {
+	data, err := os.ReadFile(n.cfg.peersPath())
+	if err != nil {
+		return
+	}
+	var pb peerBook
+	if err := json.Unmarshal(data, &pb); err != nil || pb.Version != 1 {
+		log.Warnw("ignoring unreadable peer book", "path", n.cfg.peersPath())
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for s, addrs := range pb.Peers {
+		id, err := peer.Decode(s)
+		if err != nil || id == n.host.ID() {
+			continue
+		}
+		n.addAddrs(id, addrs)
+		p2p.Protect(n.host, id)
+		go func() {
+			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+			defer cancel()
+			_ = n.host.Connect(ctx, peer.AddrInfo{ID: id})
+		}()
+	}
+}
+
+func (n *Node) savePeerBookIfChanged(members []generations.Member) {
+	book := peerBook{Version: 1, Peers: map[string][]string{}}
+	for _, m := range members {
+		if m.ID == n.host.ID() || m.Status == generations.StatusRemoved || m.Status == generations.StatusRejected {
+			continue
+		}
+		addrs := m.Addrs
+		if len(addrs) == 0 {
+			for _, a := range n.host.Peerstore().Addrs(m.ID) {
+				addrs = append(addrs, a.String())
+			}
+		}
+		book.Peers[m.ID.String()] = addrs
+	}
+	data, _ := json.MarshalIndent(book, "", "  ")
+	n.bookMu.Lock()
+	defer n.bookMu.Unlock()
+	if string(n.lastBook) == string(data) {
+		return
+	}
+	if err := writeFileAtomic(n.cfg.peersPath(), data, 0o600); err != nil {
+		log.Warnw("save peer book", "err", err)
+		return
+	}
+	n.lastBook = data
+}
+
+func (n *Node) savePeerBook() {
+	var members []generations.Member
+	n.view(func(l *generations.Ledger) { members = l.Members() })
+	n.bookMu.Lock()
+	n.lastBook = nil
+	n.bookMu.Unlock()
+	n.savePeerBookIfChanged(members)
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// peerLimiter is a token bucket per remote peer.
+type peerLimiter struct {
+	mu    sync.Mutex
+	r     rate.Limit
+	burst int
+	m     map[peer.ID]*rate.Limiter
+}
+
+func newPeerLimiter(r rate.Limit, burst int) *peerLimiter {
+	return &peerLimiter{r: r, burst: burst, m: map[peer.ID]*rate.Limiter{}}
+}
+
+func (p *peerLimiter) allow(id peer.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.m) > 4096 { // bound memory under a flood of identities
+		p.m = map[peer.ID]*rate.Limiter{}
+	}
+	l, ok := p.m[id]
+	if !ok {
+		l = rate.NewLimiter(p.r, p.burst)
+		p.m[id] = l
+	}
+	return l.Allow()
+}

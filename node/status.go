@@ -1,0 +1,141 @@
+package node
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/p2p"
+)
+
+// Lock states of a node's key (rules K2, U1).
+const (
+	LockUnlocked   = "unlocked"
+	LockLocked     = "locked"
+	LockUnescrowed = "unescrowed"
+)
+
+// Status is a snapshot of the node, the cluster and every member, as the
+// CLI's `status --json` prints it.
+type Status struct {
+	PeerID     string           `json:"peer_id"`
+	ClusterID  string           `json:"cluster_id"`
+	Lock       string           `json:"lock"`
+	Addrs      []string         `json:"addrs"`
+	Raft       RaftStatus       `json:"raft"`
+	Generation GenerationStatus `json:"generation"`
+	Members    []MemberStatus   `json:"members"`
+}
+
+// RaftStatus is this node's view of Raft.
+type RaftStatus struct {
+	State          string `json:"state"`
+	Leader         string `json:"leader"`
+	Term           uint64 `json:"term"`
+	AppliedIndex   uint64 `json:"applied_index"`
+	Voter          bool   `json:"voter"`
+	RefusedStreams uint64 `json:"refused_streams"`
+}
+
+// GenerationStatus names the current (newest committed) generation and the
+// open one, if any.
+type GenerationStatus struct {
+	Current *uint64         `json:"current"`
+	Open    *OpenGeneration `json:"open"`
+}
+
+// OpenGeneration describes the generation being formed.
+type OpenGeneration struct {
+	Number    uint64    `json:"number"`
+	Members   int       `json:"members"`
+	Threshold int       `json:"threshold"`
+	Deadline  time.Time `json:"deadline"`
+}
+
+// MemberStatus is one member's row.
+type MemberStatus struct {
+	PeerID           string   `json:"peer_id"`
+	Status           string   `json:"status"`
+	Voter            bool     `json:"voter"`
+	Connection       string   `json:"connection"`
+	EscrowGeneration *uint64  `json:"escrow_generation"`
+	SharesHeld       int      `json:"shares_held"`
+	Threshold        int      `json:"threshold"`
+	Addrs            []string `json:"addrs,omitempty"`
+}
+
+// Status reports the node's state.
+func (n *Node) Status() Status {
+	st := Status{
+		PeerID:  n.host.ID().String(),
+		Lock:    LockUnescrowed,
+		Addrs:   p2p.AddrInfoStrings(n.host),
+		Members: []MemberStatus{},
+	}
+	voters := map[string]bool{}
+	for _, s := range n.cons.Servers() {
+		voters[s.ID.String()] = s.Voter
+	}
+	stats := n.cons.Stats()
+	term, _ := strconv.ParseUint(stats["term"], 10, 64)
+	st.Raft = RaftStatus{
+		State:          n.cons.State(),
+		Leader:         n.cons.Leader().String(),
+		Term:           term,
+		AppliedIndex:   n.cons.AppliedIndex(),
+		Voter:          voters[st.PeerID],
+		RefusedStreams: n.cons.RefusedStreams(),
+	}
+	if n.cons.Leader() == "" {
+		st.Raft.Leader = ""
+	}
+	n.view(func(l *generations.Ledger) {
+		st.ClusterID = l.ClusterID()
+		if g, ok := l.Current(); ok {
+			num := g.Number
+			st.Generation.Current = &num
+		}
+		if g, ok := l.Open(); ok {
+			st.Generation.Open = &OpenGeneration{Number: g.Number, Members: len(g.Members), Threshold: g.Threshold, Deadline: g.Deadline}
+		}
+		for _, m := range l.Members() {
+			ms := MemberStatus{
+				PeerID:     m.ID.String(),
+				Status:     m.Status.String(),
+				Voter:      voters[m.ID.String()],
+				Connection: n.connectionType(m.ID.String()),
+				Addrs:      m.Addrs,
+			}
+			if c := l.Coverage(m.ID); c.Generation > 0 {
+				g := c.Generation
+				ms.EscrowGeneration = &g
+				ms.SharesHeld, ms.Threshold = c.SharesHeld, c.Threshold
+			}
+			st.Members = append(st.Members, ms)
+		}
+	})
+	return st
+}
+
+// connectionType says how this node reaches a member: "self", "direct",
+// "relayed", or "none".
+func (n *Node) connectionType(id string) string {
+	if id == n.host.ID().String() {
+		return "self"
+	}
+	for _, c := range n.host.Network().Conns() {
+		if c.RemotePeer().String() != id {
+			continue
+		}
+		if c.Stat().Limited {
+			continue
+		}
+		return "direct"
+	}
+	for _, c := range n.host.Network().Conns() {
+		if c.RemotePeer().String() == id {
+			return "relayed"
+		}
+	}
+	return "none"
+}
