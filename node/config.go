@@ -104,8 +104,8 @@ func (c Config) SocketPath() string { return SocketPath(c.DataDir) }
 // SocketPath is the control API's unix socket in dataDir.
 func SocketPath(dataDir string) string { return filepath.Join(dataDir, "p2pkey.sock") }
 
-func (c Config) raftDir() string    { return filepath.Join(c.DataDir, "raft") }
-func (c Config) peersPath() string  { return filepath.Join(c.DataDir, "peers.json") }
+func (c Config) raftDir() string   { return filepath.Join(c.DataDir, "raft") }
+func (c Config) peersPath() string { return filepath.Join(c.DataDir, "peers.json") }
 
 // Initialized reports whether dataDir has an identity.
 func Initialized(dataDir string) bool {

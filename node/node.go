@@ -53,7 +53,7 @@ type Node struct {
 
 	bookMu   sync.Mutex
 	lastBook []byte
-	closeMu sync.Once
+	closeMu  sync.Once
 }
 
 // Start opens the data directory, starts the libp2p host and Raft, and then
