@@ -95,7 +95,7 @@ func New(cfg Config) (*Consensus, error) {
 		return nil, err
 	}
 	self := cfg.Host.ID()
-	hl := newHCLogger(log, "peer", self.String())
+	hl := newHCLogger(log, "self", self.String())
 
 	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
 	if err != nil {

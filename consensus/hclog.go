@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"fmt"
 	"io"
 	stdlog "log"
 
@@ -42,6 +43,13 @@ func (l *hcLogger) enabled(level hclog.Level) bool {
 func (l *hcLogger) Log(level hclog.Level, msg string, args ...any) {
 	if !l.enabled(level) {
 		return
+	}
+	for i, a := range args {
+		if f, ok := a.(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				args[i] = fmt.Sprintf(format, f[1:]...)
+			}
+		}
 	}
 	switch level {
 	case hclog.Trace, hclog.Debug:

@@ -2,6 +2,7 @@ package node
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/p2pkey/p2pkey/generations"
@@ -79,7 +80,7 @@ func (n *Node) Status() Status {
 	stats := n.cons.Stats()
 	term, _ := strconv.ParseUint(stats["term"], 10, 64)
 	st.Raft = RaftStatus{
-		State:          n.cons.State(),
+		State:          strings.ToLower(n.cons.State()),
 		Leader:         n.cons.Leader().String(),
 		Term:           term,
 		AppliedIndex:   n.cons.AppliedIndex(),

@@ -1,0 +1,322 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	logging "github.com/ipfs/go-log/v2"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/node"
+	"github.com/p2pkey/p2pkey/p2p"
+	"github.com/spf13/cobra"
+)
+
+func newInitCmd(g *globals) *cobra.Command {
+	var listen, announce []string
+	cmd := &cobra.Command{
+		Use:   "init [--listen MULTIADDR]...",
+		Short: "Create this node's identity and configuration",
+		Long: `init creates the data directory (mode 0700), a new Ed25519 libp2p identity
+(identity.key, mode 0600) and config.json with the listen addresses, and prints
+the node's peer ID. It refuses to overwrite an existing identity.
+
+The default listen addresses are TCP and QUIC on port 4001, IPv4 and IPv6.`,
+		Example: `  p2pkey init
+  p2pkey --data /var/lib/p2pkey init --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1`,
+		Args: usageArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(listen) == 0 {
+				listen = p2p.DefaultListenAddrs
+			}
+			cfg := node.DefaultConfig(g.dataDir)
+			cfg.ListenAddrs, cfg.AnnounceAddrs = listen, announce
+			if err := cfg.Validate(); err != nil {
+				return &statusError{code: exitUsage, err: err}
+			}
+			if _, err := os.Stat(configPath(g.dataDir)); err == nil {
+				return fmt.Errorf("%s is already initialised (refusing to overwrite)", g.dataDir)
+			}
+			id, err := node.Init(g.dataDir)
+			if err != nil {
+				return err
+			}
+			data, _ := json.MarshalIndent(fileConfig{Version: 1, Listen: listen, Announce: announce}, "", "  ")
+			if err := os.WriteFile(configPath(g.dataDir), append(data, '\n'), 0o600); err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return printJSON(cmd.OutOrStdout(), map[string]string{"peer_id": id.String(), "data": g.dataDir})
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), id)
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVar(&listen, "listen", nil, "multiaddr to listen on (repeatable)")
+	cmd.Flags().StringArrayVar(&announce, "announce", nil, "multiaddr to advertise instead of the listen addresses (repeatable)")
+	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func newDaemonCmd(g *globals) *cobra.Command {
+	var bootstrap bool
+	var join string
+	var heartbeat time.Duration
+	cmd := &cobra.Command{
+		Use:   "daemon [--bootstrap | --join INVITE]",
+		Short: "Run the node in the foreground",
+		Long: `daemon runs the node until it receives SIGINT or SIGTERM.
+
+The first time, pass --bootstrap to create a new cluster, or --join with an
+invite from a member to join one. After that, restart with neither: the node
+resumes from the Raft state in its data directory.
+
+Logs go to stderr. Set GOLOG_LOG_LEVEL to change the level, for example
+GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
+		Example: `  p2pkey daemon --bootstrap
+  p2pkey daemon --join "$(cat invite.txt)"
+  p2pkey daemon`,
+		Args: usageArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if bootstrap && join != "" {
+				return &statusError{code: exitUsage, err: errors.New("--bootstrap and --join are mutually exclusive")}
+			}
+			fc, err := readFileConfig(g.dataDir)
+			if err != nil {
+				return err
+			}
+			if os.Getenv("GOLOG_LOG_LEVEL") == "" {
+				logging.SetLogLevelRegex("p2pkey/.*", "info")
+			}
+			cfg := node.DefaultConfig(g.dataDir)
+			cfg.ListenAddrs, cfg.AnnounceAddrs = fc.Listen, fc.Announce
+			cfg.Bootstrap, cfg.Join = bootstrap, join
+			if heartbeat > 0 {
+				cfg.HeartbeatTimeout, cfg.ElectionTimeout = heartbeat, heartbeat
+			}
+			if err := cfg.Validate(); err != nil {
+				return &statusError{code: exitUsage, err: err}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			n, err := node.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			events, cancel := n.Events()
+			defer cancel()
+			fmt.Fprintf(cmd.ErrOrStderr(), "p2pkey: node %s running in cluster %s (control socket %s)\n", n.ID(), n.ClusterID(), cfg.SocketPath())
+			for {
+				select {
+				case <-ctx.Done():
+					fmt.Fprintln(cmd.ErrOrStderr(), "p2pkey: shutting down")
+					return n.Close()
+				case e, ok := <-events:
+					if !ok {
+						return n.Close()
+					}
+					if e.Type == node.EventMemberRemoved && e.Peer == n.ID() {
+						fmt.Fprintln(cmd.ErrOrStderr(), "p2pkey: this node has left the cluster; exiting")
+						return n.Close()
+					}
+				}
+			}
+		},
+	}
+	cmd.Flags().BoolVar(&bootstrap, "bootstrap", false, "create a new cluster with this node as its first member")
+	cmd.Flags().StringVar(&join, "join", "", "join a cluster with this invite")
+	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 1s)")
+	cmd.Flags().MarkHidden("raft-heartbeat")
+	return cmd
+}
+
+func newInviteCmd(g *globals) *cobra.Command {
+	var ttl time.Duration
+	cmd := &cobra.Command{
+		Use:   "invite [--ttl DURATION]",
+		Short: "Print a single-use invite for a new node",
+		Long: `invite asks the running daemon for a single-use invite and prints it on
+stdout. The invite carries the cluster ID, a secret and the addresses of live
+members. Only a hash of the secret is recorded in the cluster's ledger. It
+expires after --ttl.`,
+		Example: `  p2pkey invite
+  p2pkey invite --ttl 10m > invite.txt
+  p2pkey invite --json | jq -r .invite`,
+		Args: usageArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ttl < 0 {
+				return &statusError{code: exitUsage, err: errors.New("--ttl must be positive")}
+			}
+			ctx, cancel := reqCtx(cmd, 30*time.Second)
+			defer cancel()
+			inv, err := g.client().Invite(ctx, ttl)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return printJSON(cmd.OutOrStdout(), inv)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), inv.Invite)
+			fmt.Fprintf(cmd.ErrOrStderr(), "invite expires at %s\n", inv.ExpiresAt.Format(time.RFC3339))
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the invite stays valid")
+	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "Show the node, the cluster, the lock state and every member's coverage",
+		Long: `status shows this node's peer ID, the cluster ID, the lock state of its key,
+its view of Raft (state, leader, term), the current and open key generations,
+and one row per member with its status, connection and share coverage.
+
+--json prints the same as a JSON object with at least: peer_id, cluster_id,
+lock ("unlocked", "locked" or "unescrowed"), raft.state, raft.leader,
+generation.current, generation.open (null when none), and members[] with
+peer_id, status, escrow_generation, shares_held, threshold.`,
+		Example: `  p2pkey status
+  p2pkey status --json | jq '.members[] | {peer_id, shares_held}'`,
+		Args: usageArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := reqCtx(cmd, 10*time.Second)
+			defer cancel()
+			st, err := g.client().Status(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "peer:        %s\n", st.PeerID)
+			fmt.Fprintf(w, "cluster:     %s\n", st.ClusterID)
+			fmt.Fprintf(w, "lock:        %s\n", st.Lock)
+			leader := st.Raft.Leader
+			if leader == "" {
+				leader = "(none)"
+			}
+			fmt.Fprintf(w, "raft:        %s, term %d, applied %d, leader %s\n", strings.ToLower(st.Raft.State), st.Raft.Term, st.Raft.AppliedIndex, short(leader))
+			cur := "(none)"
+			if st.Generation.Current != nil {
+				cur = fmt.Sprint(*st.Generation.Current)
+			}
+			open := "(none)"
+			if o := st.Generation.Open; o != nil {
+				open = fmt.Sprintf("%d (%d members, threshold %d, deadline %s)", o.Number, o.Members, o.Threshold, o.Deadline.Format(time.RFC3339))
+			}
+			fmt.Fprintf(w, "generation:  current %s, open %s\n\n", cur, open)
+			printMembers(w, st.Members, st.PeerID)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberStatus, self string) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tSTATUS\tVOTER\tCONNECTION\tESCROW GEN\tSHARES HELD")
+	for _, m := range ms {
+		id := m.PeerID
+		if id == self {
+			id += " (self)"
+		}
+		gen, held := "-", "-"
+		if m.EscrowGeneration != nil {
+			gen = fmt.Sprint(*m.EscrowGeneration)
+			held = fmt.Sprintf("%d (threshold %d)", m.SharesHeld, m.Threshold)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", id, m.Status, m.Voter, m.Connection, gen, held)
+	}
+	tw.Flush()
+}
+
+func short(id string) string {
+	if len(id) > 16 {
+		return id[:8] + "…" + id[len(id)-6:]
+	}
+	return id
+}
+
+func newMembersCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "members [--json]",
+		Short: "List the cluster's members",
+		Long:  `members lists every member the ledger knows, with its status (joining, active, removed, rejected), whether it votes in Raft, how this node reaches it, and its share coverage.`,
+		Example: `  p2pkey members
+  p2pkey members --json | jq -r '.[] | select(.status=="active") | .peer_id'`,
+		Args: usageArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := reqCtx(cmd, 10*time.Second)
+			defer cancel()
+			st, err := g.client().Status(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return printJSON(cmd.OutOrStdout(), st.Members)
+			}
+			printMembers(cmd.OutOrStdout(), st.Members, st.PeerID)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func newRemoveCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "remove PEER_ID",
+		Short: "Revoke a member",
+		Long: `remove revokes a member at once (rule R1): the ledger marks it removed, holders
+stop serving its shares, and the leader takes it out of the Raft configuration.
+A removed node can never rejoin with the same identity.`,
+		Example: `  p2pkey remove 12D3KooWQ...`,
+		Args:    usageArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := peer.Decode(args[0])
+			if err != nil {
+				return &statusError{code: exitUsage, err: fmt.Errorf("%q is not a peer ID: %w", args[0], err)}
+			}
+			ctx, cancel := reqCtx(cmd, time.Minute)
+			defer cancel()
+			if err := g.client().Remove(ctx, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", id)
+			return nil
+		},
+	}
+	return cmd
+}
+
+func newLeaveCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "leave",
+		Short: "Take this node out of the cluster",
+		Long: `leave removes this node from the cluster, exactly as 'remove' would from
+another member, and the daemon exits. The node's key can no longer be unlocked
+by the cluster afterwards.`,
+		Example: `  p2pkey leave`,
+		Args:    usageArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := reqCtx(cmd, time.Minute)
+			defer cancel()
+			if err := g.client().Leave(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "left the cluster")
+			return nil
+		},
+	}
+}
