@@ -1,0 +1,387 @@
+package generations
+
+import (
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pkey/p2pkey/generations/pb"
+)
+
+// Encoding versions and bounds (rules S4, S6).
+const (
+	// CommandVersion is the only Command.version this ledger applies.
+	CommandVersion = 1
+	// SnapshotVersion is the only Snapshot.version this ledger restores.
+	SnapshotVersion = 1
+
+	// MaxCommandSize bounds an encoded command.
+	MaxCommandSize = 1 << 20
+	// MaxSnapshotSize bounds an encoded snapshot.
+	MaxSnapshotSize = 256 << 20
+	// MaxReceiptsPerBatch bounds one RecordReceipts command.
+	MaxReceiptsPerBatch = 4096
+	// MaxAddrs and MaxAddrLen bound SetAddrs.
+	MaxAddrs   = 16
+	MaxAddrLen = 256
+	// MaxKeyCheckSize bounds a key-check value (rule K4).
+	MaxKeyCheckSize = 64
+	// MaxSignatureSize bounds a receipt signature (Ed25519 uses 64).
+	MaxSignatureSize = 512
+	// MaxPeerIDSize bounds a binary peer ID.
+	MaxPeerIDSize = 128
+	// DigestSize is the size of an envelope digest and of an invite hash
+	// (SHA-256).
+	DigestSize = 32
+	// ClusterIDLen is the length of a cluster ID: 16 bytes as lowercase hex.
+	ClusterIDLen = 32
+)
+
+// EncodeCommand validates cmd and returns its deterministic encoding.
+func EncodeCommand(cmd *pb.Command) ([]byte, error) {
+	if err := ValidateCommand(cmd); err != nil {
+		return nil, err
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformedCommand, err)
+	}
+	if len(b) > MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes", ErrCommandTooLarge, len(b))
+	}
+	return b, nil
+}
+
+// DecodeCommand decodes and validates one encoded command. It never panics;
+// garbage gets a deterministic error.
+func DecodeCommand(data []byte) (*pb.Command, error) {
+	if len(data) > MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes", ErrCommandTooLarge, len(data))
+	}
+	cmd := new(pb.Command)
+	if err := proto.Unmarshal(data, cmd); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformedCommand, err)
+	}
+	if err := ValidateCommand(cmd); err != nil {
+		return nil, err
+	}
+	return cmd, nil
+}
+
+// ValidateCommand checks every field of cmd that can be checked without the
+// ledger's state: the version, the timestamp, peer IDs, sizes.
+func ValidateCommand(cmd *pb.Command) error {
+	if cmd == nil {
+		return ErrEmptyCommand
+	}
+	if cmd.GetVersion() != CommandVersion {
+		return fmt.Errorf("%w: command version %d", ErrUnsupportedVersion, cmd.GetVersion())
+	}
+	if cmd.GetNow() <= 0 {
+		return fmt.Errorf("%w: now=%d", ErrBadTime, cmd.GetNow())
+	}
+	switch b := cmd.GetBody().(type) {
+	case *pb.Command_Bootstrap:
+		if b.Bootstrap == nil {
+			return ErrEmptyCommand
+		}
+		if err := validClusterID(b.Bootstrap.GetClusterId()); err != nil {
+			return err
+		}
+		return validPeer("founder", b.Bootstrap.GetFounder())
+	case *pb.Command_AddInvite:
+		c := b.AddInvite
+		if c == nil {
+			return ErrEmptyCommand
+		}
+		if len(c.GetHash()) != DigestSize {
+			return fmt.Errorf("%w: got %d bytes", ErrBadInviteHash, len(c.GetHash()))
+		}
+		if c.GetExpiresAt() <= 0 {
+			return fmt.Errorf("%w: expires_at=%d", ErrBadTime, c.GetExpiresAt())
+		}
+		return validPeer("issuer", c.GetIssuer())
+	case *pb.Command_ConsumeInvite:
+		c := b.ConsumeInvite
+		if c == nil {
+			return ErrEmptyCommand
+		}
+		if len(c.GetHash()) != DigestSize {
+			return fmt.Errorf("%w: got %d bytes", ErrBadInviteHash, len(c.GetHash()))
+		}
+		if err := validClusterID(c.GetClusterId()); err != nil {
+			return err
+		}
+		if c.GetDeadline() < 0 {
+			return fmt.Errorf("%w: deadline=%d", ErrBadDeadline, c.GetDeadline())
+		}
+		return validPeer("joiner", c.GetJoiner())
+	case *pb.Command_OpenGeneration:
+		if b.OpenGeneration == nil {
+			return ErrEmptyCommand
+		}
+		if b.OpenGeneration.GetDeadline() <= 0 {
+			return fmt.Errorf("%w: deadline=%d", ErrBadDeadline, b.OpenGeneration.GetDeadline())
+		}
+		return nil
+	case *pb.Command_RecordReceipts:
+		c := b.RecordReceipts
+		if c == nil || len(c.GetReceipts()) == 0 {
+			return ErrEmptyCommand
+		}
+		if len(c.GetReceipts()) > MaxReceiptsPerBatch {
+			return fmt.Errorf("%w: %d > %d", ErrTooManyReceipts, len(c.GetReceipts()), MaxReceiptsPerBatch)
+		}
+		for i, r := range c.GetReceipts() {
+			if err := validReceipt(r); err != nil {
+				return fmt.Errorf("receipt %d: %w", i, err)
+			}
+		}
+		return nil
+	case *pb.Command_AbortGeneration:
+		if b.AbortGeneration == nil {
+			return ErrEmptyCommand
+		}
+		if b.AbortGeneration.GetGeneration() == 0 {
+			return ErrBadGeneration
+		}
+		return nil
+	case *pb.Command_RetireGeneration:
+		if b.RetireGeneration == nil {
+			return ErrEmptyCommand
+		}
+		if b.RetireGeneration.GetGeneration() == 0 {
+			return ErrBadGeneration
+		}
+		return nil
+	case *pb.Command_RemoveMember:
+		c := b.RemoveMember
+		if c == nil {
+			return ErrEmptyCommand
+		}
+		if c.GetDeadline() <= 0 {
+			return fmt.Errorf("%w: deadline=%d", ErrBadDeadline, c.GetDeadline())
+		}
+		return validPeer("peer", c.GetPeer())
+	case *pb.Command_SetAddrs:
+		c := b.SetAddrs
+		if c == nil {
+			return ErrEmptyCommand
+		}
+		if err := validAddrs(c.GetAddrs()); err != nil {
+			return err
+		}
+		return validPeer("peer", c.GetPeer())
+	case *pb.Command_RecordKeyCheck:
+		c := b.RecordKeyCheck
+		if c == nil {
+			return ErrEmptyCommand
+		}
+		if n := len(c.GetValue()); n == 0 || n > MaxKeyCheckSize {
+			return fmt.Errorf("%w: %d bytes", ErrBadKeyCheck, n)
+		}
+		return validPeer("owner", c.GetOwner())
+	default:
+		return ErrEmptyCommand
+	}
+}
+
+func validReceipt(r *pb.Receipt) error {
+	if r == nil {
+		return ErrEmptyCommand
+	}
+	if r.GetGeneration() == 0 {
+		return ErrBadGeneration
+	}
+	if len(r.GetDigest()) != DigestSize {
+		return fmt.Errorf("%w: got %d bytes", ErrBadDigest, len(r.GetDigest()))
+	}
+	if n := len(r.GetSignature()); n == 0 || n > MaxSignatureSize {
+		return fmt.Errorf("%w: signature of %d bytes", ErrBadSignature, n)
+	}
+	if err := validPeer("owner", r.GetOwner()); err != nil {
+		return err
+	}
+	return validPeer("holder", r.GetHolder())
+}
+
+// validPeer checks that b is a binary peer ID with an embedded public key
+// (Ed25519 IDs are), so receipts by it can be verified from the ID alone.
+func validPeer(what string, b []byte) error {
+	if len(b) == 0 || len(b) > MaxPeerIDSize {
+		return fmt.Errorf("%w: %s of %d bytes", ErrBadPeerID, what, len(b))
+	}
+	id, err := peer.IDFromBytes(b)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrBadPeerID, what, err)
+	}
+	if _, err := id.ExtractPublicKey(); err != nil {
+		return fmt.Errorf("%w: %s has no embedded public key: %v", ErrBadPeerID, what, err)
+	}
+	return nil
+}
+
+func validClusterID(s string) error {
+	if !IsValidClusterID(s) {
+		return fmt.Errorf("%w: %q", ErrBadClusterID, s)
+	}
+	return nil
+}
+
+// IsValidClusterID reports whether s is 32 lowercase hex characters.
+func IsValidClusterID(s string) bool {
+	if len(s) != ClusterIDLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func validAddrs(addrs []string) error {
+	if len(addrs) > MaxAddrs {
+		return fmt.Errorf("%w: %d addresses, at most %d", ErrBadAddrs, len(addrs), MaxAddrs)
+	}
+	for i, a := range addrs {
+		if len(a) == 0 || len(a) > MaxAddrLen || !utf8.ValidString(a) {
+			return fmt.Errorf("%w: address %d", ErrBadAddrs, i)
+		}
+		for j := 0; j < len(a); j++ {
+			if a[j] < 0x21 || a[j] > 0x7e {
+				return fmt.Errorf("%w: address %d has a non-printable byte", ErrBadAddrs, i)
+			}
+		}
+	}
+	return nil
+}
+
+// unixNanos converts a time to the ledger's unix nanoseconds; the zero time
+// is 0.
+func unixNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// fromNanos is the inverse of unixNanos, in UTC.
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func newCommand(now time.Time) *pb.Command {
+	return &pb.Command{Version: CommandVersion, Now: unixNanos(now)}
+}
+
+// NewBootstrap creates the cluster clusterID with founder as its only,
+// active member.
+func NewBootstrap(clusterID string, founder peer.ID, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_Bootstrap{Bootstrap: &pb.Bootstrap{ClusterId: clusterID, Founder: []byte(founder)}}
+	return c
+}
+
+// NewAddInvite records an invite by the SHA-256 hash of its secret.
+func NewAddInvite(hash []byte, expiresAt time.Time, issuer peer.ID, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_AddInvite{AddInvite: &pb.AddInvite{
+		Hash: append([]byte(nil), hash...), ExpiresAt: unixNanos(expiresAt), Issuer: []byte(issuer),
+	}}
+	return c
+}
+
+// NewConsumeInvite admits joiner with the invite whose hash is given. A zero
+// deadline admits it at once; otherwise it joins through a generation that
+// must commit before deadline.
+func NewConsumeInvite(hash []byte, joiner peer.ID, clusterID string, deadline, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_ConsumeInvite{ConsumeInvite: &pb.ConsumeInvite{
+		Hash: append([]byte(nil), hash...), Joiner: []byte(joiner), ClusterId: clusterID, Deadline: unixNanos(deadline),
+	}}
+	return c
+}
+
+// NewOpenGeneration opens the next generation for the current members and
+// every pending joiner.
+func NewOpenGeneration(deadline, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_OpenGeneration{OpenGeneration: &pb.OpenGeneration{Deadline: unixNanos(deadline)}}
+	return c
+}
+
+// Receipt is a holder's signed acknowledgement that it stores one envelope.
+type Receipt struct {
+	Generation uint64
+	Owner      peer.ID
+	Holder     peer.ID
+	Digest     []byte // SHA-256 of the encoded envelope
+	Signature  []byte // holder's signature over ReceiptMessage
+}
+
+func (r Receipt) toPB() *pb.Receipt {
+	return &pb.Receipt{
+		Generation: r.Generation,
+		Owner:      []byte(r.Owner),
+		Holder:     []byte(r.Holder),
+		Digest:     append([]byte(nil), r.Digest...),
+		Signature:  append([]byte(nil), r.Signature...),
+	}
+}
+
+// NewRecordReceipts records a batch of receipts (all or nothing).
+func NewRecordReceipts(receipts []Receipt, now time.Time) *pb.Command {
+	c := newCommand(now)
+	rr := &pb.RecordReceipts{Receipts: make([]*pb.Receipt, 0, len(receipts))}
+	for _, r := range receipts {
+		rr.Receipts = append(rr.Receipts, r.toPB())
+	}
+	c.Body = &pb.Command_RecordReceipts{RecordReceipts: rr}
+	return c
+}
+
+// NewAbortGeneration aborts the open generation gen after its deadline.
+func NewAbortGeneration(gen uint64, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_AbortGeneration{AbortGeneration: &pb.AbortGeneration{Generation: gen}}
+	return c
+}
+
+// NewRetireGeneration asks for gen to be retired (see RetireGeneration in
+// the package documentation: the ledger also retires automatically).
+func NewRetireGeneration(gen uint64, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_RetireGeneration{RetireGeneration: &pb.RetireGeneration{Generation: gen}}
+	return c
+}
+
+// NewRemoveMember revokes p at once (R1) and opens a generation without it
+// that must commit before deadline.
+func NewRemoveMember(p peer.ID, deadline, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_RemoveMember{RemoveMember: &pb.RemoveMember{Peer: []byte(p), Deadline: unixNanos(deadline)}}
+	return c
+}
+
+// NewSetAddrs records the multiaddr strings p can be dialled at.
+func NewSetAddrs(p peer.ID, addrs []string, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_SetAddrs{SetAddrs: &pb.SetAddrs{Peer: []byte(p), Addrs: append([]string(nil), addrs...)}}
+	return c
+}
+
+// NewRecordKeyCheck records owner's key-check value (rule K4).
+func NewRecordKeyCheck(owner peer.ID, value []byte, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_RecordKeyCheck{RecordKeyCheck: &pb.RecordKeyCheck{Owner: []byte(owner), Value: append([]byte(nil), value...)}}
+	return c
+}

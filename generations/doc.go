@@ -1,0 +1,102 @@
+// Package generations is the custody ledger: the whole replicated state of a
+// p2pkey cluster, applied from the Raft log.
+//
+// # What it owns
+//
+// The cluster ID; the members and their status (joining, active, removed,
+// rejected) and informational addresses; invites, by the SHA-256 hash of
+// their secret only (rule J1); generations, their member sets M(g),
+// thresholds t(g) = floor(|M(g)|/2)+1 and lifecycle; holder receipts
+// (envelope digest and holder signature) per (generation, owner, holder);
+// key-check values (rule K4); and the versioned protobuf encodings of log
+// commands and snapshots (package pb, rules S4, S6).
+//
+// # What it must not touch
+//
+// A clock, randomness, the network, the disk or goroutines. Time comes in as
+// the command's now field, stamped by the proposer; IDs come in as fields.
+// The same command log therefore always gives the same state, and Snapshot
+// is byte-deterministic. The ledger never holds share or envelope contents,
+// nor K: only SHA-256 digests of envelopes and holders' signatures.
+//
+// # Applying commands
+//
+// Apply decodes one log entry (bounded by MaxCommandSize, version checked),
+// validates every field, then checks the command against the state before
+// mutating anything, so an error leaves the ledger unchanged. Every error
+// wraps exactly one exported sentinel; ErrorCode and ErrorByCode map them to
+// stable short codes for forwarding. Apply never panics: a recovered panic
+// (a bug) becomes ErrInternal.
+//
+// Generation lifecycle, as a transition table (GenerationState.Next):
+//
+//	open ──commit──▶ committed ──retire──▶ retired
+//	open ──abort───▶ aborted
+//
+// At most one generation is open (G2). OpenGeneration opens the next one
+// with M = active ∪ joining members. ConsumeInvite with a deadline makes the
+// joiner "joining" and opens a generation if none is open; otherwise the
+// joiner waits for the next OpenGeneration (batching). ConsumeInvite with a
+// zero deadline admits the joiner at once (direct admission).
+//
+// # Receipts and commit
+//
+// RecordReceipts is all-or-nothing: every receipt of the batch is checked
+// (open generation, parties are non-removed members of it, signature by the
+// holder's key embedded in its peer ID over ReceiptMessage, no conflicting
+// digest) before any is recorded; the first failing receipt's error, with its
+// index, is returned. A receipt identical in digest to a recorded one is an
+// idempotent duplicate (counted in Result.Duplicates; the first signature is
+// kept). Receipts are recorded for the open generation and for the current
+// (newest committed) generation: a member that missed the commit, because it
+// was offline or its receipts landed after the majority, can still escrow in
+// the current generation (G5), which is what lets older generations retire.
+// Receipts for older committed, aborted or retired generations are refused.
+//
+// Commit is derived, never proposed: after a batch is recorded, the open
+// generation g commits when at least t(g) members are escrowed in g (each has
+// at least t(g) receipts, its self-receipt included), and every joiner of g
+// is escrowed in g (J2) and is a recorded holder for at least t(g) owners of
+// M(g) (J3). On commit its joiners become active (J4).
+//
+// # Abort
+//
+// AbortGeneration aborts the open generation once now >= its deadline (G3).
+// Its receipts are deleted, its joiners become rejected, and Result.Rejected
+// says, per joiner, what was missing (J5); the text is kept as the member's
+// Reason. A rejected peer may join again with a new invite. Removal aborts
+// too (below), without rejecting the other joiners.
+//
+// # Retirement (G4)
+//
+// Retirement is automatic: after every commit and every removal, each
+// committed generation h older than the current one is retired when every
+// active member of the current generation is escrowed in some committed
+// generation newer than h (late receipts into the current generation count).
+// Retired generations keep their metadata but lose
+// their receipts, and never come back. The RetireGeneration command only
+// re-checks that rule through the log: since the ledger already retired every
+// generation it allows, it reports why a generation is still retained
+// (ErrRetentionRequired, ErrRetireCurrent, ...). RetentionBlockers names the
+// members that hold a generation back.
+//
+// # Removal (R1)
+//
+// RemoveMember revokes a joining or active member at once: it becomes
+// removed, every receipt where it is owner or holder is deleted (so no holder
+// may serve its envelopes and it no longer counts as a holder), and its
+// key-check value is dropped. Invites it issued are refused from then on
+// (ErrInviteRevoked). If the open generation contains it, that generation is
+// aborted (its receipts deleted, its other joiners stay joining) and a new
+// generation without it is opened with the given deadline; if none is open,
+// one is opened. The open generation is left alone if it does not contain
+// the removed peer. Removing the last active member is refused.
+//
+// # Key checks (K4)
+//
+// RecordKeyCheck is accepted from a joining or active owner that is escrowed
+// in an open or committed generation, so a joiner can record it at its first
+// escrow, before its generation commits. It is recorded once: the same value
+// again is a no-op, a different one is ErrKeyCheckMismatch. It is dropped if
+// the owner is rejected or removed.
+package generations

@@ -1,0 +1,798 @@
+package generations
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pkey/p2pkey/generations/pb"
+)
+
+// InviteRetention is how long, past its expiry, an invite is kept in the
+// ledger. Older invites are pruned when a new invite is added, so a very old
+// invite hash is then reported as unknown rather than expired.
+const InviteRetention = 7 * 24 * time.Hour
+
+// MaxLiveInvites bounds the invites that are neither used nor expired.
+const MaxLiveInvites = 1024
+
+// Ledger is the custody ledger: the whole replicated state of a cluster.
+//
+// A Ledger is not safe for concurrent use; the consensus layer holds it
+// behind a mutex. It never reads a clock, draws randomness or does I/O: the
+// same command log always gives the same state.
+type Ledger struct {
+	clusterID string
+	members   map[peer.ID]*member
+	invites   map[[DigestSize]byte]*invite
+	gens      []*generation // gens[i].num == i+1
+	keyChecks map[peer.ID][]byte
+}
+
+type member struct {
+	status     MemberStatus
+	joinedAt   int64
+	admittedAt int64
+	removedAt  int64
+	addrs      []string
+	reason     string
+}
+
+type invite struct {
+	expiresAt int64
+	issuer    peer.ID
+	usedBy    peer.ID
+	usedAt    int64
+	createdAt int64
+}
+
+type receipt struct {
+	digest [DigestSize]byte
+	sig    []byte
+}
+
+type generation struct {
+	num         uint64
+	state       GenerationState
+	members     []peer.ID // sorted
+	memberSet   map[peer.ID]struct{}
+	threshold   int
+	joiners     []peer.ID // sorted
+	removals    []peer.ID // sorted
+	openedAt    int64
+	deadline    int64
+	committedAt int64
+	abortedAt   int64
+	retiredAt   int64
+	// receipts[owner][holder]; empty unless the generation is live.
+	receipts map[peer.ID]map[peer.ID]receipt
+}
+
+// New returns an empty ledger, waiting for Bootstrap.
+func New() *Ledger {
+	return &Ledger{
+		members:   make(map[peer.ID]*member),
+		invites:   make(map[[DigestSize]byte]*invite),
+		keyChecks: make(map[peer.ID][]byte),
+	}
+}
+
+// ensureMaps makes the zero Ledger usable.
+func (l *Ledger) ensureMaps() {
+	if l.members == nil {
+		l.members = make(map[peer.ID]*member)
+	}
+	if l.invites == nil {
+		l.invites = make(map[[DigestSize]byte]*invite)
+	}
+	if l.keyChecks == nil {
+		l.keyChecks = make(map[peer.ID][]byte)
+	}
+}
+
+// Shortfall says exactly what a joiner of a generation is missing (rule J5).
+type Shortfall struct {
+	Joiner     peer.ID
+	Generation uint64
+	// J2: holders that acknowledged the joiner's envelopes, of Needed.
+	HoldersAcked   int
+	MissingHolders []peer.ID
+	// J3: owners whose envelope the joiner holds, of Needed.
+	OwnersHeld    int
+	MissingOwners []peer.ID
+	// The majority rule: members escrowed in the generation, of Needed.
+	MembersEscrowed int
+	// Needed is t(g).
+	Needed int
+}
+
+// Met reports whether the joiner meets J2 and J3.
+func (s Shortfall) Met() bool { return s.HoldersAcked >= s.Needed && s.OwnersHeld >= s.Needed }
+
+// String renders the shortfall for the joiner, for example
+// "generation 4: 2 of 3 holders acknowledged; holds shares of 1 of 3 required owners".
+func (s Shortfall) String() string {
+	var parts []string
+	if s.HoldersAcked < s.Needed {
+		parts = append(parts, fmt.Sprintf("%d of %d holders acknowledged", s.HoldersAcked, s.Needed))
+	}
+	if s.OwnersHeld < s.Needed {
+		parts = append(parts, fmt.Sprintf("holds shares of %d of %d required owners", s.OwnersHeld, s.Needed))
+	}
+	if s.MembersEscrowed < s.Needed {
+		parts = append(parts, fmt.Sprintf("%d of %d members escrowed", s.MembersEscrowed, s.Needed))
+	}
+	if len(parts) == 0 {
+		return fmt.Sprintf("generation %d: nothing missing", s.Generation)
+	}
+	return fmt.Sprintf("generation %d: %s", s.Generation, strings.Join(parts, "; "))
+}
+
+// Result is what a successfully applied command did.
+type Result struct {
+	// Opened is the generation opened by the command, 0 if none.
+	Opened uint64
+	// Committed is the generation that committed, 0 if none.
+	Committed uint64
+	// Aborted is the generation aborted by the command, 0 if none.
+	Aborted uint64
+	// Retired lists the generations retired by the command, ascending.
+	Retired []uint64
+	// Admitted lists the joiners that became active, sorted.
+	Admitted []peer.ID
+	// Rejected says, per joiner of an aborted generation, what was missing.
+	Rejected []Shortfall
+	// Recorded and Duplicates count the receipts of a RecordReceipts batch
+	// that were new and that were identical to recorded ones.
+	Recorded   int
+	Duplicates int
+}
+
+// Apply decodes and applies one committed Raft log entry. It never panics
+// and leaves the ledger unchanged when it returns an error; the error wraps
+// exactly one sentinel (see ErrorCode).
+func (l *Ledger) Apply(data []byte) (Result, error) {
+	cmd, err := DecodeCommand(data)
+	if err != nil {
+		return Result{}, err
+	}
+	return l.ApplyCommand(cmd)
+}
+
+// ApplyCommand validates and applies a decoded command. See Apply.
+func (l *Ledger) ApplyCommand(cmd *pb.Command) (res Result, err error) {
+	defer func() {
+		// Last line of defence for rule S4: validation runs before any
+		// mutation, so a panic here is a bug; report it deterministically
+		// rather than crash every replica.
+		if r := recover(); r != nil {
+			res, err = Result{}, fmt.Errorf("%w: %v", ErrInternal, r)
+		}
+	}()
+	if err := ValidateCommand(cmd); err != nil {
+		return Result{}, err
+	}
+	l.ensureMaps()
+	now := cmd.GetNow()
+	if _, ok := cmd.GetBody().(*pb.Command_Bootstrap); !ok && l.clusterID == "" {
+		return Result{}, ErrNotBootstrapped
+	}
+	switch b := cmd.GetBody().(type) {
+	case *pb.Command_Bootstrap:
+		return l.bootstrap(now, b.Bootstrap)
+	case *pb.Command_AddInvite:
+		return l.addInvite(now, b.AddInvite)
+	case *pb.Command_ConsumeInvite:
+		return l.consumeInvite(now, b.ConsumeInvite)
+	case *pb.Command_OpenGeneration:
+		return l.openGenerationCmd(now, b.OpenGeneration)
+	case *pb.Command_RecordReceipts:
+		return l.recordReceipts(now, b.RecordReceipts)
+	case *pb.Command_AbortGeneration:
+		return l.abortGenerationCmd(now, b.AbortGeneration)
+	case *pb.Command_RetireGeneration:
+		return l.retireGenerationCmd(now, b.RetireGeneration)
+	case *pb.Command_RemoveMember:
+		return l.removeMember(now, b.RemoveMember)
+	case *pb.Command_SetAddrs:
+		return l.setAddrs(b.SetAddrs)
+	case *pb.Command_RecordKeyCheck:
+		return l.recordKeyCheck(b.RecordKeyCheck)
+	}
+	return Result{}, ErrEmptyCommand
+}
+
+func (l *Ledger) bootstrap(now int64, b *pb.Bootstrap) (Result, error) {
+	if l.clusterID != "" {
+		return Result{}, ErrAlreadyBootstrapped
+	}
+	founder := peer.ID(b.GetFounder())
+	l.clusterID = b.GetClusterId()
+	l.members[founder] = &member{status: StatusActive, joinedAt: now, admittedAt: now}
+	return Result{}, nil
+}
+
+// memberErr returns the sentinel for p not being a current member, or nil.
+func (l *Ledger) memberErr(p peer.ID) error {
+	m := l.members[p]
+	switch {
+	case m == nil || m.status == StatusRejected:
+		return fmt.Errorf("%w: %s", ErrNotMember, p)
+	case m.status == StatusRemoved:
+		return fmt.Errorf("%w: %s", ErrMemberRemoved, p)
+	}
+	return nil
+}
+
+func (l *Ledger) activeErr(p peer.ID) error {
+	if err := l.memberErr(p); err != nil {
+		return err
+	}
+	if l.members[p].status != StatusActive {
+		return fmt.Errorf("%w: %s is %s", ErrNotActive, p, l.members[p].status)
+	}
+	return nil
+}
+
+func (l *Ledger) addInvite(now int64, c *pb.AddInvite) (Result, error) {
+	issuer := peer.ID(c.GetIssuer())
+	if err := l.activeErr(issuer); err != nil {
+		return Result{}, err
+	}
+	if c.GetExpiresAt() <= now {
+		return Result{}, fmt.Errorf("%w: expires before it is issued", ErrInviteExpired)
+	}
+	h := [DigestSize]byte(c.GetHash())
+	if _, dup := l.invites[h]; dup {
+		return Result{}, ErrDuplicateInvite
+	}
+	live := 0
+	for _, inv := range l.invites {
+		if inv.usedBy == "" && inv.expiresAt > now {
+			live++
+		}
+	}
+	if live >= MaxLiveInvites {
+		return Result{}, fmt.Errorf("%w: %d", ErrTooManyInvites, live)
+	}
+	// Prune invites long past their expiry (deterministic: depends on now).
+	for k, inv := range l.invites {
+		if inv.expiresAt <= now-int64(InviteRetention) {
+			delete(l.invites, k)
+		}
+	}
+	l.invites[h] = &invite{expiresAt: c.GetExpiresAt(), issuer: issuer, createdAt: now}
+	return Result{}, nil
+}
+
+func (l *Ledger) consumeInvite(now int64, c *pb.ConsumeInvite) (Result, error) {
+	if c.GetClusterId() != l.clusterID {
+		return Result{}, fmt.Errorf("%w: invite for %s, this is %s", ErrClusterMismatch, c.GetClusterId(), l.clusterID)
+	}
+	inv := l.invites[[DigestSize]byte(c.GetHash())]
+	if inv == nil {
+		return Result{}, ErrUnknownInvite
+	}
+	if inv.usedBy != "" {
+		return Result{}, fmt.Errorf("%w: by %s", ErrInviteUsed, inv.usedBy)
+	}
+	if now >= inv.expiresAt {
+		return Result{}, ErrInviteExpired
+	}
+	if m := l.members[inv.issuer]; m == nil || m.status == StatusRemoved {
+		return Result{}, fmt.Errorf("%w: issuer %s", ErrInviteRevoked, inv.issuer)
+	}
+	joiner := peer.ID(c.GetJoiner())
+	if m := l.members[joiner]; m != nil {
+		switch m.status {
+		case StatusRemoved:
+			return Result{}, fmt.Errorf("%w: %s", ErrMemberRemoved, joiner)
+		case StatusActive, StatusJoining:
+			return Result{}, fmt.Errorf("%w: %s is %s", ErrAlreadyMember, joiner, m.status)
+		}
+	}
+	deadline := c.GetDeadline()
+	if deadline != 0 && deadline <= now {
+		return Result{}, fmt.Errorf("%w: deadline not after now", ErrBadDeadline)
+	}
+
+	inv.usedBy, inv.usedAt = joiner, now
+	var res Result
+	if deadline == 0 {
+		l.members[joiner] = &member{status: StatusActive, joinedAt: now, admittedAt: now}
+		res.Admitted = []peer.ID{joiner}
+		return res, nil
+	}
+	l.members[joiner] = &member{status: StatusJoining, joinedAt: now}
+	if l.open() == nil {
+		res.Opened = l.openGeneration(now, deadline)
+	}
+	return res, nil
+}
+
+func (l *Ledger) openGenerationCmd(now int64, c *pb.OpenGeneration) (Result, error) {
+	if g := l.open(); g != nil {
+		return Result{}, fmt.Errorf("%w: generation %d", ErrGenerationOpen, g.num)
+	}
+	if c.GetDeadline() <= now {
+		return Result{}, fmt.Errorf("%w: deadline not after now", ErrBadDeadline)
+	}
+	return Result{Opened: l.openGeneration(now, c.GetDeadline())}, nil
+}
+
+// openGeneration opens the next generation with M = active ∪ joining. The
+// caller has checked that none is open.
+func (l *Ledger) openGeneration(now, deadline int64) uint64 {
+	g := &generation{
+		num:       uint64(len(l.gens)) + 1,
+		state:     StateOpen,
+		memberSet: make(map[peer.ID]struct{}),
+		openedAt:  now,
+		deadline:  deadline,
+		receipts:  make(map[peer.ID]map[peer.ID]receipt),
+	}
+	for _, p := range sortedKeys(l.members) {
+		switch l.members[p].status {
+		case StatusActive:
+			g.members = append(g.members, p)
+		case StatusJoining:
+			g.members = append(g.members, p)
+			g.joiners = append(g.joiners, p)
+		default:
+			continue
+		}
+		g.memberSet[p] = struct{}{}
+	}
+	g.threshold = len(g.members)/2 + 1
+	if cur := l.current(); cur != nil {
+		for _, p := range cur.members {
+			if !g.has(p) {
+				g.removals = append(g.removals, p)
+			}
+		}
+	}
+	l.gens = append(l.gens, g)
+	return g.num
+}
+
+func (l *Ledger) recordReceipts(now int64, c *pb.RecordReceipts) (Result, error) {
+	type key struct {
+		gen           *generation
+		owner, holder peer.ID
+	}
+	var (
+		fresh = make(map[key]receipt, len(c.GetReceipts()))
+		order []key
+		res   Result
+	)
+	// Phase 1: check every receipt; the batch is all or nothing.
+	for i, r := range c.GetReceipts() {
+		owner, holder := peer.ID(r.GetOwner()), peer.ID(r.GetHolder())
+		g, err := l.receiptGeneration(r.GetGeneration())
+		if err != nil {
+			return Result{}, fmt.Errorf("receipt %d: %w", i, err)
+		}
+		if err := l.receiptParties(g, owner, holder); err != nil {
+			return Result{}, fmt.Errorf("receipt %d: %w", i, err)
+		}
+		digest := [DigestSize]byte(r.GetDigest())
+		k := key{g, owner, holder}
+		prev, seen := g.receipts[owner][holder]
+		if !seen {
+			prev, seen = fresh[k]
+		}
+		if seen {
+			if prev.digest != digest {
+				return Result{}, fmt.Errorf("receipt %d: %w: generation %d owner %s holder %s", i, ErrDuplicateReceipt, g.num, owner, holder)
+			}
+			// Identical digest: idempotent, the first signature is kept.
+			res.Duplicates++
+			continue
+		}
+		if err := verifyReceipt(l.clusterID, g.num, owner, holder, r.GetDigest(), r.GetSignature()); err != nil {
+			return Result{}, fmt.Errorf("receipt %d: %w", i, err)
+		}
+		fresh[k] = receipt{digest: digest, sig: bytes.Clone(r.GetSignature())}
+		order = append(order, k)
+	}
+	// Phase 2: record.
+	touchedCurrent := false
+	for _, k := range order {
+		byHolder := k.gen.receipts[k.owner]
+		if byHolder == nil {
+			byHolder = make(map[peer.ID]receipt)
+			k.gen.receipts[k.owner] = byHolder
+		}
+		byHolder[k.holder] = fresh[k]
+		touchedCurrent = touchedCurrent || k.gen.state == StateCommitted
+	}
+	res.Recorded = len(order)
+	if g := l.open(); g != nil && res.Recorded > 0 {
+		l.maybeCommit(now, g, &res)
+	}
+	if touchedCurrent && res.Committed == 0 {
+		// Late escrow in the current generation can release older ones.
+		l.retireEligible(now, &res)
+	}
+	return res, nil
+}
+
+// receiptGeneration returns the generation a receipt may be recorded in:
+// the open one, or the current (newest committed) one, so that a member
+// that missed the commit can still escrow in it (late escrow, G5).
+func (l *Ledger) receiptGeneration(n uint64) (*generation, error) {
+	g := l.gen(n)
+	if g == nil {
+		return nil, fmt.Errorf("%w: %d", ErrUnknownGeneration, n)
+	}
+	switch {
+	case g.state == StateOpen || g == l.current():
+		return g, nil
+	case g.state == StateAborted:
+		return nil, fmt.Errorf("%w: %d", ErrGenerationAborted, n)
+	case g.state == StateRetired:
+		return nil, fmt.Errorf("%w: %d", ErrGenerationRetired, n)
+	default:
+		return nil, fmt.Errorf("%w: generation %d is committed but not current", ErrGenerationNotOpen, n)
+	}
+}
+
+func (l *Ledger) receiptParties(g *generation, owner, holder peer.ID) error {
+	if m := l.members[owner]; m != nil && m.status == StatusRemoved {
+		return fmt.Errorf("%w: %s", ErrOwnerRemoved, owner)
+	}
+	if m := l.members[holder]; m != nil && m.status == StatusRemoved {
+		return fmt.Errorf("%w: %s", ErrHolderRemoved, holder)
+	}
+	if !g.has(owner) {
+		return fmt.Errorf("%w: %s not in generation %d", ErrOwnerNotInGeneration, owner, g.num)
+	}
+	if !g.has(holder) {
+		return fmt.Errorf("%w: %s not in generation %d", ErrHolderNotInGeneration, holder, g.num)
+	}
+	return nil
+}
+
+// verifyReceipt checks holder's signature over ReceiptMessage with the public
+// key embedded in holder's peer ID.
+func verifyReceipt(clusterID string, gen uint64, owner, holder peer.ID, digest, sig []byte) error {
+	pk, err := holder.ExtractPublicKey()
+	if err != nil {
+		return fmt.Errorf("%w: holder key: %v", ErrBadSignature, err)
+	}
+	ok, err := pk.Verify(ReceiptMessage(clusterID, gen, owner, holder, digest), sig)
+	if err != nil || !ok {
+		return fmt.Errorf("%w: by holder %s", ErrBadSignature, holder)
+	}
+	return nil
+}
+
+// commitReady reports whether open generation g meets the commit rule: a
+// majority of M(g) escrowed in g, and every joiner escrowed (J2) and a
+// holder for a majority of M(g) (J3).
+func (g *generation) commitReady() bool {
+	escrowed := 0
+	for _, o := range g.members {
+		if g.escrowed(o) {
+			escrowed++
+		}
+	}
+	if escrowed < g.threshold {
+		return false
+	}
+	for _, j := range g.joiners {
+		if !g.escrowed(j) || g.holds(j) < g.threshold {
+			return false
+		}
+	}
+	return true
+}
+
+// maybeCommit derives the commit of g after receipts were recorded.
+func (l *Ledger) maybeCommit(now int64, g *generation, res *Result) {
+	if g.state != StateOpen || !g.commitReady() {
+		return
+	}
+	next, err := g.state.Next(EventCommit)
+	if err != nil {
+		return
+	}
+	g.state, g.committedAt = next, now
+	res.Committed = g.num
+	for _, j := range g.joiners {
+		if m := l.members[j]; m != nil && m.status == StatusJoining {
+			m.status, m.admittedAt = StatusActive, now
+			res.Admitted = append(res.Admitted, j)
+		}
+	}
+	l.retireEligible(now, res)
+}
+
+func (l *Ledger) abortGenerationCmd(now int64, c *pb.AbortGeneration) (Result, error) {
+	g := l.gen(c.GetGeneration())
+	if g == nil {
+		return Result{}, fmt.Errorf("%w: %d", ErrUnknownGeneration, c.GetGeneration())
+	}
+	if _, err := g.state.Next(EventAbort); err != nil {
+		return Result{}, err
+	}
+	if now < g.deadline {
+		return Result{}, fmt.Errorf("%w: generation %d deadline is %s", ErrDeadlineNotReached, g.num, fromNanos(g.deadline).Format("2006-01-02T15:04:05.000Z07:00"))
+	}
+	var res Result
+	for _, j := range g.joiners {
+		res.Rejected = append(res.Rejected, g.shortfall(j))
+	}
+	l.abort(now, g)
+	for _, s := range res.Rejected {
+		if m := l.members[s.Joiner]; m != nil && m.status == StatusJoining {
+			m.status, m.reason = StatusRejected, s.String()
+			delete(l.keyChecks, s.Joiner)
+		}
+	}
+	res.Aborted = g.num
+	return res, nil
+}
+
+// abort moves open g to aborted and deletes its receipts (G3). Joiners are
+// the caller's business.
+func (l *Ledger) abort(now int64, g *generation) {
+	next, err := g.state.Next(EventAbort)
+	if err != nil {
+		return
+	}
+	g.state, g.abortedAt = next, now
+	g.receipts = make(map[peer.ID]map[peer.ID]receipt)
+}
+
+func (l *Ledger) retireGenerationCmd(now int64, c *pb.RetireGeneration) (Result, error) {
+	g := l.gen(c.GetGeneration())
+	if g == nil {
+		return Result{}, fmt.Errorf("%w: %d", ErrUnknownGeneration, c.GetGeneration())
+	}
+	if _, err := g.state.Next(EventRetire); err != nil {
+		return Result{}, err
+	}
+	if cur := l.current(); cur == g {
+		return Result{}, fmt.Errorf("%w: %d", ErrRetireCurrent, g.num)
+	}
+	if blockers := l.retentionBlockers(g); len(blockers) > 0 {
+		return Result{}, fmt.Errorf("%w: %d member(s) not escrowed in a newer committed generation, first %s", ErrRetentionRequired, len(blockers), blockers[0])
+	}
+	var res Result
+	l.retire(now, g)
+	res.Retired = []uint64{g.num}
+	l.retireEligible(now, &res)
+	return res, nil
+}
+
+// retentionBlockers returns the active members of the current generation
+// that are not escrowed in a committed generation newer than h (G4). h may
+// be retired exactly when the list is empty and h is not current.
+func (l *Ledger) retentionBlockers(h *generation) []peer.ID {
+	cur := l.current()
+	if cur == nil {
+		return nil
+	}
+	var out []peer.ID
+	for _, m := range cur.members {
+		if st := l.members[m]; st == nil || st.status != StatusActive {
+			continue
+		}
+		if l.newestEscrow(m) <= h.num {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// newestEscrow is the newest committed generation in which owner is
+// escrowed, 0 if none.
+func (l *Ledger) newestEscrow(owner peer.ID) uint64 {
+	for i := len(l.gens) - 1; i >= 0; i-- {
+		g := l.gens[i]
+		if g.state == StateCommitted && g.escrowed(owner) {
+			return g.num
+		}
+	}
+	return 0
+}
+
+// retireEligible retires every committed generation older than the current
+// one that G4 no longer requires. It is run after every commit and removal,
+// the only events that can make a generation retirable.
+func (l *Ledger) retireEligible(now int64, res *Result) {
+	cur := l.current()
+	if cur == nil {
+		return
+	}
+	// floor = min over active members of M(cur) of their newest escrow.
+	var floor uint64 = cur.num
+	for _, m := range cur.members {
+		if st := l.members[m]; st == nil || st.status != StatusActive {
+			continue
+		}
+		if e := l.newestEscrow(m); e < floor {
+			floor = e
+		}
+	}
+	for _, g := range l.gens {
+		if g.num >= floor {
+			break
+		}
+		if g.state == StateCommitted {
+			l.retire(now, g)
+			res.Retired = append(res.Retired, g.num)
+		}
+	}
+}
+
+func (l *Ledger) retire(now int64, g *generation) {
+	next, err := g.state.Next(EventRetire)
+	if err != nil {
+		return
+	}
+	g.state, g.retiredAt = next, now
+	g.receipts = make(map[peer.ID]map[peer.ID]receipt)
+}
+
+func (l *Ledger) removeMember(now int64, c *pb.RemoveMember) (Result, error) {
+	p := peer.ID(c.GetPeer())
+	if err := l.memberErr(p); err != nil {
+		return Result{}, err
+	}
+	m := l.members[p]
+	if m.status == StatusActive && l.countActive() == 1 {
+		return Result{}, fmt.Errorf("%w: %s", ErrLastMember, p)
+	}
+	if c.GetDeadline() <= now {
+		return Result{}, fmt.Errorf("%w: deadline not after now", ErrBadDeadline)
+	}
+
+	var res Result
+	m.status, m.removedAt = StatusRemoved, now
+	delete(l.keyChecks, p)
+	// R1: no holder may serve its envelopes, and it holds nothing for anyone.
+	for _, g := range l.gens {
+		delete(g.receipts, p)
+		for _, byHolder := range g.receipts {
+			delete(byHolder, p)
+		}
+	}
+	if g := l.open(); g != nil && g.has(p) {
+		l.abort(now, g)
+		res.Aborted = g.num
+		// Its other joiners stay joining and are carried into the new
+		// generation below.
+	}
+	if l.open() == nil {
+		res.Opened = l.openGeneration(now, c.GetDeadline())
+	}
+	l.retireEligible(now, &res)
+	return res, nil
+}
+
+func (l *Ledger) setAddrs(c *pb.SetAddrs) (Result, error) {
+	p := peer.ID(c.GetPeer())
+	if err := l.memberErr(p); err != nil {
+		return Result{}, err
+	}
+	l.members[p].addrs = slices.Clone(c.GetAddrs())
+	return Result{}, nil
+}
+
+func (l *Ledger) recordKeyCheck(c *pb.RecordKeyCheck) (Result, error) {
+	owner := peer.ID(c.GetOwner())
+	if err := l.memberErr(owner); err != nil {
+		return Result{}, err
+	}
+	if prev, ok := l.keyChecks[owner]; ok {
+		if !bytes.Equal(prev, c.GetValue()) {
+			return Result{}, fmt.Errorf("%w: %s", ErrKeyCheckMismatch, owner)
+		}
+		return Result{}, nil
+	}
+	escrowed := false
+	for _, g := range l.gens {
+		if g.state.Live() && g.escrowed(owner) {
+			escrowed = true
+			break
+		}
+	}
+	if !escrowed {
+		return Result{}, fmt.Errorf("%w: %s", ErrNotEscrowed, owner)
+	}
+	l.keyChecks[owner] = bytes.Clone(c.GetValue())
+	return Result{}, nil
+}
+
+// Helpers.
+
+func (g *generation) has(p peer.ID) bool {
+	_, ok := g.memberSet[p]
+	return ok
+}
+
+// escrowed: owner has at least t(g) receipts in g.
+func (g *generation) escrowed(owner peer.ID) bool { return len(g.receipts[owner]) >= g.threshold }
+
+// holds counts the owners of g for which h is a recorded holder.
+func (g *generation) holds(h peer.ID) int {
+	n := 0
+	for _, byHolder := range g.receipts {
+		if _, ok := byHolder[h]; ok {
+			n++
+		}
+	}
+	return n
+}
+
+func (g *generation) shortfall(j peer.ID) Shortfall {
+	s := Shortfall{Joiner: j, Generation: g.num, Needed: g.threshold}
+	for _, p := range g.members {
+		if _, ok := g.receipts[j][p]; ok {
+			s.HoldersAcked++
+		} else {
+			s.MissingHolders = append(s.MissingHolders, p)
+		}
+		if _, ok := g.receipts[p][j]; ok {
+			s.OwnersHeld++
+		} else {
+			s.MissingOwners = append(s.MissingOwners, p)
+		}
+		if g.escrowed(p) {
+			s.MembersEscrowed++
+		}
+	}
+	return s
+}
+
+func (l *Ledger) gen(n uint64) *generation {
+	if n == 0 || n > uint64(len(l.gens)) {
+		return nil
+	}
+	return l.gens[n-1]
+}
+
+// open returns the open generation, or nil.
+func (l *Ledger) open() *generation {
+	for i := len(l.gens) - 1; i >= 0; i-- {
+		if l.gens[i].state == StateOpen {
+			return l.gens[i]
+		}
+	}
+	return nil
+}
+
+// current returns the newest committed generation, or nil.
+func (l *Ledger) current() *generation {
+	for i := len(l.gens) - 1; i >= 0; i-- {
+		if l.gens[i].state == StateCommitted {
+			return l.gens[i]
+		}
+	}
+	return nil
+}
+
+func (l *Ledger) countActive() int {
+	n := 0
+	for _, m := range l.members {
+		if m.status == StatusActive {
+			n++
+		}
+	}
+	return n
+}
+
+func sortedKeys[V any](m map[peer.ID]V) []peer.ID {
+	out := make([]peer.ID, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,357 @@
+package generations
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pkey/p2pkey/generations/pb"
+)
+
+// sigCache memoises receipt signatures (digests are derived from the
+// receipt's coordinates, so a signature is a pure function of them).
+type sigKey struct {
+	gen           uint64
+	owner, holder peer.ID
+}
+
+type sigCache map[sigKey][]byte
+
+func (c sigCache) receipt(tb testing.TB, gen uint64, owner, holder peer.ID) Receipt {
+	d := digestOf(gen, owner, holder)
+	k := sigKey{gen, owner, holder}
+	sig, ok := c[k]
+	if !ok {
+		sig = signed(tb, testCluster, gen, owner, holder, d).Signature
+		c[k] = sig
+	}
+	return Receipt{Generation: gen, Owner: owner, Holder: holder, Digest: d, Signature: sig}
+}
+
+type propRun struct {
+	t       *testing.T
+	rng     *rand.Rand
+	h       *harness
+	pool    []peer.ID
+	sigs    sigCache
+	nextInv int
+	retired map[uint64]bool
+	aborted map[uint64]bool
+	// snapBefore is the state before the step's last command.
+	snapBefore []byte
+}
+
+func pick[T any](r *rand.Rand, xs []T) T { return xs[r.Intn(len(xs))] }
+
+// step applies one random command and returns it, whether it was a removal,
+// and the error.
+func (p *propRun) step() (*pb.Command, error) {
+	h, r := p.h, p.rng
+	l := h.l
+	now := h.tick()
+	var cmd *pb.Command
+	switch k := r.Intn(100); {
+	case k < 14: // join, direct or through a generation
+		who := pick(r, p.pool)
+		issuer := pick(r, p.pool)
+		if act := l.Active(); len(act) > 0 && r.Intn(4) > 0 {
+			issuer = pick(r, act)
+		}
+		p.nextInv++
+		if _, err := h.apply(NewAddInvite(inviteHash(p.nextInv), now.Add(time.Duration(1+r.Intn(60))*time.Second), issuer, now)); err != nil {
+			return NewAddInvite(inviteHash(p.nextInv), now.Add(time.Second), issuer, now), err
+		}
+		p.snapBefore, _ = l.Snapshot()
+		var dl time.Time
+		if r.Intn(3) > 0 {
+			dl = now.Add(time.Duration(5+r.Intn(60)) * time.Second)
+		}
+		inv := p.nextInv
+		if r.Intn(10) == 0 {
+			inv = r.Intn(p.nextInv + 3) // reused or forged
+		}
+		cmd = NewConsumeInvite(inviteHash(inv), who, testCluster, dl, now)
+	case k < 20:
+		cmd = NewOpenGeneration(now.Add(time.Duration(5+r.Intn(60))*time.Second), now)
+	case k < 70: // receipts, mostly valid
+		var g Generation
+		var ok bool
+		if r.Intn(4) == 0 {
+			g, ok = l.Current()
+		} else {
+			g, ok = l.Open()
+		}
+		if !ok {
+			gs := l.Generations()
+			if len(gs) == 0 {
+				return nil, nil
+			}
+			g = pick(r, gs)
+		}
+		var rs []Receipt
+		for n := 1 + r.Intn(6); n > 0; n-- {
+			o, hd := pick(r, g.Members), pick(r, g.Members)
+			if r.Intn(20) == 0 {
+				hd = pick(r, p.pool)
+			}
+			rc := p.sigs.receipt(p.t, g.Number, o, hd)
+			switch r.Intn(30) {
+			case 0:
+				rc.Signature = append([]byte(nil), rc.Signature...)
+				rc.Signature[r.Intn(len(rc.Signature))] ^= 0x40
+			case 1:
+				rc.Digest = digestOf(g.Number+1000, o, hd)
+			case 2:
+				rc.Generation = uint64(1 + r.Intn(len(l.Generations())+1))
+			}
+			rs = append(rs, rc)
+		}
+		cmd = NewRecordReceipts(rs, now)
+	case k < 78:
+		gs := l.Generations()
+		if len(gs) == 0 {
+			return nil, nil
+		}
+		g := pick(r, gs)
+		at := now
+		if g.State == StateOpen && r.Intn(2) == 0 {
+			at = g.Deadline.Add(time.Duration(r.Intn(3)) * time.Second)
+			h.now = at
+		}
+		cmd = NewAbortGeneration(g.Number, at)
+	case k < 84:
+		gs := l.Generations()
+		if len(gs) == 0 {
+			return nil, nil
+		}
+		cmd = NewRetireGeneration(pick(r, gs).Number, now)
+	case k < 90:
+		cmd = NewRemoveMember(pick(r, p.pool), now.Add(time.Duration(5+r.Intn(60))*time.Second), now)
+	case k < 95:
+		cmd = NewRecordKeyCheck(pick(r, p.pool), []byte{byte(r.Intn(2))}, now)
+	default:
+		cmd = NewSetAddrs(pick(r, p.pool), []string{fmt.Sprintf("/ip4/10.0.0.%d/tcp/4001", r.Intn(255))}, now)
+	}
+	_, err := h.apply(cmd)
+	return cmd, err
+}
+
+type escrowView map[peer.ID]uint64
+
+// currentEscrows maps every active member of the current generation to the
+// newest committed generation it is escrowed in.
+func currentEscrows(l *Ledger) escrowView {
+	out := escrowView{}
+	cur, ok := l.Current()
+	if !ok {
+		return out
+	}
+	for _, m := range cur.Members {
+		if mm, _ := l.Member(m); mm.Status == StatusActive {
+			out[m] = l.Coverage(m).Generation
+		}
+	}
+	return out
+}
+
+func (p *propRun) check(step int, cmd *pb.Command, before escrowView) {
+	t, l := p.t, p.h.l
+	fail := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("step %d (%T): %s", step, cmd.GetBody(), fmt.Sprintf(format, args...))
+	}
+	gs := l.Generations()
+	open := 0
+	var newestCommitted uint64
+	for i, g := range gs {
+		if g.Number != uint64(i+1) {
+			fail("generation numbering")
+		}
+		switch g.State {
+		case StateOpen:
+			open++
+		case StateCommitted:
+			newestCommitted = g.Number
+		case StateRetired:
+			p.retired[g.Number] = true
+		case StateAborted:
+			p.aborted[g.Number] = true
+		}
+		if !g.State.Live() && g.Receipts != 0 {
+			fail("%s generation %d keeps %d receipts", g.State, g.Number, g.Receipts)
+		}
+		if p.retired[g.Number] && g.State != StateRetired {
+			fail("retired generation %d came back as %s", g.Number, g.State)
+		}
+		if p.aborted[g.Number] && g.State != StateAborted {
+			fail("aborted generation %d came back as %s", g.Number, g.State)
+		}
+		if g.Threshold != len(g.Members)/2+1 {
+			fail("threshold")
+		}
+	}
+	if open > 1 {
+		fail("%d generations open", open)
+	}
+	if l.countActive() == 0 {
+		fail("no active member")
+	}
+	cur, ok := l.Current()
+	if ok != (newestCommitted != 0) || ok && (cur.State != StateCommitted || cur.Number != newestCommitted) {
+		fail("Current() = %+v, newest committed %d", cur, newestCommitted)
+	}
+	// G4: no active member of the current generation loses its last escrow
+	// (removal of a holder is the only way an escrow can shrink).
+	_, isRemoval := cmd.GetBody().(*pb.Command_RemoveMember)
+	after := currentEscrows(l)
+	for m, e := range after {
+		if prev, ok := before[m]; ok && prev > 0 && !isRemoval && e < prev {
+			fail("member %s escrow went from %d to %d", m, prev, e)
+		}
+	}
+	for _, g := range gs {
+		if g.State == StateRetired {
+			for m, e := range after {
+				if e != 0 && e <= g.Number {
+					fail("generation %d retired but %s's newest escrow is %d", g.Number, m, e)
+				}
+			}
+		}
+	}
+	// R1: nothing of a removed owner is servable or counted (checked fully
+	// after removals and every 10th step; it is the slow part).
+	if !isRemoval && step%10 != 0 {
+		return
+	}
+	for _, m := range l.Members() {
+		if m.Status != StatusRemoved {
+			continue
+		}
+		if l.Coverage(m.ID).CanUnlock {
+			fail("removed %s can unlock", m.ID)
+		}
+		for _, g := range gs {
+			for _, hd := range p.pool {
+				if l.ServeAllowed(g.Number, m.ID, hd) == nil || l.EnvelopeLive(g.Number, m.ID, hd) {
+					fail("removed owner %s servable in %d", m.ID, g.Number)
+				}
+			}
+			if mx, _ := l.Matrix(g.Number); mx.Generation != 0 {
+				for i, o := range mx.Peers {
+					for j := range mx.Peers {
+						if (o == m.ID || mx.Peers[j] == m.ID) && mx.Held[i][j] {
+							fail("receipt of removed %s in %d", m.ID, g.Number)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestPropertyRandomSequences(t *testing.T) {
+	seqs, steps := 200, 200
+	if testing.Short() {
+		seqs = 40
+	}
+	ks := keys(t, 10)
+	sigs := sigCache{}
+	var stats struct{ applied, rejected, commits, aborts, retires, removals int }
+	for seq := 0; seq < seqs; seq++ {
+		rng := rand.New(rand.NewSource(int64(seq)))
+		h := newHarness(t)
+		pool := make([]peer.ID, 0, len(ks))
+		for _, k := range ks[:4+rng.Intn(len(ks)-4)] {
+			pool = append(pool, k.id)
+		}
+		p := &propRun{t: t, rng: rng, h: h, pool: pool, sigs: sigs, retired: map[uint64]bool{}, aborted: map[uint64]bool{}}
+		h.must(NewBootstrap(testCluster, pool[0], h.tick()))
+		for i := 0; i < steps; i++ {
+			before := currentEscrows(h.l)
+			var err error
+			if p.snapBefore, err = h.l.Snapshot(); err != nil {
+				t.Fatal(err)
+			}
+			gensBefore := h.l.Generations()
+			cmd, err := p.step()
+			if cmd == nil {
+				continue
+			}
+			if err == nil {
+				stats.applied++
+				if _, ok := cmd.GetBody().(*pb.Command_RemoveMember); ok {
+					stats.removals++
+				}
+				for _, g := range h.l.Generations() {
+					if int(g.Number) > len(gensBefore) || gensBefore[g.Number-1].State == g.State {
+						continue
+					}
+					switch g.State {
+					case StateCommitted:
+						stats.commits++
+					case StateAborted:
+						stats.aborts++
+					case StateRetired:
+						stats.retires++
+					}
+				}
+			} else {
+				stats.rejected++
+			}
+			if err != nil {
+				if ErrorCode(err) == "" || errors.Is(err, ErrInternal) {
+					t.Fatalf("seq %d step %d: error without a sentinel or internal: %v", seq, i, err)
+				}
+				if snapAfter, _ := h.l.Snapshot(); !bytes.Equal(p.snapBefore, snapAfter) {
+					t.Fatalf("seq %d step %d: rejected %T changed the state: %v", seq, i, cmd.GetBody(), err)
+				}
+			}
+			p.check(i, cmd, before)
+		}
+		// Determinism: the same log gives the same bytes, from scratch and
+		// from a snapshot taken midway.
+		if seq%10 == 0 {
+			checkReplay(t, h.log)
+		}
+	}
+	t.Logf("%+v", stats)
+	if stats.commits == 0 || stats.aborts == 0 || stats.retires == 0 || stats.removals == 0 {
+		t.Fatalf("sequences do not exercise every transition: %+v", stats)
+	}
+}
+
+// checkReplay replays log into fresh ledgers and compares snapshots.
+func checkReplay(t *testing.T, log [][]byte) {
+	t.Helper()
+	want := replay(t, New(), log)
+	if got := replay(t, New(), log); !bytes.Equal(got, want) {
+		t.Fatal("replaying the same log gave different snapshots")
+	}
+	mid := len(log) / 2
+	half := New()
+	snap := replay(t, half, log[:mid])
+	restored := New()
+	if err := restored.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if got := replay(t, restored, log[mid:]); !bytes.Equal(got, want) {
+		t.Fatal("restore midway + replay differs from a full replay")
+	}
+}
+
+func replay(t *testing.T, l *Ledger, log [][]byte) []byte {
+	t.Helper()
+	for _, e := range log {
+		_, _ = l.Apply(e) // rejected entries are part of the log too
+	}
+	b, err := l.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,0 +1,457 @@
+package generations
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Every query returns a copy, sorted deterministically: peer lists by peer
+// ID, generations ascending.
+
+// Member is a copy of one member record.
+type Member struct {
+	ID         peer.ID
+	Status     MemberStatus
+	JoinedAt   time.Time // when it consumed its invite (or bootstrapped)
+	AdmittedAt time.Time // when it became active; zero while joining
+	RemovedAt  time.Time
+	Addrs      []string // multiaddr strings, informational
+	// Reason is why a rejected joiner was not admitted (J5).
+	Reason string
+}
+
+// Invite is a copy of one invite record. The ledger knows only its hash.
+type Invite struct {
+	Hash      []byte
+	ExpiresAt time.Time
+	Issuer    peer.ID
+	UsedBy    peer.ID // empty while unused
+	UsedAt    time.Time
+	CreatedAt time.Time
+}
+
+// Generation is a copy of one generation record.
+type Generation struct {
+	Number      uint64
+	State       GenerationState
+	Members     []peer.ID // M(g), sorted
+	Threshold   int       // t(g) = floor(|M(g)|/2) + 1
+	Joiners     []peer.ID // the joiners it was opened for
+	Removals    []peer.ID // members of the then-current generation left out
+	OpenedAt    time.Time
+	Deadline    time.Time
+	CommittedAt time.Time
+	AbortedAt   time.Time
+	RetiredAt   time.Time
+	// Receipts is the number of receipts recorded; Escrowed the number of
+	// members with at least Threshold of them.
+	Receipts int
+	Escrowed int
+}
+
+// ClusterID returns the cluster ID, "" before Bootstrap.
+func (l *Ledger) ClusterID() string { return l.clusterID }
+
+// Bootstrapped reports whether Bootstrap has been applied.
+func (l *Ledger) Bootstrapped() bool { return l.clusterID != "" }
+
+// Members returns every member record (any status), sorted by peer ID.
+func (l *Ledger) Members() []Member {
+	out := make([]Member, 0, len(l.members))
+	for _, p := range sortedKeys(l.members) {
+		out = append(out, l.memberCopy(p))
+	}
+	return out
+}
+
+// Member returns one member record.
+func (l *Ledger) Member(p peer.ID) (Member, bool) {
+	if _, ok := l.members[p]; !ok {
+		return Member{}, false
+	}
+	return l.memberCopy(p), true
+}
+
+// Active returns the active members, sorted. These are the voters.
+func (l *Ledger) Active() []peer.ID { return l.withStatus(StatusActive) }
+
+// Joining returns the members waiting for their generation to commit.
+func (l *Ledger) Joining() []peer.ID { return l.withStatus(StatusJoining) }
+
+// PendingJoiners returns joining members that are in no open generation:
+// they wait for the next OpenGeneration (G2 batching).
+func (l *Ledger) PendingJoiners() []peer.ID {
+	g := l.open()
+	var out []peer.ID
+	for _, p := range l.withStatus(StatusJoining) {
+		if g == nil || !g.has(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (l *Ledger) withStatus(s MemberStatus) []peer.ID {
+	var out []peer.ID
+	for _, p := range sortedKeys(l.members) {
+		if l.members[p].status == s {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (l *Ledger) memberCopy(p peer.ID) Member {
+	m := l.members[p]
+	return Member{
+		ID: p, Status: m.status, JoinedAt: fromNanos(m.joinedAt), AdmittedAt: fromNanos(m.admittedAt),
+		RemovedAt: fromNanos(m.removedAt), Addrs: slices.Clone(m.addrs), Reason: m.reason,
+	}
+}
+
+// Invite looks an invite up by the SHA-256 hash of its secret.
+func (l *Ledger) Invite(hash []byte) (Invite, bool) {
+	if len(hash) != DigestSize {
+		return Invite{}, false
+	}
+	inv, ok := l.invites[[DigestSize]byte(hash)]
+	if !ok {
+		return Invite{}, false
+	}
+	return Invite{
+		Hash: bytes.Clone(hash), ExpiresAt: fromNanos(inv.expiresAt), Issuer: inv.issuer, UsedBy: inv.usedBy,
+		UsedAt: fromNanos(inv.usedAt), CreatedAt: fromNanos(inv.createdAt),
+	}, true
+}
+
+// KeyCheck returns owner's recorded key-check value (rule K4).
+func (l *Ledger) KeyCheck(owner peer.ID) ([]byte, bool) {
+	v, ok := l.keyChecks[owner]
+	return bytes.Clone(v), ok
+}
+
+// Current returns the newest committed generation.
+func (l *Ledger) Current() (Generation, bool) {
+	g := l.current()
+	if g == nil {
+		return Generation{}, false
+	}
+	return g.copy(), true
+}
+
+// Open returns the open generation (there is at most one, G2).
+func (l *Ledger) Open() (Generation, bool) {
+	g := l.open()
+	if g == nil {
+		return Generation{}, false
+	}
+	return g.copy(), true
+}
+
+// Generation returns generation n.
+func (l *Ledger) Generation(n uint64) (Generation, bool) {
+	g := l.gen(n)
+	if g == nil {
+		return Generation{}, false
+	}
+	return g.copy(), true
+}
+
+// Generations returns every generation, ascending (aborted and retired ones
+// included; they keep their metadata but no receipts).
+func (l *Ledger) Generations() []Generation {
+	out := make([]Generation, 0, len(l.gens))
+	for _, g := range l.gens {
+		out = append(out, g.copy())
+	}
+	return out
+}
+
+func (g *generation) copy() Generation {
+	c := Generation{
+		Number: g.num, State: g.state, Members: slices.Clone(g.members), Threshold: g.threshold,
+		Joiners: slices.Clone(g.joiners), Removals: slices.Clone(g.removals),
+		OpenedAt: fromNanos(g.openedAt), Deadline: fromNanos(g.deadline), CommittedAt: fromNanos(g.committedAt),
+		AbortedAt: fromNanos(g.abortedAt), RetiredAt: fromNanos(g.retiredAt),
+	}
+	for _, o := range g.members {
+		n := len(g.receipts[o])
+		c.Receipts += n
+		if n >= g.threshold {
+			c.Escrowed++
+		}
+	}
+	return c
+}
+
+// Escrow is one owner's standing in one generation.
+type Escrow struct {
+	Generation uint64
+	State      GenerationState
+	Held       int       // receipts recorded: sibling shares held, own one included
+	Threshold  int       // t(g)
+	Holders    []peer.ID // sorted
+	Escrowed   bool      // Held >= Threshold
+}
+
+// Coverage is one owner's custody across generations (rule G6).
+type Coverage struct {
+	Owner peer.ID
+	// Generation is the newest committed generation in which the owner is
+	// escrowed (the one it unlocks with, G5), 0 if none. SharesHeld,
+	// Threshold and Holders describe it.
+	Generation uint64
+	SharesHeld int
+	Threshold  int
+	Holders    []peer.ID
+	// CanUnlock: the owner is not removed and is escrowed in a committed
+	// generation, so a quorum of its holders can give its key back.
+	CanUnlock bool
+	// Open is the owner's standing in the open generation, if it is in it.
+	Open *Escrow
+	// Live lists the owner's standing in every open or committed
+	// generation it is a member of, ascending.
+	Live []Escrow
+}
+
+// Coverage reports owner's custody.
+func (l *Ledger) Coverage(owner peer.ID) Coverage {
+	c := Coverage{Owner: owner}
+	removed := false
+	if m := l.members[owner]; m != nil && m.status == StatusRemoved {
+		removed = true
+	}
+	for _, g := range l.gens {
+		if !g.state.Live() || !g.has(owner) {
+			continue
+		}
+		e := g.escrow(owner)
+		c.Live = append(c.Live, e)
+		if g.state == StateOpen {
+			ec := e
+			c.Open = &ec
+		} else if e.Escrowed {
+			c.Generation, c.SharesHeld, c.Threshold, c.Holders = e.Generation, e.Held, e.Threshold, slices.Clone(e.Holders)
+		}
+	}
+	c.CanUnlock = !removed && c.Generation != 0
+	return c
+}
+
+func (g *generation) missingHolders(owner peer.ID) []peer.ID {
+	var out []peer.ID
+	for _, h := range g.members {
+		if _, ok := g.receipts[owner][h]; !ok {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+func (g *generation) escrow(owner peer.ID) Escrow {
+	e := Escrow{Generation: g.num, State: g.state, Threshold: g.threshold}
+	e.Holders = sortedKeys(g.receipts[owner])
+	if len(e.Holders) == 0 {
+		e.Holders = nil
+	}
+	e.Held = len(e.Holders)
+	e.Escrowed = e.Held >= g.threshold
+	return e
+}
+
+// Duties is what one node must do now, as far as the ledger can tell.
+type Duties struct {
+	Node peer.ID
+	// Open is the open generation the node is a member of, 0 if none.
+	Open uint64
+	// PushTo lists the holders of the open generation that have no receipt
+	// yet for the node's envelope (itself included: its self-receipt).
+	PushTo []peer.ID
+	// Current is the current generation when the node is a member of it but
+	// not escrowed in it (it missed the commit, G5); PushToCurrent lists its
+	// holders without a receipt. Late receipts for the current generation
+	// are accepted.
+	Current       uint64
+	PushToCurrent []peer.ID
+	// DeleteGenerations lists aborted and retired generations the node was a
+	// member of: every envelope it holds for them must go (G3, G4).
+	DeleteGenerations []uint64
+	// DeleteOwners lists removed owners: every envelope it holds for them
+	// must go and none may be served (R1).
+	DeleteOwners []peer.ID
+	// NeedsKeyCheck: the node is escrowed but has no key-check value yet (K4).
+	NeedsKeyCheck bool
+}
+
+// Duties reports what node must do. Holders sweep their store with
+// EnvelopeLive for anything finer.
+func (l *Ledger) Duties(node peer.ID) Duties {
+	d := Duties{Node: node}
+	if m := l.members[node]; m == nil || !m.status.IsMember() {
+		d.DeleteOwners = l.withStatus(StatusRemoved)
+		return d
+	}
+	if g := l.open(); g != nil && g.has(node) {
+		d.Open = g.num
+		d.PushTo = g.missingHolders(node)
+	}
+	if g := l.current(); g != nil && g.has(node) && !g.escrowed(node) {
+		d.Current = g.num
+		d.PushToCurrent = g.missingHolders(node)
+	}
+	escrowed := false
+	for _, g := range l.gens {
+		if !g.has(node) {
+			continue
+		}
+		if !g.state.Live() {
+			d.DeleteGenerations = append(d.DeleteGenerations, g.num)
+		} else if g.escrowed(node) {
+			escrowed = true
+		}
+	}
+	d.DeleteOwners = l.withStatus(StatusRemoved)
+	_, has := l.keyChecks[node]
+	d.NeedsKeyCheck = escrowed && !has
+	return d
+}
+
+// EnvelopeLive reports whether holder should keep owner's envelope of
+// generation gen: the generation is open or committed, both are members of it
+// and neither was removed, and, for a committed generation older than the
+// current one, a receipt for it is recorded. An envelope of the open or the
+// current generation is live before its receipt lands (the push precedes the
+// receipt).
+func (l *Ledger) EnvelopeLive(gen uint64, owner, holder peer.ID) bool {
+	g := l.gen(gen)
+	if g == nil || !g.state.Live() || !g.has(owner) || !g.has(holder) {
+		return false
+	}
+	for _, p := range []peer.ID{owner, holder} {
+		if m := l.members[p]; m == nil || m.status == StatusRemoved || m.status == StatusRejected {
+			return false
+		}
+	}
+	if g.state == StateOpen || g == l.current() {
+		// Receipts for these may still land after the push.
+		return true
+	}
+	_, ok := g.receipts[owner][holder]
+	return ok
+}
+
+// ServeAllowed reports whether holder may serve owner's envelope of
+// generation gen to owner (rules R1, S3, G3, G4): nil if so, else the
+// sentinel of the rule that forbids it.
+func (l *Ledger) ServeAllowed(gen uint64, owner, holder peer.ID) error {
+	g := l.gen(gen)
+	if g == nil {
+		return fmt.Errorf("%w: %d", ErrUnknownGeneration, gen)
+	}
+	switch g.state {
+	case StateAborted:
+		return fmt.Errorf("%w: %d", ErrGenerationAborted, gen)
+	case StateRetired:
+		return fmt.Errorf("%w: %d", ErrGenerationRetired, gen)
+	}
+	if m := l.members[owner]; m != nil && m.status == StatusRemoved {
+		return fmt.Errorf("%w: %s", ErrOwnerRemoved, owner)
+	}
+	if m := l.members[holder]; m != nil && m.status == StatusRemoved {
+		return fmt.Errorf("%w: %s", ErrHolderRemoved, holder)
+	}
+	if !g.has(owner) {
+		return fmt.Errorf("%w: %s", ErrOwnerNotInGeneration, owner)
+	}
+	if !g.has(holder) {
+		return fmt.Errorf("%w: %s", ErrHolderNotInGeneration, holder)
+	}
+	if _, ok := g.receipts[owner][holder]; !ok {
+		return fmt.Errorf("%w: generation %d owner %s holder %s", ErrNoReceipt, gen, owner, holder)
+	}
+	return nil
+}
+
+// ReceiptDigest returns the envelope digest recorded for (gen, owner,
+// holder), so a holder or owner can check the envelope it has.
+func (l *Ledger) ReceiptDigest(gen uint64, owner, holder peer.ID) ([]byte, bool) {
+	g := l.gen(gen)
+	if g == nil {
+		return nil, false
+	}
+	r, ok := g.receipts[owner][holder]
+	if !ok {
+		return nil, false
+	}
+	return bytes.Clone(r.digest[:]), true
+}
+
+// Matrix is the owner × holder table of one generation (G6).
+type Matrix struct {
+	Generation uint64
+	State      GenerationState
+	Threshold  int
+	// Peers is M(g), sorted; it indexes both rows (owners) and columns
+	// (holders).
+	Peers []peer.ID
+	// Held[i][j]: a receipt for owner Peers[i] held by Peers[j].
+	Held [][]bool
+	// Digests[i][j] is the recorded envelope digest, nil where not held.
+	Digests [][][]byte
+	// Count[i] is the receipts of owner Peers[i]; Escrowed[i] is
+	// Count[i] >= Threshold.
+	Count    []int
+	Escrowed []bool
+}
+
+// Matrix returns the owner × holder table of generation gen.
+func (l *Ledger) Matrix(gen uint64) (Matrix, bool) {
+	g := l.gen(gen)
+	if g == nil {
+		return Matrix{}, false
+	}
+	n := len(g.members)
+	m := Matrix{
+		Generation: g.num, State: g.state, Threshold: g.threshold, Peers: slices.Clone(g.members),
+		Held: make([][]bool, n), Digests: make([][][]byte, n), Count: make([]int, n), Escrowed: make([]bool, n),
+	}
+	for i, o := range g.members {
+		m.Held[i] = make([]bool, n)
+		m.Digests[i] = make([][]byte, n)
+		for j, h := range g.members {
+			if r, ok := g.receipts[o][h]; ok {
+				m.Held[i][j] = true
+				m.Digests[i][j] = bytes.Clone(r.digest[:])
+				m.Count[i]++
+			}
+		}
+		m.Escrowed[i] = m.Count[i] >= g.threshold
+	}
+	return m, true
+}
+
+// JoinShortfall reports what joiner still lacks in the open generation it
+// is a joiner of (J2, J3, and the majority rule). For a joiner that was
+// rejected, Member(joiner).Reason keeps the shortfall it was rejected with.
+func (l *Ledger) JoinShortfall(joiner peer.ID) (Shortfall, bool) {
+	g := l.open()
+	if g == nil || !slices.Contains(g.joiners, joiner) {
+		return Shortfall{}, false
+	}
+	return g.shortfall(joiner), true
+}
+
+// RetentionBlockers returns the active members of the current generation
+// that keep committed generation gen from being retired (G4): they are not
+// yet escrowed in a newer committed generation.
+func (l *Ledger) RetentionBlockers(gen uint64) []peer.ID {
+	g := l.gen(gen)
+	if g == nil || g.state != StateCommitted {
+		return nil
+	}
+	return l.retentionBlockers(g)
+}

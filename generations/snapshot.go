@@ -1,0 +1,281 @@
+package generations
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pkey/p2pkey/generations/pb"
+)
+
+// Snapshot returns the whole state, encoded deterministically: the same
+// state always gives the same bytes (members, invites, receipts and key
+// checks are sorted; no map order leaks). It holds no share or envelope
+// contents, only digests and signatures.
+func (l *Ledger) Snapshot() ([]byte, error) {
+	s := &pb.Snapshot{Version: SnapshotVersion, ClusterId: l.clusterID}
+	for _, p := range sortedKeys(l.members) {
+		m := l.members[p]
+		s.Members = append(s.Members, &pb.Member{
+			Peer:       []byte(p),
+			Status:     pb.MemberStatus(m.status),
+			JoinedAt:   m.joinedAt,
+			AdmittedAt: m.admittedAt,
+			RemovedAt:  m.removedAt,
+			Addrs:      slices.Clone(m.addrs),
+			Reason:     m.reason,
+		})
+	}
+	hashes := make([][DigestSize]byte, 0, len(l.invites))
+	for h := range l.invites {
+		hashes = append(hashes, h)
+	}
+	slices.SortFunc(hashes, func(a, b [DigestSize]byte) int { return bytes.Compare(a[:], b[:]) })
+	for _, h := range hashes {
+		inv := l.invites[h]
+		s.Invites = append(s.Invites, &pb.Invite{
+			Hash:      bytes.Clone(h[:]),
+			ExpiresAt: inv.expiresAt,
+			Issuer:    []byte(inv.issuer),
+			UsedBy:    []byte(inv.usedBy),
+			UsedAt:    inv.usedAt,
+			CreatedAt: inv.createdAt,
+		})
+	}
+	for _, g := range l.gens {
+		pg := &pb.Generation{
+			Number:      g.num,
+			State:       pb.GenerationState(g.state),
+			Members:     peersToBytes(g.members),
+			Threshold:   uint32(g.threshold),
+			Joiners:     peersToBytes(g.joiners),
+			Removals:    peersToBytes(g.removals),
+			OpenedAt:    g.openedAt,
+			Deadline:    g.deadline,
+			CommittedAt: g.committedAt,
+			AbortedAt:   g.abortedAt,
+			RetiredAt:   g.retiredAt,
+		}
+		for _, o := range sortedKeys(g.receipts) {
+			byHolder := g.receipts[o]
+			for _, h := range sortedKeys(byHolder) {
+				r := byHolder[h]
+				pg.Receipts = append(pg.Receipts, &pb.StoredReceipt{
+					Owner: []byte(o), Holder: []byte(h), Digest: bytes.Clone(r.digest[:]), Signature: bytes.Clone(r.sig),
+				})
+			}
+		}
+		s.Generations = append(s.Generations, pg)
+	}
+	for _, o := range sortedKeys(l.keyChecks) {
+		s.KeyChecks = append(s.KeyChecks, &pb.KeyCheck{Owner: []byte(o), Value: bytes.Clone(l.keyChecks[o])})
+	}
+	return proto.MarshalOptions{Deterministic: true}.Marshal(s)
+}
+
+// Restore replaces the whole state with a snapshot. The snapshot is checked
+// for structural consistency (versions, sizes, peer IDs, states, thresholds,
+// receipts only between members of live generations, at most one open
+// generation); receipt signatures are not re-verified, since they were
+// verified when first applied. On error the ledger is unchanged.
+func (l *Ledger) Restore(data []byte) error {
+	if len(data) > MaxSnapshotSize {
+		return fmt.Errorf("%w: %d bytes", ErrBadSnapshot, len(data))
+	}
+	s := new(pb.Snapshot)
+	if err := proto.Unmarshal(data, s); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+	}
+	if s.GetVersion() != SnapshotVersion {
+		return fmt.Errorf("%w: snapshot version %d", ErrUnsupportedVersion, s.GetVersion())
+	}
+	n, err := fromSnapshot(s)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadSnapshot, err)
+	}
+	*l = *n
+	return nil
+}
+
+func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
+	l := New()
+	if s.GetClusterId() != "" {
+		if err := validClusterID(s.GetClusterId()); err != nil {
+			return nil, err
+		}
+	} else if len(s.GetMembers())+len(s.GetInvites())+len(s.GetGenerations())+len(s.GetKeyChecks()) > 0 {
+		return nil, fmt.Errorf("state without a cluster ID")
+	}
+	l.clusterID = s.GetClusterId()
+	for i, m := range s.GetMembers() {
+		if err := validPeer("member", m.GetPeer()); err != nil {
+			return nil, fmt.Errorf("member %d: %w", i, err)
+		}
+		p := peer.ID(m.GetPeer())
+		if _, dup := l.members[p]; dup {
+			return nil, fmt.Errorf("member %d: duplicate", i)
+		}
+		st := MemberStatus(m.GetStatus())
+		if st < StatusJoining || st > StatusRejected || int32(m.GetStatus()) != int32(st) {
+			return nil, fmt.Errorf("member %d: bad status %d", i, m.GetStatus())
+		}
+		if err := validAddrs(m.GetAddrs()); err != nil {
+			return nil, fmt.Errorf("member %d: %w", i, err)
+		}
+		l.members[p] = &member{
+			status: st, joinedAt: m.GetJoinedAt(), admittedAt: m.GetAdmittedAt(), removedAt: m.GetRemovedAt(),
+			addrs: slices.Clone(m.GetAddrs()), reason: m.GetReason(),
+		}
+	}
+	if l.clusterID != "" && l.countActive() == 0 {
+		return nil, fmt.Errorf("no active member")
+	}
+	for i, inv := range s.GetInvites() {
+		if len(inv.GetHash()) != DigestSize {
+			return nil, fmt.Errorf("invite %d: %w", i, ErrBadInviteHash)
+		}
+		h := [DigestSize]byte(inv.GetHash())
+		if _, dup := l.invites[h]; dup {
+			return nil, fmt.Errorf("invite %d: duplicate", i)
+		}
+		if err := validPeer("issuer", inv.GetIssuer()); err != nil {
+			return nil, fmt.Errorf("invite %d: %w", i, err)
+		}
+		if len(inv.GetUsedBy()) > 0 {
+			if err := validPeer("used_by", inv.GetUsedBy()); err != nil {
+				return nil, fmt.Errorf("invite %d: %w", i, err)
+			}
+		}
+		l.invites[h] = &invite{
+			expiresAt: inv.GetExpiresAt(), issuer: peer.ID(inv.GetIssuer()), usedBy: peer.ID(inv.GetUsedBy()),
+			usedAt: inv.GetUsedAt(), createdAt: inv.GetCreatedAt(),
+		}
+	}
+	open := 0
+	for i, pg := range s.GetGenerations() {
+		g, err := generationFromSnapshot(pg, uint64(i)+1)
+		if err != nil {
+			return nil, fmt.Errorf("generation %d: %w", i+1, err)
+		}
+		if g.state == StateOpen {
+			open++
+		}
+		l.gens = append(l.gens, g)
+	}
+	if open > 1 {
+		return nil, fmt.Errorf("%d open generations", open)
+	}
+	for i, kc := range s.GetKeyChecks() {
+		if err := validPeer("owner", kc.GetOwner()); err != nil {
+			return nil, fmt.Errorf("key check %d: %w", i, err)
+		}
+		if n := len(kc.GetValue()); n == 0 || n > MaxKeyCheckSize {
+			return nil, fmt.Errorf("key check %d: %w", i, ErrBadKeyCheck)
+		}
+		o := peer.ID(kc.GetOwner())
+		if _, dup := l.keyChecks[o]; dup {
+			return nil, fmt.Errorf("key check %d: duplicate", i)
+		}
+		l.keyChecks[o] = bytes.Clone(kc.GetValue())
+	}
+	return l, nil
+}
+
+func generationFromSnapshot(pg *pb.Generation, num uint64) (*generation, error) {
+	if pg.GetNumber() != num {
+		return nil, fmt.Errorf("%w: number %d at position %d", ErrBadGeneration, pg.GetNumber(), num)
+	}
+	st := GenerationState(pg.GetState())
+	if st < StateOpen || st > StateRetired || int32(pg.GetState()) != int32(st) {
+		return nil, fmt.Errorf("%w: %d", ErrInvalidState, pg.GetState())
+	}
+	g := &generation{
+		num: num, state: st, memberSet: make(map[peer.ID]struct{}),
+		openedAt: pg.GetOpenedAt(), deadline: pg.GetDeadline(), committedAt: pg.GetCommittedAt(),
+		abortedAt: pg.GetAbortedAt(), retiredAt: pg.GetRetiredAt(),
+		receipts: make(map[peer.ID]map[peer.ID]receipt),
+	}
+	var err error
+	if g.members, err = sortedPeers("members", pg.GetMembers()); err != nil {
+		return nil, err
+	}
+	if len(g.members) == 0 {
+		return nil, fmt.Errorf("no members")
+	}
+	for _, p := range g.members {
+		g.memberSet[p] = struct{}{}
+	}
+	g.threshold = len(g.members)/2 + 1
+	if int(pg.GetThreshold()) != g.threshold {
+		return nil, fmt.Errorf("threshold %d for %d members", pg.GetThreshold(), len(g.members))
+	}
+	if g.joiners, err = sortedPeers("joiners", pg.GetJoiners()); err != nil {
+		return nil, err
+	}
+	for _, j := range g.joiners {
+		if !g.has(j) {
+			return nil, fmt.Errorf("joiner %s not a member", j)
+		}
+	}
+	if g.removals, err = sortedPeers("removals", pg.GetRemovals()); err != nil {
+		return nil, err
+	}
+	if len(pg.GetReceipts()) > 0 && !st.Live() {
+		return nil, fmt.Errorf("receipts in a %s generation", st)
+	}
+	for i, r := range pg.GetReceipts() {
+		o, h := peer.ID(r.GetOwner()), peer.ID(r.GetHolder())
+		if !g.has(o) || !g.has(h) {
+			return nil, fmt.Errorf("receipt %d: party not a member", i)
+		}
+		if len(r.GetDigest()) != DigestSize {
+			return nil, fmt.Errorf("receipt %d: %w", i, ErrBadDigest)
+		}
+		if n := len(r.GetSignature()); n == 0 || n > MaxSignatureSize {
+			return nil, fmt.Errorf("receipt %d: %w", i, ErrBadSignature)
+		}
+		byHolder := g.receipts[o]
+		if byHolder == nil {
+			byHolder = make(map[peer.ID]receipt)
+			g.receipts[o] = byHolder
+		}
+		if _, dup := byHolder[h]; dup {
+			return nil, fmt.Errorf("receipt %d: duplicate", i)
+		}
+		byHolder[h] = receipt{digest: [DigestSize]byte(r.GetDigest()), sig: bytes.Clone(r.GetSignature())}
+	}
+	return g, nil
+}
+
+// sortedPeers decodes a strictly ascending list of peer IDs.
+func sortedPeers(what string, bs [][]byte) ([]peer.ID, error) {
+	out := make([]peer.ID, 0, len(bs))
+	for i, b := range bs {
+		if err := validPeer(what, b); err != nil {
+			return nil, err
+		}
+		p := peer.ID(b)
+		if i > 0 && out[i-1] >= p {
+			return nil, fmt.Errorf("%s not strictly sorted", what)
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+func peersToBytes(ps []peer.ID) [][]byte {
+	if len(ps) == 0 {
+		return nil
+	}
+	out := make([][]byte, len(ps))
+	for i, p := range ps {
+		out[i] = []byte(p)
+	}
+	return out
+}

@@ -1,0 +1,148 @@
+package generations
+
+import (
+	"fmt"
+
+	"github.com/p2pkey/p2pkey/generations/pb"
+)
+
+// GenerationState is the lifecycle of a generation:
+//
+//	open ──commit──▶ committed ──retire──▶ retired
+//	  │
+//	  └──abort──▶ aborted
+//
+// Aborted and retired are terminal: nothing ever leaves them (rules G3, G4).
+type GenerationState uint8
+
+// Generation states. The values match pb.GenerationState.
+const (
+	StateUnknown   GenerationState = 0
+	StateOpen      GenerationState = 1
+	StateCommitted GenerationState = 2
+	StateAborted   GenerationState = 3
+	StateRetired   GenerationState = 4
+)
+
+func (s GenerationState) String() string {
+	switch s {
+	case StateOpen:
+		return "open"
+	case StateCommitted:
+		return "committed"
+	case StateAborted:
+		return "aborted"
+	case StateRetired:
+		return "retired"
+	default:
+		return fmt.Sprintf("state(%d)", uint8(s))
+	}
+}
+
+// Event is something that moves a generation to its next state.
+type Event uint8
+
+// Generation events.
+const (
+	EventCommit Event = iota + 1
+	EventAbort
+	EventRetire
+)
+
+func (e Event) String() string {
+	switch e {
+	case EventCommit:
+		return "commit"
+	case EventAbort:
+		return "abort"
+	case EventRetire:
+		return "retire"
+	default:
+		return fmt.Sprintf("event(%d)", uint8(e))
+	}
+}
+
+// transitions is the whole lifecycle table: the state each event leads to
+// from each state. A missing entry is an invalid transition, and
+// transitionErrors says which sentinel reports it.
+var transitions = map[GenerationState]map[Event]GenerationState{
+	StateOpen: {
+		EventCommit: StateCommitted,
+		EventAbort:  StateAborted,
+	},
+	StateCommitted: {
+		EventRetire: StateRetired,
+	},
+}
+
+// transitionErrors names the broken rule for every invalid (state, event).
+var transitionErrors = map[GenerationState]map[Event]error{
+	StateOpen: {
+		EventRetire: ErrGenerationNotCommitted,
+	},
+	StateCommitted: {
+		EventCommit: ErrGenerationCommitted,
+		EventAbort:  ErrGenerationCommitted,
+	},
+	StateAborted: {
+		EventCommit: ErrGenerationAborted,
+		EventAbort:  ErrGenerationAborted,
+		EventRetire: ErrGenerationAborted,
+	},
+	StateRetired: {
+		EventCommit: ErrGenerationRetired,
+		EventAbort:  ErrGenerationRetired,
+		EventRetire: ErrGenerationRetired,
+	},
+}
+
+// Next returns the state that e leads to from s, or the sentinel error of
+// the rule the transition would break.
+func (s GenerationState) Next(e Event) (GenerationState, error) {
+	if next, ok := transitions[s][e]; ok {
+		return next, nil
+	}
+	if err, ok := transitionErrors[s][e]; ok {
+		return s, fmt.Errorf("%w: cannot %s a %s generation", err, e, s)
+	}
+	return s, fmt.Errorf("%w: %s on %s", ErrInvalidState, e, s)
+}
+
+// Live reports whether envelopes of a generation in this state are kept.
+func (s GenerationState) Live() bool { return s == StateOpen || s == StateCommitted }
+
+// MemberStatus is where a peer stands in the cluster.
+type MemberStatus uint8
+
+// Member statuses. The values match pb.MemberStatus.
+const (
+	StatusUnknown  MemberStatus = 0
+	StatusJoining  MemberStatus = 1 // consumed an invite, waiting for its generation to commit
+	StatusActive   MemberStatus = 2 // full, voting member
+	StatusRemoved  MemberStatus = 3 // revoked for good (R1)
+	StatusRejected MemberStatus = 4 // its generation was aborted (J5); may rejoin with a new invite
+)
+
+func (s MemberStatus) String() string {
+	switch s {
+	case StatusJoining:
+		return "joining"
+	case StatusActive:
+		return "active"
+	case StatusRemoved:
+		return "removed"
+	case StatusRejected:
+		return "rejected"
+	default:
+		return fmt.Sprintf("status(%d)", uint8(s))
+	}
+}
+
+// IsMember reports whether the status counts as a current member (joining or
+// active).
+func (s MemberStatus) IsMember() bool { return s == StatusJoining || s == StatusActive }
+
+var (
+	_ = pb.GenerationState(StateRetired)
+	_ = pb.MemberStatus(StatusRejected)
+)
