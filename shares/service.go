@@ -1,0 +1,417 @@
+package shares
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"go.uber.org/zap"
+
+	"github.com/p2pkey/p2pkey/shares/pb"
+)
+
+// Policy is the node's decision, from the custody ledger, of who may push
+// and fetch. The service asks it after its own checks (authenticated owner,
+// binding, cluster, size, rate). A refusal that wraps one of this package's
+// sentinels (ErrGenerationNotOpen, ErrOwnerRemoved, ErrForbidden, ...)
+// crosses the wire with that code; any other refusal is ErrForbidden. Its
+// text is sent to the owner, so it must not hold secrets.
+type Policy interface {
+	// AllowPush: owner may store its envelope for gen on this holder, i.e.
+	// gen is open and contains both (rule S2).
+	AllowPush(owner peer.ID, gen uint64) error
+	// AllowFetch: owner may fetch back its envelope for gen, i.e. it has
+	// not been removed (rules S3, R1).
+	AllowFetch(owner peer.ID, gen uint64) error
+}
+
+// Service is both sides of the share protocol for one node: the holder's
+// stream handler and the owner's Push and Fetch.
+type Service struct {
+	host      host.Host
+	store     *Store
+	self      crypto.PrivKey
+	selfID    peer.ID
+	clusterID string
+	policy    Policy
+	cfg       config
+	log       *zap.SugaredLogger
+	limiter   *peerLimiter
+
+	mu      sync.Mutex
+	closed  bool
+	streams map[network.Stream]struct{}
+	wg      sync.WaitGroup
+}
+
+// NewService registers the share protocol handler on h. self must be h's
+// identity key (receipts are checked against h's peer ID), and store is the
+// node's envelope store. The service does not own h or store.
+func NewService(h host.Host, store *Store, self crypto.PrivKey, clusterID string, policy Policy, opts ...Option) (*Service, error) {
+	if h == nil || store == nil || self == nil || policy == nil {
+		return nil, errors.New("shares: NewService needs a host, a store, a key and a policy")
+	}
+	if err := validateClusterID(clusterID); err != nil {
+		return nil, fmt.Errorf("shares: %w", err)
+	}
+	selfID, err := peer.IDFromPrivateKey(self)
+	if err != nil {
+		return nil, fmt.Errorf("shares: identity key: %w", err)
+	}
+	if selfID != h.ID() {
+		return nil, fmt.Errorf("shares: identity key is %s, host is %s", selfID, h.ID())
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	s := &Service{
+		host:      h,
+		store:     store,
+		self:      self,
+		selfID:    selfID,
+		clusterID: clusterID,
+		policy:    policy,
+		cfg:       cfg,
+		log:       cfg.log.SugaredLogger.With("cluster", clusterID),
+		limiter:   newPeerLimiter(cfg.fetchRate, cfg.fetchBurst),
+		streams:   make(map[network.Stream]struct{}),
+	}
+	h.SetStreamHandler(ProtocolID, s.handleStream)
+	return s, nil
+}
+
+// Close removes the handler, resets the streams in flight on both sides,
+// and waits for their handlers to return. It does not close the store.
+func (s *Service) Close() error {
+	s.host.RemoveStreamHandler(ProtocolID)
+	s.mu.Lock()
+	s.closed = true
+	for str := range s.streams {
+		str.Reset()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// track registers a stream so Close can reset it; false once closed.
+func (s *Service) track(str network.Stream) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.streams[str] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Service) untrack(str network.Stream) {
+	s.mu.Lock()
+	delete(s.streams, str)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// handleStream serves one request. A stream that cannot be read (garbage,
+// oversized, too slow) is reset without an answer; a readable request that
+// is refused gets a response with the refusal's code, and the stream is
+// closed. Every refusal is logged and traced.
+func (s *Service) handleStream(str network.Stream) {
+	if !s.track(str) {
+		str.Reset()
+		return
+	}
+	defer s.untrack(str)
+	remote := str.Conn().RemotePeer()
+
+	if err := str.Scope().SetService(ServiceName); err != nil {
+		s.refused(opUnknown, remote, 0, fmt.Errorf("%w: attach to resource scope: %w", ErrInternal, err))
+		str.Reset()
+		return
+	}
+	if err := str.Scope().ReserveMemory(MaxMessageSize, network.ReservationPriorityAlways); err != nil {
+		s.refused(opUnknown, remote, 0, fmt.Errorf("%w: reserve memory: %w", ErrInternal, err))
+		str.Reset()
+		return
+	}
+	defer str.Scope().ReleaseMemory(MaxMessageSize)
+	_ = str.SetDeadline(time.Now().Add(s.cfg.timeout))
+
+	req, err := decodeRequest(bufio.NewReader(str))
+	if err != nil {
+		s.refused(opUnknown, remote, 0, err)
+		str.Reset()
+		return
+	}
+	var resp *pb.Response
+	switch req.op {
+	case opPush:
+		resp, err = s.servePush(remote, req)
+	case opFetch:
+		resp, err = s.serveFetch(remote, req)
+	}
+	if err != nil {
+		s.refused(req.op, remote, req.gen, err)
+		resp = errorResponse(s.clusterID, err)
+	}
+	if werr := writeDelimited(str, resp); werr != nil {
+		s.log.Debugw("share response not sent", "op", req.op, "peer", remote, "generation", req.gen, "err", werr)
+		str.Reset()
+		return
+	}
+	if err == nil {
+		s.served(req.op, remote, req.gen)
+	}
+	str.Close()
+}
+
+// servePush checks and stores a pushed envelope and returns the receipt.
+func (s *Service) servePush(remote peer.ID, req *request) (*pb.Response, error) {
+	if req.clusterID != s.clusterID {
+		return nil, fmt.Errorf("%w: request for cluster %q", ErrWrongCluster, req.clusterID)
+	}
+	env, err := ParseEnvelope(req.envelope)
+	if err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	b := env.Binding
+	switch {
+	case b.ClusterID != s.clusterID:
+		return nil, fmt.Errorf("%w: envelope bound to cluster %q", ErrWrongCluster, b.ClusterID)
+	case b.Generation != req.gen:
+		return nil, fmt.Errorf("%w: envelope bound to generation %d, request for %d", ErrBadRequest, b.Generation, req.gen)
+	case b.Owner != remote:
+		return nil, fmt.Errorf("%w: envelope owned by %s, pushed by %s", ErrForbidden, b.Owner, remote)
+	case b.Holder != s.selfID:
+		return nil, fmt.Errorf("%w: envelope addressed to %s, not this holder", ErrForbidden, b.Holder)
+	}
+	if err := s.policy.AllowPush(remote, req.gen); err != nil {
+		return nil, policyError(err)
+	}
+	digest := sha256.Sum256(req.envelope)
+	sig, err := s.store1(env, digest)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.Response{
+		Version:          WireVersion,
+		ClusterId:        s.clusterID,
+		Code:             pb.Response_OK,
+		ReceiptSignature: sig,
+		Digest:           digest[:],
+	}, nil
+}
+
+// store1 stores env as the only envelope of its (generation, owner) and
+// signs the receipt. Storing the same bytes again signs the same receipt
+// (Ed25519 signatures are deterministic), so a retried push is idempotent.
+func (s *Service) store1(env *Envelope, digest [32]byte) ([]byte, error) {
+	b := env.Binding
+	if err := s.store.Put(b.Generation, b.Owner, env); err != nil {
+		if errors.Is(err, ErrExists) {
+			return nil, fmt.Errorf("%w: generation %d, owner %s", ErrDuplicate, b.Generation, b.Owner)
+		}
+		return nil, fmt.Errorf("%w: store: %w", ErrInternal, err)
+	}
+	sig, err := SignReceipt(s.self, s.clusterID, b.Generation, b.Owner, digest)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInternal, err)
+	}
+	return sig, nil
+}
+
+// serveFetch returns the caller's own envelope. The store is keyed by the
+// authenticated remote peer, so nobody can name another owner's envelope.
+func (s *Service) serveFetch(remote peer.ID, req *request) (*pb.Response, error) {
+	if req.clusterID != s.clusterID {
+		return nil, fmt.Errorf("%w: request for cluster %q", ErrWrongCluster, req.clusterID)
+	}
+	if !s.limiter.allow(remote, time.Now()) {
+		return nil, fmt.Errorf("%w: fetches from %s", ErrRateLimited, remote)
+	}
+	if err := s.policy.AllowFetch(remote, req.gen); err != nil {
+		return nil, policyError(err)
+	}
+	env, err := s.store.Get(req.gen, remote)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("%w: no envelope of %s for generation %d", ErrNotFound, remote, req.gen)
+		}
+		return nil, fmt.Errorf("%w: store: %w", ErrInternal, err)
+	}
+	b := env.Binding
+	if b.Owner != remote || b.Holder != s.selfID || b.ClusterID != s.clusterID || b.Generation != req.gen {
+		// Get checks the key against the binding; this is defence in depth.
+		return nil, fmt.Errorf("%w: stored envelope does not match", ErrInternal)
+	}
+	raw, err := env.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInternal, err)
+	}
+	return &pb.Response{Version: WireVersion, ClusterId: s.clusterID, Code: pb.Response_OK, Envelope: raw}, nil
+}
+
+func (s *Service) refused(op string, remote peer.ID, gen uint64, err error) {
+	s.log.Warnw("share request refused", "op", op, "peer", remote, "generation", gen,
+		"code", codeOf(err).String(), "err", err)
+	if s.cfg.tracer != nil {
+		s.cfg.tracer.Refused(op, remote, gen, err)
+	}
+}
+
+func (s *Service) served(op string, remote peer.ID, gen uint64) {
+	s.log.Debugw("share request served", "op", op, "peer", remote, "generation", gen)
+	if s.cfg.tracer != nil {
+		s.cfg.tracer.Served(op, remote, gen)
+	}
+}
+
+// Push sends env to holder and returns the holder's receipt, after
+// checking the receipt's signature against the holder's peer ID and its
+// digest against env. env must be sealed by this node, for this cluster and
+// for holder. Pushing to this node itself stores env in the local store
+// and signs the receipt locally, without asking the policy.
+func (s *Service) Push(ctx context.Context, holder peer.ID, env *Envelope) (*Receipt, error) {
+	raw, err := env.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > MaxEnvelopeSize {
+		return nil, fmt.Errorf("%w: envelope of %d bytes, limit %d", ErrTooLarge, len(raw), MaxEnvelopeSize)
+	}
+	b := env.Binding
+	switch {
+	case b.ClusterID != s.clusterID:
+		return nil, fmt.Errorf("%w: envelope bound to cluster %q", ErrWrongCluster, b.ClusterID)
+	case b.Owner != s.selfID:
+		return nil, fmt.Errorf("%w: envelope owned by %s, not by this node", ErrForbidden, b.Owner)
+	case b.Holder != holder:
+		return nil, fmt.Errorf("%w: envelope addressed to %s, pushed to %s", ErrBadRequest, b.Holder, holder)
+	}
+	digest := sha256.Sum256(raw)
+	var sig []byte
+	if holder == s.selfID {
+		if sig, err = s.store1(env, digest); err != nil {
+			return nil, err
+		}
+	} else {
+		resp, err := s.roundTrip(ctx, holder, pushRequest(s.clusterID, b.Generation, raw))
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(resp.GetDigest(), digest[:]) {
+			return nil, fmt.Errorf("%w: receipt digest from %s does not match the envelope", ErrBadResponse, holder)
+		}
+		sig = resp.GetReceiptSignature()
+	}
+	r := &Receipt{Generation: b.Generation, Owner: s.selfID, Holder: holder, Digest: digest, Signature: sig}
+	if err := r.Verify(s.clusterID); err != nil {
+		return nil, fmt.Errorf("%w: receipt from %s: %w", ErrBadResponse, holder, err)
+	}
+	return r, nil
+}
+
+// Fetch asks holder for this node's envelope of generation gen, and checks
+// that it is bound to (this cluster, this node, gen, holder). It does not
+// open it. Fetching from this node itself reads the local store.
+func (s *Service) Fetch(ctx context.Context, holder peer.ID, gen uint64) (*Envelope, error) {
+	var env *Envelope
+	if holder == s.selfID {
+		var err error
+		if env, err = s.store.Get(gen, s.selfID); err != nil {
+			return nil, err
+		}
+	} else {
+		resp, err := s.roundTrip(ctx, holder, fetchRequest(s.clusterID, gen))
+		if err != nil {
+			return nil, err
+		}
+		if env, err = ParseEnvelope(resp.GetEnvelope()); err != nil {
+			return nil, fmt.Errorf("%w: envelope from %s: %w", ErrBadResponse, holder, err)
+		}
+	}
+	want := Binding{ClusterID: s.clusterID, Owner: s.selfID, Generation: gen, Holder: holder}
+	if env.Binding != want {
+		return nil, fmt.Errorf("%w: envelope from %s is bound to another (cluster, owner, generation, holder)", ErrBadResponse, holder)
+	}
+	return env, nil
+}
+
+// roundTrip sends one request to p and returns its OK response, or the
+// refusal as an error wrapping its sentinel. Streams may run over limited
+// (relayed) connections (rule N1).
+func (s *Service) roundTrip(ctx context.Context, p peer.ID, req *pb.Request) (resp *pb.Response, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.timeout)
+	defer cancel()
+	str, err := s.host.NewStream(network.WithAllowLimitedConn(ctx, "p2pkey-shares"), p, ProtocolID)
+	if err != nil {
+		return nil, fmt.Errorf("shares: open stream to %s: %w", p, err)
+	}
+	if !s.track(str) {
+		str.Reset()
+		return nil, ErrClosed
+	}
+	defer s.untrack(str)
+	defer func() {
+		if err != nil {
+			str.Reset()
+		} else {
+			str.Close()
+		}
+	}()
+	if err := str.Scope().SetService(ServiceName); err != nil {
+		return nil, fmt.Errorf("shares: stream to %s: resource scope: %w", p, err)
+	}
+	if err := str.Scope().ReserveMemory(MaxMessageSize, network.ReservationPriorityAlways); err != nil {
+		return nil, fmt.Errorf("shares: stream to %s: reserve memory: %w", p, err)
+	}
+	defer str.Scope().ReleaseMemory(MaxMessageSize)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = str.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { str.Reset() })
+	defer stop()
+
+	if err := writeDelimited(str, req); err != nil {
+		return nil, fmt.Errorf("shares: send to %s: %w", p, ctxErr(ctx, err))
+	}
+	if err := str.CloseWrite(); err != nil {
+		return nil, fmt.Errorf("shares: send to %s: %w", p, ctxErr(ctx, err))
+	}
+	resp, err = decodeResponse(bufio.NewReader(str))
+	if err != nil {
+		return nil, fmt.Errorf("shares: response from %s: %w", p, ctxErr(ctx, err))
+	}
+	if resp.GetClusterId() != s.clusterID {
+		return nil, fmt.Errorf("%w: %s answers for cluster %q", ErrWrongCluster, p, resp.GetClusterId())
+	}
+	if resp.GetCode() != pb.Response_OK {
+		return nil, remoteError(resp.GetCode(), resp.GetMessage(), p)
+	}
+	return resp, nil
+}
+
+// ctxErr adds the context's error to an I/O error caused by its
+// cancellation (the stream was reset by context.AfterFunc).
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%w (%w)", cerr, err)
+	}
+	return err
+}
