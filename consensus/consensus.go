@@ -12,6 +12,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	logging "github.com/ipfs/go-log/v2"
+	"go.etcd.io/bbolt"
+	bbolterrors "go.etcd.io/bbolt/errors"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -97,9 +99,9 @@ func New(cfg Config) (*Consensus, error) {
 	self := cfg.Host.ID()
 	hl := newHCLogger(log, "self", self.String())
 
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	store, err := openStore(filepath.Join(cfg.Dir, "raft.db"))
 	if err != nil {
-		return nil, fmt.Errorf("open raft store: %w", err)
+		return nil, err
 	}
 	if err := os.Chmod(filepath.Join(cfg.Dir, "raft.db"), 0o600); err != nil {
 		store.Close()
@@ -211,7 +213,7 @@ func HasState(dir string) (bool, error) {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{Path: path})
+	store, err := openStore(path)
 	if err != nil {
 		return false, err
 	}
@@ -398,6 +400,23 @@ func (c *Consensus) Close() error {
 		c.closeErr = err
 	})
 	return c.closeErr
+}
+
+// ErrStoreLocked means another process has the Raft store open.
+var ErrStoreLocked = errors.New("consensus: the Raft store is locked by another process (is a daemon already running on this data directory?)")
+
+func openStore(path string) (*raftboltdb.BoltStore, error) {
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:        path,
+		BoltOptions: &bbolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true},
+	})
+	if errors.Is(err, bbolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrStoreLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open raft store %s: %w", path, err)
+	}
+	return store, nil
 }
 
 type addrProvider struct{}

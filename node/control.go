@@ -129,12 +129,19 @@ func removeStaleSocket(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
+	if daemonRunning(path) {
 		return fmt.Errorf("another daemon is already running on this data directory (socket %s)", path)
 	}
 	return os.Remove(path)
+}
+
+func daemonRunning(socket string) bool {
+	c, err := net.DialTimeout("unix", socket, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 func (c *controlServer) close() {

@@ -66,6 +66,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
+	if daemonRunning(cfg.SocketPath()) {
+		return nil, fmt.Errorf("another daemon is already running on %s (socket %s)", cfg.DataDir, cfg.SocketPath())
+	}
 	priv, err := loadOrCreateIdentity(cfg.IdentityPath())
 	if err != nil {
 		return nil, err
