@@ -1,0 +1,407 @@
+//go:build unix
+
+package consensus
+
+// Benchmarks of the Raft transport: this package's gated, pooled stream layer
+// against the two baselines it is measured by, go-libp2p-raft's stock
+// transport and hashicorp/raft's own TCP NetworkTransport. Everything except
+// the transport is identical: the same raft.Config, the same raft-boltdb
+// stores behind a LogCache in a temp dir, the same file snapshot store, and
+// the same FSM bridge around listSM. Three nodes on loopback, bootstrapped
+// with one static configuration.
+//
+// Reproduce (one run each, about a minute in all on two cores):
+//
+//	go test ./consensus -run '^$' -bench 'BenchmarkRaftCommit' -benchtime 2000x -count 1
+//	go test ./consensus -run '^$' -bench 'BenchmarkIdleCluster' -benchtime 1x -count 1
+//
+// BenchmarkIdleCluster measures one fixed window per call and ignores b.N, so
+// it is run on its own with -benchtime 1x: a larger count would call it again.
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	libp2praft "github.com/libp2p/go-libp2p-raft"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// The transports compared, in report order.
+const (
+	transportP2PKey   = "p2pkey"
+	transportLibp2p   = "go-libp2p-raft"
+	transportTCP      = "tcp"
+	benchClusterSize  = 3
+	benchCommandBytes = 64
+	// benchInflight is how many Applies are in flight in the throughput phase.
+	benchInflight = 64
+	// benchThroughputWindow is how long the throughput phase runs.
+	benchThroughputWindow = 3 * time.Second
+	// benchIdleWindow is how long BenchmarkIdleCluster watches an idle cluster.
+	benchIdleWindow = 5 * time.Second
+	// benchRPCTimeout is the NetworkTransport timeout of every transport.
+	benchRPCTimeout = 10 * time.Second
+)
+
+var benchTransports = []string{transportP2PKey, transportLibp2p, transportTCP}
+
+// benchRaftConfig is the one raft.Config every transport runs with: raft's
+// defaults (1 s heartbeat and election timeouts, 500 ms leader lease), with
+// CommitTimeout at node.DefaultConfig's 10 ms so the idle figures match what
+// a daemon does. Snapshots are pushed out of reach: they are not what is
+// measured, and one landing inside a run would only add noise to its p99.
+func benchRaftConfig(id raft.ServerID, l hclog.Logger) *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = id
+	rc.Logger = l
+	rc.CommitTimeout = 10 * time.Millisecond
+	rc.SnapshotThreshold = 1 << 40
+	rc.SnapshotInterval = 24 * time.Hour
+	rc.NoLegacyTelemetry = true
+	return rc
+}
+
+// benchNode is one Raft server of a benchmark cluster.
+type benchNode struct {
+	id     raft.ServerID
+	addr   raft.ServerAddress
+	host   host.Host    // nil for tcp
+	stream *streamLayer // only for p2pkey
+	trans  *raft.NetworkTransport
+	store  *raftboltdb.BoltStore
+	raft   *raft.Raft
+}
+
+// benchCluster is three Raft servers on one transport kind.
+type benchCluster struct {
+	b     testing.TB
+	nodes []*benchNode
+}
+
+// newBenchCluster starts a bootstrapped three-node cluster on the given
+// transport and waits until every node agrees on a leader. It is closed when
+// b's cleanup runs.
+func newBenchCluster(b testing.TB, kind string) *benchCluster {
+	b.Helper()
+	cl := &benchCluster{b: b}
+	b.Cleanup(cl.close)
+	for range benchClusterSize {
+		cl.nodes = append(cl.nodes, &benchNode{})
+	}
+
+	// Transports first: the TCP addresses are only known once they listen.
+	members := map[peer.ID]bool{}
+	if kind != transportTCP {
+		for _, nd := range cl.nodes {
+			nd.host = newHost(b)
+			members[nd.host.ID()] = true
+			nd.id = raft.ServerID(nd.host.ID().String())
+			nd.addr = raft.ServerAddress(nd.id)
+		}
+		for _, a := range cl.nodes {
+			for _, o := range cl.nodes {
+				if a != o {
+					a.host.Peerstore().AddAddrs(o.host.ID(), o.host.Addrs(), time.Hour)
+				}
+			}
+		}
+	}
+	for _, nd := range cl.nodes {
+		switch kind {
+		case transportP2PKey:
+			// The same gate as Consensus.admit: the latest configuration, or
+			// the cluster's peers while unconfigured (AllowUnconfigured). The
+			// Raft pointer is atomic because the gate can run before NewRaft
+			// returns.
+			var rp atomic.Pointer[raft.Raft]
+			nd.stream = newStreamLayer(nd.host, func(p peer.ID) bool {
+				r := rp.Load()
+				if r == nil {
+					return false
+				}
+				servers := r.GetConfiguration().Configuration().Servers
+				if len(servers) == 0 {
+					return members[p]
+				}
+				return slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == raft.ServerID(p.String()) })
+			})
+			nd.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+				ServerAddressProvider: addrProvider{},
+				Logger:                newHCLogger(log, "self", nd.id).Named("transport"),
+				Stream:                nd.stream,
+				MaxPool:               defaultMaxPool,
+				Timeout:               benchRPCTimeout,
+			})
+			cl.startRaft(nd)
+			rp.Store(nd.raft)
+			continue
+		case transportLibp2p:
+			t, err := libp2praft.NewLibp2pTransport(nd.host, benchRPCTimeout)
+			if err != nil {
+				b.Fatal(err)
+			}
+			nd.trans = t
+		case transportTCP:
+			t, err := raft.NewTCPTransport("127.0.0.1:0", nil, 3, benchRPCTimeout, io.Discard)
+			if err != nil {
+				b.Fatal(err)
+			}
+			nd.trans = t
+			nd.addr = t.LocalAddr()
+			nd.id = raft.ServerID(nd.addr)
+		default:
+			b.Fatalf("unknown transport %q", kind)
+		}
+		cl.startRaft(nd)
+	}
+
+	var conf raft.Configuration
+	for _, nd := range cl.nodes {
+		conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: nd.id, Address: nd.addr})
+	}
+	for _, nd := range cl.nodes {
+		if err := nd.raft.BootstrapCluster(conf).Error(); err != nil {
+			b.Fatalf("bootstrap %s: %v", nd.id, err)
+		}
+	}
+	cl.leader()
+	return cl
+}
+
+// startRaft opens nd's stores as consensus.New does and starts Raft on
+// nd.trans.
+func (cl *benchCluster) startRaft(nd *benchNode) {
+	b := cl.b
+	b.Helper()
+	dir := b.TempDir()
+	store, err := openStore(filepath.Join(dir, "raft.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	nd.store = store
+	logs, err := raft.NewLogCache(256, store)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hl := newHCLogger(log, "self", string(nd.id))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hl.Named("snapshots"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, err := raft.NewRaft(benchRaftConfig(nd.id, hl), &fsm{sm: &listSM{}}, logs, store, snaps, nd.trans)
+	if err != nil {
+		b.Fatal(err)
+	}
+	nd.raft = r
+}
+
+// leader waits until every node names the same leader, and returns it.
+func (cl *benchCluster) leader() *raft.Raft {
+	cl.b.Helper()
+	var leader *raft.Raft
+	waitFor(cl.b, "an agreed leader", 30*time.Second, func() bool {
+		leader = nil
+		var id raft.ServerID
+		for _, nd := range cl.nodes {
+			_, lid := nd.raft.LeaderWithID()
+			if lid == "" || (id != "" && lid != id) {
+				return false
+			}
+			id = lid
+		}
+		for _, nd := range cl.nodes {
+			if nd.id == id && nd.raft.State() == raft.Leader {
+				leader = nd.raft
+			}
+		}
+		return leader != nil
+	})
+	return leader
+}
+
+// close shuts every node down: Raft, then the transport, then the stores and
+// the host.
+func (cl *benchCluster) close() {
+	for _, nd := range cl.nodes {
+		if nd.raft != nil {
+			if err := nd.raft.Shutdown().Error(); err != nil {
+				cl.b.Errorf("shutdown %s: %v", nd.id, err)
+			}
+		}
+		if nd.trans != nil {
+			nd.trans.Close()
+		}
+		if nd.stream != nil {
+			nd.stream.Close()
+		}
+		if nd.store != nil {
+			nd.store.Close()
+		}
+		if nd.host != nil {
+			nd.host.Close()
+		}
+	}
+}
+
+// benchApply commits cmd through the leader's Raft and checks both error
+// channels (the future's and the FSM's response).
+func benchApply(r *raft.Raft, cmd []byte) error {
+	f := r.Apply(cmd, benchRPCTimeout)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	res, ok := f.Response().(applyResult)
+	if !ok {
+		return fmt.Errorf("unexpected FSM response %T", f.Response())
+	}
+	return res.err
+}
+
+// percentile returns the q-quantile (nearest rank) of sorted.
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(i, 0)]
+}
+
+// BenchmarkRaftCommit measures, per transport, the latency of b.N sequential
+// commits of a 64-byte command on the leader (ns/op is their mean; p50-µs and
+// p99-µs their percentiles), then the throughput of benchInflight concurrent
+// Applies over benchThroughputWindow (commits/s). Acceptance: p2pkey's p50
+// is within 1.5× of tcp's from the same run.
+func BenchmarkRaftCommit(b *testing.B) {
+	for _, kind := range benchTransports {
+		b.Run(kind, func(b *testing.B) {
+			cl := newBenchCluster(b, kind)
+			leader := cl.leader()
+			cmd := EncodeEntry(bytes.Repeat([]byte{'x'}, benchCommandBytes))
+			for range 200 { // warm up: pipelines, pools, caches
+				if err := benchApply(leader, cmd); err != nil {
+					b.Fatal(err)
+				}
+			}
+
+			lat := make([]time.Duration, 0, max(b.N, 1024))
+			for b.Loop() {
+				start := time.Now()
+				if err := benchApply(leader, cmd); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(percentile(lat, 0.50).Nanoseconds())/1e3, "p50-µs")
+			b.ReportMetric(float64(percentile(lat, 0.99).Nanoseconds())/1e3, "p99-µs")
+
+			var (
+				commits  atomic.Int64
+				firstErr atomic.Pointer[error]
+				wg       sync.WaitGroup
+			)
+			start := time.Now()
+			deadline := start.Add(benchThroughputWindow)
+			for range benchInflight {
+				wg.Go(func() {
+					for time.Now().Before(deadline) {
+						if err := benchApply(leader, cmd); err != nil {
+							firstErr.CompareAndSwap(nil, &err)
+							return
+						}
+						commits.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			if err := firstErr.Load(); err != nil {
+				b.Fatalf("concurrent apply: %v", *err)
+			}
+			b.ReportMetric(float64(commits.Load())/elapsed.Seconds(), "commits/s")
+		})
+	}
+}
+
+// cpuTime is the process's user plus system CPU time.
+func cpuTime(b testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkIdleCluster watches an idle, healthy three-node cluster per
+// transport for benchIdleWindow and reports what idling costs: heap bytes
+// allocated per second (alloc-B/s, from runtime.MemStats.TotalAlloc), heap
+// objects allocated per second (allocs/s), process CPU time per second of
+// wall time (cpu-ms/s), the live heap after a GC at the end (heap-MB), and
+// the goroutines the cluster holds (goroutines, over the count before it was
+// built). All three nodes run in this one process, so every figure covers the
+// whole cluster, not one node.
+//
+// This is where go-libp2p-raft's MaxPool 0 shows: each heartbeat (every 100
+// to 200 ms per follower at the default 1 s HeartbeatTimeout) opens a new
+// stream, and NetworkTransport gives every new connection a 256 KiB write
+// buffer at the dialer and a 256 KiB read buffer at the acceptor.
+//
+// b.N is ignored: the window is measured once per call. Run with -benchtime 1x.
+func BenchmarkIdleCluster(b *testing.B) {
+	for _, kind := range benchTransports {
+		b.Run(kind, func(b *testing.B) {
+			runtime.GC()
+			baseGoroutines := runtime.NumGoroutine()
+			cl := newBenchCluster(b, kind)
+			leader := cl.leader()
+			cmd := EncodeEntry(bytes.Repeat([]byte{'x'}, benchCommandBytes))
+			for range 10 { // a few commits so replication runs in pipeline mode
+				if err := benchApply(leader, cmd); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// Let the commits' after-effects settle before the window opens.
+			time.Sleep(time.Second)
+
+			runtime.GC()
+			var m0, m1 runtime.MemStats
+			runtime.ReadMemStats(&m0)
+			cpu0 := cpuTime(b)
+			b.ResetTimer()
+			start := time.Now()
+			time.Sleep(benchIdleWindow)
+			elapsed := time.Since(start)
+			cpu1 := cpuTime(b)
+			runtime.ReadMemStats(&m1)
+			b.StopTimer()
+			goroutines := runtime.NumGoroutine() - baseGoroutines
+			runtime.GC()
+			var m2 runtime.MemStats
+			runtime.ReadMemStats(&m2)
+
+			if cl.leader() != leader {
+				b.Fatal("leadership changed during the idle window")
+			}
+			secs := elapsed.Seconds()
+			b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/secs, "alloc-B/s")
+			b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/secs, "allocs/s")
+			b.ReportMetric(float64((cpu1-cpu0).Milliseconds())/secs, "cpu-ms/s")
+			b.ReportMetric(float64(m2.HeapAlloc)/(1<<20), "heap-MB")
+			b.ReportMetric(float64(goroutines), "goroutines")
+		})
+	}
+}
