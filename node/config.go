@@ -1,6 +1,7 @@
 package node
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -104,8 +105,34 @@ func (c Config) SocketPath() string { return SocketPath(c.DataDir) }
 // SocketPath is the control API's unix socket in dataDir.
 func SocketPath(dataDir string) string { return filepath.Join(dataDir, "p2pkey.sock") }
 
-func (c Config) raftDir() string   { return filepath.Join(c.DataDir, "raft") }
-func (c Config) peersPath() string { return filepath.Join(c.DataDir, "peers.json") }
+func (c Config) raftDir() string     { return filepath.Join(c.DataDir, "raft") }
+func (c Config) peersPath() string   { return filepath.Join(c.DataDir, "peers.json") }
+func (c Config) sharesPath() string  { return filepath.Join(c.DataDir, "shares.db") }
+func (c Config) clusterPath() string { return filepath.Join(c.DataDir, "cluster.json") }
+
+// clusterFile records which cluster this data directory belongs to, so a
+// restarted node can serve and fetch shares before its ledger catches up.
+type clusterFile struct {
+	Version   int    `json:"version"`
+	ClusterID string `json:"cluster_id"`
+}
+
+func writeClusterFile(path, clusterID string) error {
+	data, _ := json.Marshal(clusterFile{Version: 1, ClusterID: clusterID})
+	return writeFileAtomic(path, append(data, '\n'), 0o600)
+}
+
+func readClusterFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read cluster file: %w", err)
+	}
+	var cf clusterFile
+	if err := json.Unmarshal(data, &cf); err != nil || cf.Version != 1 || cf.ClusterID == "" {
+		return "", fmt.Errorf("cluster file %s is unreadable or of an unknown version", path)
+	}
+	return cf.ClusterID, nil
+}
 
 // Initialized reports whether dataDir has an identity.
 func Initialized(dataDir string) bool {

@@ -34,6 +34,20 @@ type InviteResponse struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
+// KeyRequest is the body of POST /v1/key.
+type KeyRequest struct {
+	Purpose string `json:"purpose"`
+	Wait    bool   `json:"wait"`
+}
+
+// KeyResponse carries a derived key (never K itself, rule K3).
+type KeyResponse struct {
+	Purpose string `json:"purpose"`
+	Key     []byte `json:"key"`
+}
+
+const codeLocked = "locked"
+
 // apiError is the body of every failed control request.
 type apiError struct {
 	Error string `json:"error"`
@@ -113,6 +127,26 @@ func (n *Node) serveControl() (*controlServer, error) {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"left": n.host.ID().String()})
 		n.events.publish(Event{Type: EventMemberRemoved, Peer: n.host.ID(), Detail: "left"})
+	})
+	mux.HandleFunc("POST /v1/key", func(w http.ResponseWriter, r *http.Request) {
+		var req KeyRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		k, err := n.Key(r.Context(), req.Purpose, req.Wait)
+		switch {
+		case errors.Is(err, ErrLocked):
+			writeJSON(w, http.StatusLocked, apiError{Error: err.Error(), Code: codeLocked})
+			return
+		case err != nil:
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		defer clear(k)
+		writeJSON(w, http.StatusOK, KeyResponse{Purpose: req.Purpose, Key: k})
+	})
+	mux.HandleFunc("GET /v1/generations", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, n.Generations())
 	})
 	srv := &http.Server{
 		Handler:           http.MaxBytesHandler(mux, maxControlBody),
@@ -209,7 +243,12 @@ type APIError struct {
 func (e *APIError) Error() string { return e.Message }
 
 // Unwrap lets errors.Is match the ledger sentinel the code names.
-func (e *APIError) Unwrap() error { return generations.ErrorByCode(e.Code) }
+func (e *APIError) Unwrap() error {
+	if e.Code == codeLocked {
+		return ErrLocked
+	}
+	return generations.ErrorByCode(e.Code)
+}
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
@@ -282,4 +321,19 @@ func (c *Client) Remove(ctx context.Context, p peer.ID) error {
 // Leave makes the daemon leave the cluster.
 func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/leave", nil, nil)
+}
+
+// Key asks the daemon for the key derived for purpose. It returns an error
+// wrapping ErrLocked while the node is locked (unless wait is set).
+func (c *Client) Key(ctx context.Context, purpose string, wait bool) ([]byte, error) {
+	var out KeyResponse
+	err := c.do(ctx, http.MethodPost, "/key", KeyRequest{Purpose: purpose, Wait: wait}, &out)
+	return out.Key, err
+}
+
+// Generations fetches every generation with its owner x holder matrix.
+func (c *Client) Generations(ctx context.Context) ([]GenerationInfo, error) {
+	var out []GenerationInfo
+	err := c.do(ctx, http.MethodGet, "/generations", nil, &out)
+	return out, err
 }

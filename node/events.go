@@ -20,6 +20,7 @@ const (
 	EventLeaderChanged  EventType = "leader_changed"
 	EventGenerationOpen EventType = "generation_opened"
 	EventGenerationDone EventType = "generation_changed"
+	EventUnlocked       EventType = "unlocked"
 )
 
 // Event is one thing the node observed. Peer and Detail depend on Type.

@@ -133,7 +133,10 @@ func (js *joinService) handle(s network.Stream) {
 	inv := Invite{Secret: req.GetSecret()}
 	ctx, cancel := context.WithTimeout(js.n.ctx, joinStreamTimeout-5*time.Second)
 	defer cancel()
-	cmd := generations.NewConsumeInvite(inv.Hash(), remote, resp.ClusterId, time.Time{}, time.Now())
+	// The joiner is admitted only when the generation opened for it commits
+	// (rules J2-J4); the deadline bounds the attempt (J5).
+	now := time.Now()
+	cmd := generations.NewConsumeInvite(inv.Hash(), remote, resp.ClusterId, now.Add(js.n.cfg.GenerationTimeout), now)
 	if err := js.n.apply(ctx, cmd); err != nil {
 		log.Warnw("join refused", "peer", remote, "err", err)
 		resp.ErrorCode, resp.ErrorMessage = generations.ErrorCode(err), err.Error()
@@ -142,6 +145,13 @@ func (js *joinService) handle(s network.Stream) {
 		}
 		js.reply(s, resp)
 		return
+	}
+	// Record where the joiner can be reached, so every member (and the
+	// leader, which must replicate to it) can dial it.
+	if addrs := joinerAddrs(req.GetAddrs(), remote); len(addrs) > 0 {
+		if err := js.n.apply(ctx, generations.NewSetAddrs(remote, addrs, time.Now())); err != nil {
+			log.Warnw("record joiner addresses", "peer", remote, "err", err)
+		}
 	}
 	log.Infow("invite accepted", "peer", remote)
 	js.n.host.Peerstore().AddAddrs(remote, js.n.host.Peerstore().Addrs(remote), time.Hour)
@@ -207,21 +217,43 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 		}
 	}
 	n.mu.Unlock()
-	log.Infow("invite accepted; waiting to become a voter", "cluster", resp.GetClusterId())
+	if err := writeClusterFile(n.cfg.clusterPath(), inv.ClusterID); err != nil {
+		return err
+	}
+	log.Infow("invite accepted; sharing keys with the new generation", "cluster", resp.GetClusterId())
 
-	// Wait for the ledger to replicate here and show us active, and for the
-	// leader to promote us.
+	// Wait until our generation commits (we become active) and the leader
+	// promotes us, or until it aborts (we are rejected, rule J5).
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	lastReport := time.Now()
 	for {
-		if n.isVoter() && n.memberStatus(n.host.ID()) == generations.StatusActive {
+		var me generations.Member
+		var short generations.Shortfall
+		var hasShort bool
+		n.view(func(l *generations.Ledger) {
+			me, _ = l.Member(n.host.ID())
+			short, hasShort = l.JoinShortfall(n.host.ID())
+		})
+		switch {
+		case me.Status == generations.StatusActive && n.isVoter():
 			n.events.publish(Event{Type: EventJoined, Peer: n.host.ID(), Detail: resp.GetClusterId()})
 			log.Infow("joined the cluster", "cluster", n.ClusterID())
 			return nil
+		case me.Status == generations.StatusRejected:
+			return fmt.Errorf("%w: the generation opened for this node aborted at its deadline: %s", ErrJoinRejected, me.Reason)
+		}
+		if hasShort && time.Since(lastReport) > 5*time.Second {
+			log.Infow("join in progress", "progress", short.String())
+			lastReport = time.Now()
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("joined the ledger but was not made a voter in time: %w", ctx.Err())
+			msg := "the ledger has not reached this node"
+			if hasShort {
+				msg = short.String()
+			}
+			return fmt.Errorf("%w: not admitted within the join timeout: %s", ErrJoinRejected, msg)
 		case <-tick.C:
 		}
 	}
@@ -238,7 +270,8 @@ func (n *Node) requestJoin(ctx context.Context, ai peer.AddrInfo, inv Invite) (*
 		return nil, fmt.Errorf("open join stream to %s: %w", ai.ID, err)
 	}
 	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
-	if _, err := protodelim.MarshalTo(s, &pb.JoinRequest{Version: joinVersion, ClusterId: inv.ClusterID, Secret: inv.Secret}); err != nil {
+	req := &pb.JoinRequest{Version: joinVersion, ClusterId: inv.ClusterID, Secret: inv.Secret, Addrs: p2p.AddrInfoStrings(n.host)}
+	if _, err := protodelim.MarshalTo(s, req); err != nil {
 		s.Reset()
 		return nil, err
 	}
@@ -267,6 +300,25 @@ func (n *Node) requestJoin(ctx context.Context, ai peer.AddrInfo, inv Invite) (*
 		}
 		return nil, fmt.Errorf("%w: %s", ErrJoinRefused, resp.GetErrorMessage())
 	}
+}
+
+// joinerAddrs keeps the joiner's claimed addresses that parse and name the
+// joiner itself, within the ledger's bounds.
+func joinerAddrs(claimed []string, joiner peer.ID) []string {
+	var out []string
+	for _, a := range claimed {
+		if len(out) == generations.MaxAddrs || len(a) > generations.MaxAddrLen {
+			break
+		}
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			continue
+		}
+		if ai, err := peer.AddrInfoFromP2pAddr(m); err == nil && ai.ID == joiner {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func addrInfos(addrs []string) ([]peer.AddrInfo, error) {

@@ -18,6 +18,7 @@ import (
 	"github.com/p2pkey/p2pkey/generations"
 	gpb "github.com/p2pkey/p2pkey/generations/pb"
 	"github.com/p2pkey/p2pkey/p2p"
+	"github.com/p2pkey/p2pkey/shares"
 )
 
 var log = logging.Logger("p2pkey/node")
@@ -38,13 +39,20 @@ type Node struct {
 	cons *consensus.Consensus
 	sm   *ledgerSM
 
+	store *shares.Store
+	svc   *shares.Service
+	keys  *keyring
+
 	events  *broadcaster
 	applied chan struct{}
+	keyPoke chan struct{}
 
 	// allowed holds peers admitted to Raft while this node is unconfigured:
 	// the members named by the join response.
-	mu      sync.Mutex
-	allowed map[peer.ID]bool
+	mu         sync.Mutex
+	allowed    map[peer.ID]bool
+	sweptSet   map[string]bool
+	lastUnlock time.Time
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -81,12 +89,32 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, ErrNoState
 	}
 	var inv Invite
-	if !hasState && cfg.Join != "" {
+	var clusterID string
+	var k []byte
+	switch {
+	case hasState:
+		if clusterID, err = readClusterFile(cfg.clusterPath()); err != nil {
+			return nil, err
+		}
+	case cfg.Bootstrap:
+		id := make([]byte, 16)
+		if _, err := rand.Read(id); err != nil {
+			return nil, err
+		}
+		clusterID = hex.EncodeToString(id)
+	default:
 		if inv, err = DecodeInvite(cfg.Join); err != nil {
 			return nil, err
 		}
 		if time.Now().After(inv.ExpiresAt) {
 			return nil, fmt.Errorf("%w: the invite expired at %s", generations.ErrInviteExpired, inv.ExpiresAt.Format(time.RFC3339))
+		}
+		clusterID = inv.ClusterID
+	}
+	if !hasState {
+		// K is born in memory, here and only here (rule K1).
+		if k, err = newK(); err != nil {
+			return nil, err
 		}
 	}
 
@@ -98,14 +126,27 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	store, err := shares.OpenStore(cfg.sharesPath())
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open envelope store: %w", err)
+	}
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
-		cfg: cfg, priv: priv, host: h,
-		sm:      &ledgerSM{l: generations.New()},
-		events:  newBroadcaster(),
-		applied: make(chan struct{}, 1),
-		allowed: map[peer.ID]bool{},
-		ctx:     nctx, cancel: cancel,
+		cfg: cfg, priv: priv, host: h, store: store,
+		sm:       &ledgerSM{l: generations.New()},
+		events:   newBroadcaster(),
+		keys:     newKeyring(),
+		applied:  make(chan struct{}, 1),
+		keyPoke:  make(chan struct{}, 1),
+		allowed:  map[peer.ID]bool{},
+		sweptSet: map[string]bool{},
+		ctx:      nctx, cancel: cancel,
+	}
+	if k != nil {
+		n.keys.set(k)
+	} else {
+		n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
 	}
 	n.cons, err = consensus.New(consensus.Config{
 		Host:              h,
@@ -120,34 +161,48 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		OnApplied:         n.onApplied,
 	})
 	if err != nil {
+		store.Close()
 		h.Close()
 		cancel()
 		return nil, err
 	}
-	n.loadPeerBook()
-	n.startJoinService()
-	n.wg.Add(3)
-	go n.reconcileLoop()
-	go n.connectLoop()
-	go n.watchLoop()
-
-	switch {
-	case hasState:
-		log.Infow("resuming from on-disk state", "peer", h.ID())
-	case cfg.Bootstrap:
-		err = n.bootstrap(ctx)
-	default:
-		err = n.join(ctx, inv)
-	}
+	n.svc, err = shares.NewService(h, store, priv, clusterID, sharePolicy{n})
 	if err != nil {
 		n.Close()
 		return nil, err
 	}
+	n.loadPeerBook()
+	n.startJoinService()
+	n.wg.Add(4)
+	go n.reconcileLoop()
+	go n.connectLoop()
+	go n.watchLoop()
+	go n.keyLoop()
 	if cfg.ControlSocket {
 		if n.control, err = n.serveControl(); err != nil {
 			n.Close()
 			return nil, err
 		}
+	}
+
+	switch {
+	case hasState:
+		log.Infow("resuming from on-disk state; locked until a threshold of shares is back", "peer", h.ID(), "cluster", clusterID)
+	case cfg.Bootstrap:
+		err = n.bootstrap(ctx, clusterID)
+	default:
+		err = n.join(ctx, inv)
+	}
+	if err != nil {
+		n.Close()
+		if !hasState {
+			// Leave no half-joined state behind: the next attempt, with a
+			// new invite, starts clean. The identity stays.
+			for _, p := range []string{cfg.raftDir(), cfg.sharesPath(), cfg.clusterPath(), cfg.peersPath()} {
+				os.RemoveAll(p)
+			}
+		}
+		return nil, err
 	}
 	n.wg.Add(1)
 	go n.announceAddrsLoop()
@@ -175,17 +230,21 @@ func Init(dataDir string) (peer.ID, error) {
 	return peer.IDFromPrivateKey(priv)
 }
 
-func (n *Node) bootstrap(ctx context.Context) error {
+func (n *Node) bootstrap(ctx context.Context, clusterID string) error {
+	if err := writeClusterFile(n.cfg.clusterPath(), clusterID); err != nil {
+		return err
+	}
 	if err := n.cons.Bootstrap(); err != nil {
 		return fmt.Errorf("bootstrap Raft: %w", err)
 	}
-	id := make([]byte, 16)
-	if _, err := rand.Read(id); err != nil {
-		return err
-	}
-	clusterID := hex.EncodeToString(id)
-	if err := n.apply(ctx, generations.NewBootstrap(clusterID, n.host.ID(), time.Now())); err != nil {
+	now := time.Now()
+	if err := n.apply(ctx, generations.NewBootstrap(clusterID, n.host.ID(), now)); err != nil {
 		return fmt.Errorf("bootstrap the ledger: %w", err)
+	}
+	// Generation 1 has the founder alone: it escrows K with itself.
+	err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now))
+	if err != nil && !errors.Is(err, generations.ErrGenerationOpen) { // the reconciler may have been first
+		return fmt.Errorf("open the first generation: %w", err)
 	}
 	log.Infow("bootstrapped a new cluster", "cluster", clusterID, "peer", n.host.ID())
 	n.events.publish(Event{Type: EventBootstrapped, Peer: n.host.ID()})
@@ -235,6 +294,10 @@ func (n *Node) onApplied(uint64) {
 	case n.applied <- struct{}{}:
 	default:
 	}
+	select {
+	case n.keyPoke <- struct{}{}:
+	default:
+	}
 }
 
 // Close stops the node. It does not leave the cluster.
@@ -247,10 +310,17 @@ func (n *Node) Close() error {
 		n.cancel()
 		n.wg.Wait()
 		n.savePeerBook()
+		if n.svc != nil {
+			n.svc.Close()
+		}
 		err = n.cons.Close()
 		if herr := n.host.Close(); err == nil {
 			err = herr
 		}
+		if serr := n.store.Close(); err == nil {
+			err = serr
+		}
+		n.keys.wipe()
 		n.events.close()
 	})
 	return err

@@ -92,6 +92,30 @@ func (n *Node) reconcile() {
 		log.Infow("removed from the Raft configuration", "peer", id)
 	}
 	n.abortExpired()
+	n.openIfNeeded()
+}
+
+// openIfNeeded opens a generation when joiners are waiting for one (they
+// arrived while another was open, rule G2) or when the cluster has none at
+// all (a crash between bootstrap and the first generation).
+func (n *Node) openIfNeeded() {
+	var need bool
+	n.view(func(l *generations.Ledger) {
+		if _, open := l.Open(); open {
+			return
+		}
+		_, cur := l.Current()
+		need = len(l.PendingJoiners()) > 0 || !cur
+	})
+	if !need {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, membershipTimeout)
+	defer cancel()
+	now := time.Now()
+	if err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now)); err != nil {
+		log.Debugw("open generation", "err", err)
+	}
 }
 
 func (n *Node) abortExpired() {

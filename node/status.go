@@ -22,6 +22,7 @@ type Status struct {
 	PeerID     string           `json:"peer_id"`
 	ClusterID  string           `json:"cluster_id"`
 	Lock       string           `json:"lock"`
+	Unlock     UnlockProgress   `json:"unlock"`
 	Addrs      []string         `json:"addrs"`
 	Raft       RaftStatus       `json:"raft"`
 	Generation GenerationStatus `json:"generation"`
@@ -67,9 +68,11 @@ type MemberStatus struct {
 
 // Status reports the node's state.
 func (n *Node) Status() Status {
+	lock, progress := n.Lock()
 	st := Status{
 		PeerID:  n.host.ID().String(),
-		Lock:    LockUnescrowed,
+		Lock:    lock,
+		Unlock:  progress,
 		Addrs:   p2p.AddrInfoStrings(n.host),
 		Members: []MemberStatus{},
 	}

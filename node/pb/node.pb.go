@@ -105,6 +105,7 @@ type JoinRequest struct {
 	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Secret        []byte                 `protobuf:"bytes,3,opt,name=secret,proto3" json:"secret,omitempty"`
+	Addrs         []string               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"` // the joiner's own /p2p/ multiaddrs
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -156,6 +157,13 @@ func (x *JoinRequest) GetClusterId() string {
 func (x *JoinRequest) GetSecret() []byte {
 	if x != nil {
 		return x.Secret
+	}
+	return nil
+}
+
+func (x *JoinRequest) GetAddrs() []string {
+	if x != nil {
+		return x.Addrs
 	}
 	return nil
 }
@@ -310,12 +318,13 @@ const file_node_proto_rawDesc = "" +
 	"\x06secret\x18\x03 \x01(\fR\x06secret\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x14\n" +
-	"\x05addrs\x18\x05 \x03(\tR\x05addrs\"^\n" +
+	"\x05addrs\x18\x05 \x03(\tR\x05addrs\"t\n" +
 	"\vJoinRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x16\n" +
-	"\x06secret\x18\x03 \x01(\fR\x06secret\",\n" +
+	"\x06secret\x18\x03 \x01(\fR\x06secret\x12\x14\n" +
+	"\x05addrs\x18\x04 \x03(\tR\x05addrs\",\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x14\n" +
 	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"\xd3\x01\n" +

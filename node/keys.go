@@ -1,0 +1,560 @@
+package node
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/shares"
+)
+
+// KeySize is the size of K and of derived keys.
+const KeySize = 32
+
+// splitIDSize prefixes every share plaintext with the ID of the Split that
+// made it. A node that restarts in the middle of a generation can only make
+// a new split; the ID lets unlock combine shares of one split only.
+const splitIDSize = 8
+
+// Errors about the node's key.
+var (
+	// ErrLocked: the node cannot release keys yet (rule K2). The error text
+	// says why.
+	ErrLocked = errors.New("the node is locked")
+	// ErrRemoved: this node was removed from the cluster and can never
+	// unlock again (rule R1).
+	ErrRemoved = errors.New("this node was removed from the cluster")
+	// ErrKeyCheck: a reconstructed K does not match the key-check value
+	// recorded in the ledger (rule K4).
+	ErrKeyCheck = errors.New("reconstructed key fails its key check")
+	// ErrJoinRejected: the join's generation aborted (rule J5).
+	ErrJoinRejected = errors.New("join not admitted")
+)
+
+// keyring holds K in memory, and only in memory (rule K1). A nil k means the
+// node is locked.
+type keyring struct {
+	mu       sync.Mutex
+	k        []byte
+	splits   map[uint64]*split
+	progress UnlockProgress
+	changed  chan struct{} // closed and replaced when k or progress changes
+}
+
+// split is one Shamir split of K for one generation, kept in memory so that
+// every holder of the generation gets a share of the same polynomial.
+type split struct {
+	id     [splitIDSize]byte
+	shares map[peer.ID][]byte
+	dup    map[peer.ID]bool // holders that refused: they hold an older split
+}
+
+// UnlockProgress is what status reports while a node gathers its shares.
+type UnlockProgress struct {
+	Generation uint64 `json:"generation,omitempty"`
+	Have       int    `json:"have"`
+	Need       int    `json:"need"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+func newKeyring() *keyring {
+	return &keyring{splits: map[uint64]*split{}, changed: make(chan struct{})}
+}
+
+func (kr *keyring) notifyLocked() {
+	close(kr.changed)
+	kr.changed = make(chan struct{})
+}
+
+func (kr *keyring) set(k []byte) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	kr.k = k
+	kr.notifyLocked()
+}
+
+// get returns a copy of K, or nil when locked.
+func (kr *keyring) get() []byte {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	return slices.Clone(kr.k)
+}
+
+func (kr *keyring) setProgress(p UnlockProgress) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if p != kr.progress {
+		kr.progress = p
+		kr.notifyLocked()
+	}
+}
+
+func (kr *keyring) state() ([]byte, UnlockProgress, <-chan struct{}) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	return slices.Clone(kr.k), kr.progress, kr.changed
+}
+
+// wipe forgets K and every split, zeroing them.
+func (kr *keyring) wipe() {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	clear(kr.k)
+	kr.k = nil
+	for g, sp := range kr.splits {
+		sp.wipe()
+		delete(kr.splits, g)
+	}
+	kr.notifyLocked()
+}
+
+func (sp *split) wipe() {
+	for _, s := range sp.shares {
+		clear(s)
+	}
+}
+
+func newK() ([]byte, error) {
+	k := make([]byte, KeySize)
+	_, err := rand.Read(k)
+	return k, err
+}
+
+// keyCheck is the value recorded in the ledger the first time the owner is
+// escrowed (rule K4): a MAC that binds K to the owner and the cluster. It
+// reveals nothing about K.
+func keyCheck(k []byte, clusterID string, owner peer.ID) []byte {
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte("p2pkey/keycheck/v1\x00"))
+	m.Write([]byte(clusterID))
+	m.Write([]byte{0})
+	m.Write([]byte(owner))
+	return m.Sum(nil)
+}
+
+// deriveKey is the only form in which K leaves the node (rule K3).
+func deriveKey(k []byte, clusterID, purpose string) ([]byte, error) {
+	return hkdf.Key(sha256.New, k, []byte("p2pkey/derive/v1"), clusterID+"\x00"+purpose, KeySize)
+}
+
+// keyLoop carries out the node's custody duties whenever the ledger
+// changes: unlock when locked, share K into open (and missed current)
+// generations, record the key check, and delete envelopes the ledger no
+// longer wants kept.
+func (n *Node) keyLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n.keyDuties()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-tick.C:
+		case <-n.keyPoke:
+		}
+	}
+}
+
+func (n *Node) keyDuties() {
+	self := n.host.ID()
+	var (
+		boot    bool
+		clusID  string
+		d       generations.Duties
+		cov     generations.Coverage
+		me      generations.Member
+		isMem   bool
+		checkOK []byte
+	)
+	n.view(func(l *generations.Ledger) {
+		boot = l.Bootstrapped()
+		clusID = l.ClusterID()
+		d = l.Duties(self)
+		cov = l.Coverage(self)
+		me, isMem = l.Member(self)
+		checkOK, _ = l.KeyCheck(self)
+	})
+	if !boot || n.svc == nil {
+		if n.keys.get() == nil {
+			n.keys.setProgress(UnlockProgress{Reason: "waiting for the ledger to catch up with the cluster"})
+		}
+		return
+	}
+	n.sweep(d)
+	if isMem && me.Status == generations.StatusRemoved {
+		if n.keys.get() != nil {
+			log.Warnw("this node was removed from the cluster; forgetting its key")
+		}
+		n.keys.wipe()
+		n.keys.setProgress(UnlockProgress{Reason: ErrRemoved.Error() + "; it can never unlock again"})
+		return
+	}
+	k := n.keys.get()
+	if k == nil {
+		n.tryUnlock(clusID, cov, checkOK)
+		return
+	}
+	defer clear(k)
+	if d.Open != 0 && len(d.PushTo) > 0 {
+		n.distribute(clusID, k, d.Open, d.PushTo)
+	}
+	if d.Current != 0 && len(d.PushToCurrent) > 0 {
+		n.distribute(clusID, k, d.Current, d.PushToCurrent)
+	}
+	if d.NeedsKeyCheck {
+		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+		err := n.apply(ctx, generations.NewRecordKeyCheck(self, keyCheck(k, clusID, self), time.Now()))
+		cancel()
+		if err != nil {
+			log.Debugw("record key check", "err", err)
+		}
+	}
+	n.dropSplits(d)
+	if cov.CanUnlock {
+		n.keys.setProgress(UnlockProgress{Generation: cov.Generation, Have: cov.SharesHeld, Need: cov.Threshold})
+	} else {
+		n.keys.setProgress(UnlockProgress{Reason: "not yet escrowed in a committed generation"})
+	}
+}
+
+// distribute splits K for generation gen (once per process), seals one
+// envelope per holder, pushes them in parallel, and records every receipt
+// it got in one batch.
+func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer.ID) {
+	var g generations.Generation
+	var ok bool
+	n.view(func(l *generations.Ledger) { g, ok = l.Generation(gen) })
+	if !ok {
+		return
+	}
+	n.keys.mu.Lock()
+	sp := n.keys.splits[gen]
+	if sp == nil {
+		parts, err := shares.Split(k, len(g.Members), g.Threshold)
+		if err != nil {
+			n.keys.mu.Unlock()
+			log.Errorw("split key", "generation", gen, "err", err)
+			return
+		}
+		sp = &split{shares: map[peer.ID][]byte{}, dup: map[peer.ID]bool{}}
+		rand.Read(sp.id[:])
+		for i, m := range g.Members {
+			sp.shares[m] = parts[i]
+		}
+		n.keys.splits[gen] = sp
+	}
+	todo := map[peer.ID][]byte{}
+	for _, h := range holders {
+		if s, ok := sp.shares[h]; ok && !sp.dup[h] {
+			todo[h] = slices.Concat(sp.id[:], s)
+		}
+	}
+	n.keys.mu.Unlock()
+	if len(todo) == 0 {
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(n.ctx, 15*time.Second)
+	defer cancel()
+	type result struct {
+		holder peer.ID
+		r      *shares.Receipt
+		err    error
+	}
+	results := make(chan result, len(todo))
+	for h, plain := range todo {
+		go func() {
+			defer clear(plain)
+			env, err := shares.Seal(n.priv, shares.Binding{ClusterID: clusterID, Owner: n.host.ID(), Generation: gen, Holder: h}, plain, rand.Reader)
+			if err != nil {
+				results <- result{holder: h, err: err}
+				return
+			}
+			r, err := n.svc.Push(ctx, h, env)
+			results <- result{holder: h, r: r, err: err}
+		}()
+	}
+	var batch []generations.Receipt
+	for range todo {
+		res := <-results
+		switch {
+		case res.err == nil:
+			batch = append(batch, generations.Receipt{
+				Generation: gen, Owner: res.r.Owner, Holder: res.r.Holder,
+				Digest: res.r.Digest[:], Signature: res.r.Signature,
+			})
+		case errors.Is(res.err, shares.ErrDuplicate):
+			// The holder keeps an envelope of an earlier split (this node
+			// restarted mid-generation). It cannot take this one.
+			n.keys.mu.Lock()
+			sp.dup[res.holder] = true
+			n.keys.mu.Unlock()
+			log.Warnw("holder keeps an envelope of an earlier split; skipping it", "generation", gen, "holder", res.holder)
+		default:
+			log.Debugw("push share", "generation", gen, "holder", res.holder, "err", res.err)
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	slices.SortFunc(batch, func(a, b generations.Receipt) int { return compareIDs(a.Holder, b.Holder) })
+	if err := n.apply(ctx, generations.NewRecordReceipts(batch, time.Now())); err != nil {
+		log.Warnw("record receipts", "generation", gen, "receipts", len(batch), "err", err)
+		return
+	}
+	log.Infow("shares escrowed", "generation", gen, "receipts", len(batch), "holders", len(g.Members))
+}
+
+func compareIDs(a, b peer.ID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// dropSplits forgets splits of generations that are no longer being shared
+// into.
+func (n *Node) dropSplits(d generations.Duties) {
+	n.keys.mu.Lock()
+	defer n.keys.mu.Unlock()
+	for g, sp := range n.keys.splits {
+		if g == d.Open || g == d.Current {
+			continue
+		}
+		sp.wipe()
+		delete(n.keys.splits, g)
+	}
+}
+
+// sweep deletes envelopes the ledger says must go: those of aborted and
+// retired generations and of removed owners (rules G3, G4, R1). It acts only
+// on what the ledger names explicitly, so a ledger that is still catching up
+// never causes a deletion.
+func (n *Node) sweep(d generations.Duties) {
+	for _, g := range d.DeleteGenerations {
+		if n.swept(fmt.Sprint("g", g)) {
+			continue
+		}
+		if err := n.store.DeleteGeneration(g); err != nil {
+			log.Warnw("delete envelopes of generation", "generation", g, "err", err)
+			continue
+		}
+		n.markSwept(fmt.Sprint("g", g))
+		log.Infow("deleted envelopes of a finished generation", "generation", g)
+	}
+	for _, o := range d.DeleteOwners {
+		if n.swept("o" + string(o)) {
+			continue
+		}
+		if err := n.store.DeleteOwner(o); err != nil {
+			log.Warnw("delete envelopes of removed owner", "owner", o, "err", err)
+			continue
+		}
+		n.markSwept("o" + string(o))
+		log.Infow("deleted envelopes of a removed owner", "owner", o)
+	}
+}
+
+func (n *Node) swept(key string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sweptSet[key]
+}
+
+func (n *Node) markSwept(key string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.sweptSet[key] = true
+}
+
+// tryUnlock fetches this node's envelopes of its newest escrowed generation
+// from every holder in parallel, and combines as soon as t of one split
+// have opened (rule U1).
+func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byte) {
+	if cov.Generation == 0 {
+		n.keys.setProgress(UnlockProgress{Reason: "locked: no committed generation holds this node's shares (is the ledger still catching up?)"})
+		return
+	}
+	n.mu.Lock()
+	if time.Since(n.lastUnlock) < time.Second {
+		n.mu.Unlock()
+		return
+	}
+	n.lastUnlock = time.Now()
+	n.mu.Unlock()
+
+	gen, need := cov.Generation, cov.Threshold
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	type result struct {
+		holder peer.ID
+		plain  []byte
+		err    error
+	}
+	results := make(chan result, len(cov.Holders))
+	for _, h := range cov.Holders {
+		go func() {
+			env, err := n.svc.Fetch(ctx, h, gen)
+			if err != nil {
+				results <- result{holder: h, err: err}
+				return
+			}
+			plain, _, err := shares.Open(n.priv, env)
+			results <- result{holder: h, plain: plain, err: err}
+		}()
+	}
+	groups := map[[splitIDSize]byte][][]byte{}
+	defer func() {
+		for _, g := range groups {
+			for _, s := range g {
+				clear(s)
+			}
+		}
+	}()
+	have := 0
+	var failures []string
+	for range cov.Holders {
+		res := <-results
+		if res.err != nil || len(res.plain) <= splitIDSize {
+			if res.err != nil {
+				failures = append(failures, fmt.Sprintf("%s: %v", res.holder, res.err))
+			}
+			continue
+		}
+		var id [splitIDSize]byte
+		copy(id[:], res.plain)
+		groups[id] = append(groups[id], res.plain[splitIDSize:])
+		have = max(have, len(groups[id]))
+		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: "locked: gathering shares"})
+		log.Infow("unlock progress", "generation", gen, "have", have, "need", need)
+		if len(groups[id]) < need {
+			continue
+		}
+		k, err := shares.Combine(groups[id])
+		if err != nil {
+			log.Warnw("combine shares", "generation", gen, "err", err)
+			continue
+		}
+		if len(check) > 0 && !hmac.Equal(check, keyCheck(k, clusterID, n.host.ID())) {
+			clear(k)
+			log.Errorw("reconstructed key fails its key check; refusing it", "generation", gen)
+			n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: ErrKeyCheck.Error()})
+			continue
+		}
+		if len(check) == 0 {
+			log.Warnw("no key-check value recorded; accepting the reconstructed key unchecked", "generation", gen)
+		}
+		n.keys.set(k)
+		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need})
+		log.Infow("unlocked", "generation", gen, "shares", have, "threshold", need)
+		n.events.publish(Event{Type: EventUnlocked, Peer: n.host.ID(), Detail: fmt.Sprintf("generation %d, %d of %d shares", gen, have, need)})
+		return
+	}
+	reason := fmt.Sprintf("locked: %d of %d shares gathered for generation %d, fewer than the threshold of %d", have, need, gen, need)
+	n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: reason})
+	log.Warnw("unlock attempt fell short", "generation", gen, "have", have, "need", need, "failures", failures)
+}
+
+// Lock reports the lock state and, while not unlocked, why.
+func (n *Node) Lock() (string, UnlockProgress) {
+	k, p, _ := n.keys.state()
+	defer clear(k)
+	if k == nil {
+		return LockLocked, p
+	}
+	var can bool
+	n.view(func(l *generations.Ledger) { can = l.Coverage(n.host.ID()).CanUnlock })
+	if !can {
+		return LockUnescrowed, p
+	}
+	return LockUnlocked, p
+}
+
+// Key returns the key derived from K for purpose (rule K3). K itself never
+// leaves the node. Before the node is unlocked and escrowed (rule K2) it
+// returns ErrLocked with the reason, or, with wait, waits until then.
+func (n *Node) Key(ctx context.Context, purpose string, wait bool) ([]byte, error) {
+	if purpose == "" {
+		return nil, errors.New("a key purpose is required")
+	}
+	for {
+		state, p := n.Lock()
+		if state == LockUnlocked {
+			k := n.keys.get()
+			if k == nil {
+				continue
+			}
+			defer clear(k)
+			return deriveKey(k, n.ClusterID(), purpose)
+		}
+		reason := p.Reason
+		if reason == "" {
+			reason = state
+		}
+		if !wait {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, reason)
+		}
+		_, _, changed := n.keys.state()
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %s (%v)", ErrLocked, reason, ctx.Err())
+		case <-changed:
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// sharePolicy answers the share protocol's questions from the ledger (rules
+// S2, S3). Holders serve envelopes even while they are locked themselves.
+type sharePolicy struct{ n *Node }
+
+func (p sharePolicy) AllowPush(owner peer.ID, gen uint64) error {
+	self := p.n.host.ID()
+	var err error
+	p.n.view(func(l *generations.Ledger) {
+		if m, ok := l.Member(owner); ok && m.Status == generations.StatusRemoved {
+			err = fmt.Errorf("%w: %s", shares.ErrOwnerRemoved, owner)
+			return
+		}
+		g, ok := l.Generation(gen)
+		if !ok {
+			err = fmt.Errorf("%w: generation %d is unknown to this holder", shares.ErrGenerationNotOpen, gen)
+			return
+		}
+		cur, hasCur := l.Current()
+		if g.State != generations.StateOpen && !(hasCur && cur.Number == gen) {
+			err = fmt.Errorf("%w: generation %d is %s", shares.ErrGenerationNotOpen, gen, g.State)
+			return
+		}
+		if !slices.Contains(g.Members, owner) || !slices.Contains(g.Members, self) {
+			err = fmt.Errorf("%w: owner or holder is not in generation %d", shares.ErrForbidden, gen)
+		}
+	})
+	return err
+}
+
+func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
+	var err error
+	p.n.view(func(l *generations.Ledger) { err = l.ServeAllowed(gen, owner, p.n.host.ID()) })
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, generations.ErrOwnerRemoved):
+		return fmt.Errorf("%w: %v", shares.ErrOwnerRemoved, err)
+	default:
+		return fmt.Errorf("%w: %v", shares.ErrForbidden, err)
+	}
+}
