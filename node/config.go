@@ -109,6 +109,7 @@ func (c Config) raftDir() string     { return filepath.Join(c.DataDir, "raft") }
 func (c Config) peersPath() string   { return filepath.Join(c.DataDir, "peers.json") }
 func (c Config) sharesPath() string  { return filepath.Join(c.DataDir, "shares.db") }
 func (c Config) clusterPath() string { return filepath.Join(c.DataDir, "cluster.json") }
+func (c Config) hintPath() string    { return filepath.Join(c.DataDir, "unlock.json") }
 
 // clusterFile records which cluster this data directory belongs to, so a
 // restarted node can serve and fetch shares before its ledger catches up.

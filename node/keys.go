@@ -6,8 +6,10 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -185,8 +187,13 @@ func (n *Node) keyDuties() {
 		checkOK, _ = l.KeyCheck(self)
 	})
 	if !boot || n.svc == nil {
-		if n.keys.get() == nil {
-			n.keys.setProgress(UnlockProgress{Reason: "waiting for the ledger to catch up with the cluster"})
+		if n.keys.get() != nil {
+			return
+		}
+		if h, ok := n.loadUnlockHint(); ok {
+			n.tryUnlock(h.ClusterID, h.coverage(), h.KeyCheck)
+		} else {
+			n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the ledger to catch up with the cluster"})
 		}
 		return
 	}
@@ -201,6 +208,13 @@ func (n *Node) keyDuties() {
 	}
 	k := n.keys.get()
 	if k == nil {
+		if cov.Generation == 0 {
+			// The ledger has not caught up (no quorum yet, or replay
+			// pending): unlock from the hint saved at the last escrow.
+			if h, ok := n.loadUnlockHint(); ok && h.ClusterID == clusID {
+				cov, checkOK = h.coverage(), h.KeyCheck
+			}
+		}
 		n.tryUnlock(clusID, cov, checkOK)
 		return
 	}
@@ -222,6 +236,7 @@ func (n *Node) keyDuties() {
 	n.dropSplits(d)
 	if cov.CanUnlock {
 		n.keys.setProgress(UnlockProgress{Generation: cov.Generation, Have: cov.SharesHeld, Need: cov.Threshold})
+		n.saveUnlockHint(unlockHint{Version: 1, ClusterID: clusID, Generation: cov.Generation, Threshold: cov.Threshold, Holders: ids(cov.Holders), KeyCheck: checkOK})
 	} else {
 		n.keys.setProgress(UnlockProgress{Reason: "not yet escrowed in a committed generation"})
 	}
@@ -557,4 +572,54 @@ func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
 	default:
 		return fmt.Errorf("%w: %v", shares.ErrForbidden, err)
 	}
+}
+
+// unlockHint is what a node needs to unlock before its ledger has caught up:
+// its newest escrowed generation, the threshold, the holders, and the
+// key-check value. None of it is secret (it is all in the replicated
+// ledger); it lets a node that restarts without a quorum still gather what
+// shares it can and say how many it has (rule U1).
+type unlockHint struct {
+	Version    int      `json:"version"`
+	ClusterID  string   `json:"cluster_id"`
+	Generation uint64   `json:"generation"`
+	Threshold  int      `json:"threshold"`
+	Holders    []string `json:"holders"`
+	KeyCheck   []byte   `json:"key_check"`
+}
+
+func (h unlockHint) coverage() generations.Coverage {
+	c := generations.Coverage{Generation: h.Generation, Threshold: h.Threshold, SharesHeld: len(h.Holders), CanUnlock: true}
+	for _, s := range h.Holders {
+		if id, err := peer.Decode(s); err == nil {
+			c.Holders = append(c.Holders, id)
+		}
+	}
+	return c
+}
+
+func (n *Node) saveUnlockHint(h unlockHint) {
+	data, _ := json.Marshal(h)
+	n.mu.Lock()
+	same := string(n.lastHint) == string(data)
+	n.mu.Unlock()
+	if same {
+		return
+	}
+	if err := writeFileAtomic(n.cfg.hintPath(), data, 0o600); err != nil {
+		log.Warnw("save unlock hint", "err", err)
+		return
+	}
+	n.mu.Lock()
+	n.lastHint = data
+	n.mu.Unlock()
+}
+
+func (n *Node) loadUnlockHint() (unlockHint, bool) {
+	var h unlockHint
+	data, err := os.ReadFile(n.cfg.hintPath())
+	if err != nil || json.Unmarshal(data, &h) != nil || h.Version != 1 || h.Generation == 0 || h.Threshold < 1 {
+		return h, false
+	}
+	return h, true
 }

@@ -53,6 +53,7 @@ type Node struct {
 	allowed    map[peer.ID]bool
 	sweptSet   map[string]bool
 	lastUnlock time.Time
+	lastHint   []byte
 
 	ctx     context.Context
 	cancel  context.CancelFunc

@@ -200,7 +200,13 @@ peer_id, status, escrow_generation, shares_held, threshold.`,
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "peer:        %s\n", st.PeerID)
 			fmt.Fprintf(w, "cluster:     %s\n", st.ClusterID)
-			fmt.Fprintf(w, "lock:        %s\n", st.Lock)
+			lock := st.Lock
+			if u := st.Unlock; st.Lock != "unlocked" && u.Reason != "" {
+				lock += " (" + u.Reason + ")"
+			} else if u.Need > 0 {
+				lock += fmt.Sprintf(" (generation %d: %d shares held, threshold %d)", u.Generation, u.Have, u.Need)
+			}
+			fmt.Fprintf(w, "lock:        %s\n", lock)
 			leader := st.Raft.Leader
 			if leader == "" {
 				leader = "(none)"

@@ -75,6 +75,10 @@ Exit status: 0 success, 1 error, 2 usage error, 3 the node is locked.`,
 		newRemoveCmd(g),
 		newLeaveCmd(g),
 		newWaitCmd(g),
+		newKeyCmd(g),
+		newEncryptCmd(g),
+		newDecryptCmd(g),
+		newGenerationsCmd(g),
 	)
 	return root
 }
