@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/p2pkey/p2pkey/p2p"
 )
@@ -39,6 +41,10 @@ type Config struct {
 	// GenerationTimeout is the deadline given to a generation opened by a
 	// join or a removal.
 	GenerationTimeout time.Duration
+
+	// hooks lets this package's tests and benchmarks reach the transport seam
+	// (drop pushes, count bytes). It is unexported: programs cannot set it.
+	hooks *testHooks
 
 	// Raft timing. Zero values take hashicorp/raft's defaults.
 	HeartbeatTimeout time.Duration
@@ -94,6 +100,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: control socket path %q is too long for a unix socket; use a shorter data directory", c.SocketPath())
 	}
 	return nil
+}
+
+type testHooks struct {
+	// dropPush, if it returns true, drops this node's share push to holder.
+	dropPush func(holder peer.ID) bool
+	// libp2p adds options to the host (a bandwidth counter, say).
+	libp2p []libp2p.Option
 }
 
 // IdentityPath is where the node's libp2p identity lives.

@@ -225,6 +225,9 @@ func (n *Node) keyDuties() {
 	if d.Current != 0 && len(d.PushToCurrent) > 0 {
 		n.distribute(clusID, k, d.Current, d.PushToCurrent)
 	}
+	if gen, missing := n.missingCurrentHolders(); len(missing) > 0 {
+		n.distribute(clusID, k, gen, missing)
+	}
 	if d.NeedsKeyCheck {
 		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
 		err := n.apply(ctx, generations.NewRecordKeyCheck(self, keyCheck(k, clusID, self), time.Now()))
@@ -295,6 +298,10 @@ func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer
 				results <- result{holder: h, err: err}
 				return
 			}
+			if hk := n.cfg.hooks; hk != nil && hk.dropPush != nil && hk.dropPush(h) {
+				results <- result{holder: h, err: errors.New("push dropped by a test hook")}
+				return
+			}
 			r, err := n.svc.Push(ctx, h, env)
 			results <- result{holder: h, r: r, err: err}
 		}()
@@ -340,13 +347,53 @@ func compareIDs(a, b peer.ID) int {
 	return 0
 }
 
+// missingCurrentHolders lists the holders of the current generation that
+// have no receipt for this node yet, when this node still has the split it
+// used for that generation. A node that is escrowed keeps topping its
+// coverage up to every member; after a restart it has no split, and stops.
+func (n *Node) missingCurrentHolders() (uint64, []peer.ID) {
+	self := n.host.ID()
+	var gen uint64
+	var missing []peer.ID
+	n.view(func(l *generations.Ledger) {
+		cur, ok := l.Current()
+		if !ok {
+			return
+		}
+		m, ok := l.Matrix(cur.Number)
+		if !ok {
+			return
+		}
+		i := slices.Index(m.Peers, self)
+		if i < 0 {
+			return
+		}
+		gen = cur.Number
+		for j, h := range m.Peers {
+			if !m.Held[i][j] {
+				missing = append(missing, h)
+			}
+		}
+	})
+	n.keys.mu.Lock()
+	defer n.keys.mu.Unlock()
+	if n.keys.splits[gen] == nil {
+		return 0, nil
+	}
+	return gen, missing
+}
+
 // dropSplits forgets splits of generations that are no longer being shared
 // into.
 func (n *Node) dropSplits(d generations.Duties) {
+	cur, missing := n.missingCurrentHolders()
+	if len(missing) == 0 {
+		cur = 0 // fully held: the split is no longer needed
+	}
 	n.keys.mu.Lock()
 	defer n.keys.mu.Unlock()
 	for g, sp := range n.keys.splits {
-		if g == d.Open || g == d.Current {
+		if g == d.Open || g == d.Current || (g == cur && len(sp.dup) == 0) {
 			continue
 		}
 		sp.wipe()
@@ -453,7 +500,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		copy(id[:], res.plain)
 		groups[id] = append(groups[id], res.plain[splitIDSize:])
 		have = max(have, len(groups[id]))
-		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: "locked: gathering shares"})
+		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: fmt.Sprintf("locked: %d of %d shares gathered for generation %d", have, need, gen)})
 		log.Infow("unlock progress", "generation", gen, "have", have, "need", need)
 		if len(groups[id]) < need {
 			continue
@@ -563,7 +610,13 @@ func (p sharePolicy) AllowPush(owner peer.ID, gen uint64) error {
 
 func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
 	var err error
-	p.n.view(func(l *generations.Ledger) { err = l.ServeAllowed(gen, owner, p.n.host.ID()) })
+	p.n.view(func(l *generations.Ledger) {
+		if m, ok := l.Member(owner); ok && m.Status == generations.StatusRemoved {
+			err = fmt.Errorf("%w: %s", generations.ErrOwnerRemoved, owner)
+			return
+		}
+		err = l.ServeAllowed(gen, owner, p.n.host.ID())
+	})
 	switch {
 	case err == nil:
 		return nil

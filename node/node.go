@@ -123,6 +123,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if len(cfg.AnnounceAddrs) > 0 {
 		hopts = append(hopts, p2p.WithAnnounceAddrs(cfg.AnnounceAddrs...))
 	}
+	if cfg.hooks != nil {
+		hopts = append(hopts, p2p.WithLibp2pOptions(cfg.hooks.libp2p...))
+	}
 	h, err := p2p.New(priv, hopts...)
 	if err != nil {
 		return nil, err
