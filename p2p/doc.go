@@ -3,7 +3,10 @@
 // It owns the node's persisted Ed25519 identity, the transports (TCP and QUIC
 // on IPv4 and IPv6), the security handshakes (Noise and TLS), the resource
 // manager, and the connection manager that protects cluster members from
-// trimming. It also routes go-libp2p's slog output into go-log/v2, so the
+// trimming. It owns NAT traversal (rules N1, N2): AutoNAT, hole punching, the
+// relay client with static relays, the members-only relay service, port
+// mapping, mDNS, and the helpers that report reachability and how each peer
+// is connected (see docs/NAT.md). It also routes go-libp2p's slog output into go-log/v2, so the
 // GOLOG_* environment variables govern every log line the process writes.
 //
 // It must not know about Raft, the custody ledger or shares: those packages

@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -8,9 +9,12 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	ma "github.com/multiformats/go-multiaddr"
@@ -30,15 +34,34 @@ var DefaultListenAddrs = []string{
 	"/ip6/::/udp/4001/quic-v1",
 }
 
+// Relay client timing. go-libp2p's defaults (1 h backoff after a refused
+// reservation, 30 s between polls of the relay list) suit a public network
+// with many relays; a cluster has one or two, and the first reservation is
+// often refused because the joiner is not a member yet.
+const (
+	relayBackoff     = 5 * time.Second
+	relayMinInterval = 2 * time.Second
+)
+
+// DefaultRelayUpgradeGrace is how long a relayed connection to a peer
+// stays open once a direct one exists (see WithRelayUpgradeGrace).
+const DefaultRelayUpgradeGrace = 10 * time.Second
+
 type options struct {
-	listen    []string
-	announce  []string
-	connLow   int
-	connHigh  int
-	connGrace time.Duration
-	holePunch bool
-	metrics   bool
-	extra     []libp2p.Option
+	listen       []string
+	announce     []string
+	connLow      int
+	connHigh     int
+	connGrace    time.Duration
+	holePunch    bool
+	metrics      bool
+	natPortMap   bool
+	staticRelays []peer.AddrInfo
+	relayMember  func(peer.ID) bool
+	addrsChanged func()
+	reachability network.Reachability
+	upgradeGrace time.Duration
+	extra        []libp2p.Option
 }
 
 // Option configures New.
@@ -87,6 +110,74 @@ func WithMetrics(on bool) Option {
 	return func(o *options) error { o.metrics = on; return nil }
 }
 
+// WithNATPortMap asks the gateway for a port mapping with UPnP or NAT-PMP
+// (off by default: it talks to the LAN's router).
+func WithNATPortMap(on bool) Option {
+	return func(o *options) error { o.natPortMap = on; return nil }
+}
+
+// WithStaticRelays runs the relay v2 client (AutoRelay) with these relays
+// as its only candidates. While the host is not publicly reachable it holds a
+// reservation on them and advertises /p2p-circuit addresses through them.
+func WithStaticRelays(relays []peer.AddrInfo) Option {
+	return func(o *options) error {
+		for _, r := range relays {
+			if err := r.ID.Validate(); err != nil {
+				return fmt.Errorf("static relay: %w", err)
+			}
+			if len(r.Addrs) == 0 {
+				return fmt.Errorf("static relay %s: no addresses", r.ID)
+			}
+		}
+		o.staticRelays = append([]peer.AddrInfo(nil), relays...)
+		return nil
+	}
+}
+
+// WithRelayService runs a circuit relay v2 service while the host is
+// publicly reachable (AutoNAT v1 says public, or v2 confirmed an address). It serves only peers for which isMember is
+// true, reservations and circuits alike, with no time or data limit on a
+// circuit; strangers are refused. isMember is called from libp2p
+// goroutines and must be safe for concurrent use and fast.
+func WithRelayService(isMember func(peer.ID) bool) Option {
+	return func(o *options) error {
+		if isMember == nil {
+			return errors.New("relay service: nil membership check")
+		}
+		o.relayMember = isMember
+		return nil
+	}
+}
+
+// WithAddrsChanged calls fn whenever the host's advertised addresses
+// change (a new observed or relay address, a lost interface), so the node
+// can announce them again. fn runs on one goroutine, one call at a time, and
+// should return quickly.
+func WithAddrsChanged(fn func()) Option {
+	return func(o *options) error { o.addrsChanged = fn; return nil }
+}
+
+// WithReachability overrides AutoNAT: network.ReachabilityPublic or
+// network.ReachabilityPrivate. For hosts whose reachability is known (a
+// server with a public address), and for tests.
+func WithReachability(r network.Reachability) Option {
+	return func(o *options) error {
+		switch r {
+		case network.ReachabilityUnknown, network.ReachabilityPublic, network.ReachabilityPrivate:
+			o.reachability = r
+			return nil
+		}
+		return fmt.Errorf("reachability: unknown value %d", r)
+	}
+}
+
+// WithRelayUpgradeGrace sets how long a peer's relayed connections stay
+// open after a direct connection to it appears; then they are closed, so
+// long-lived streams reopen on the direct one. A negative value keeps them.
+func WithRelayUpgradeGrace(d time.Duration) Option {
+	return func(o *options) error { o.upgradeGrace = d; return nil }
+}
+
 // WithLibp2pOptions appends raw go-libp2p options, for tests and embedders
 // that need something this package does not expose.
 func WithLibp2pOptions(opts ...libp2p.Option) Option {
@@ -94,25 +185,57 @@ func WithLibp2pOptions(opts ...libp2p.Option) Option {
 }
 
 // New starts a libp2p host with the given identity.
+//
+// Besides the transports, it always runs AutoNAT (v1 client and service, v2
+// client and server: a small cluster has no one else to ask), hole punching
+// (DCUtR) and the relay transport. The options add port mapping, the relay
+// client, the members-only relay service and address-change callbacks. The
+// host it returns must be closed with its own Close.
 func New(priv crypto.PrivKey, opts ...Option) (host.Host, error) {
 	o := options{
-		listen:    DefaultListenAddrs,
-		connLow:   32,
-		connHigh:  96,
-		connGrace: time.Minute,
-		holePunch: true,
+		listen:       DefaultListenAddrs,
+		connLow:      32,
+		connHigh:     96,
+		connGrace:    time.Minute,
+		holePunch:    true,
+		upgradeGrace: DefaultRelayUpgradeGrace,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
 		}
 	}
+	tracker := newPunchTracker()
+	lopts, err := o.libp2pOptions(priv, tracker)
+	if err != nil {
+		return nil, err
+	}
+	inner, err := libp2p.New(lopts...)
+	if err != nil {
+		return nil, fmt.Errorf("start libp2p host: %w", err)
+	}
+	st := newNATState(tracker)
+	if err := st.start(inner, &o); err != nil {
+		inner.Close()
+		return nil, fmt.Errorf("start NAT tracking: %w", err)
+	}
+	h := &natHost{Host: inner, nat: st}
+	log.Infow("libp2p host started", "peer", h.ID(), "addrs", h.Addrs(),
+		"relays", len(o.staticRelays), "relay_service", o.relayMember != nil, "nat_port_map", o.natPortMap)
+	return h, nil
+}
+
+// libp2pOptions turns o into go-libp2p options.
+func (o *options) libp2pOptions(priv crypto.PrivKey, tracker holepunch.EventTracer) ([]libp2p.Option, error) {
 	cm, err := connmgr.NewConnManager(o.connLow, o.connHigh, connmgr.WithGracePeriod(o.connGrace))
 	if err != nil {
 		return nil, fmt.Errorf("connection manager: %w", err)
 	}
-	limiter := rcmgr.NewFixedLimiter(rcmgr.DefaultLimits.AutoScale())
-	rm, err := rcmgr.NewResourceManager(limiter)
+	// As go-libp2p does by default: scale the limits to the machine and
+	// add its per-service limits (relay, hole punching, AutoNAT, identify).
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
 	}
@@ -126,27 +249,57 @@ func New(priv crypto.PrivKey, opts ...Option) (host.Host, error) {
 		libp2p.ConnectionManager(cm),
 		libp2p.ResourceManager(rm),
 		libp2p.UserAgent("p2pkey"),
+		libp2p.EnableRelay(),
+		libp2p.EnableAutoNATv2(),
+		libp2p.EnableNATService(),
 	}
 	if o.holePunch {
-		lopts = append(lopts, libp2p.EnableHolePunching())
+		hp := holepunch.WithTracer(tracker)
+		if o.metrics {
+			// go-libp2p adds its metrics tracer first; WithTracer would
+			// replace it, so pass both.
+			hp = holepunch.WithMetricsAndEventTracer(holepunch.NewMetricsTracer(), tracker)
+		}
+		lopts = append(lopts, libp2p.EnableHolePunching(hp))
 	}
 	if !o.metrics {
 		lopts = append(lopts, libp2p.DisableMetrics())
+	}
+	if o.natPortMap {
+		lopts = append(lopts, libp2p.NATPortMap())
+	}
+	if len(o.staticRelays) > 0 {
+		lopts = append(lopts, libp2p.EnableAutoRelayWithStaticRelays(o.staticRelays,
+			autorelay.WithBackoff(relayBackoff),
+			autorelay.WithMinInterval(relayMinInterval),
+			autorelay.WithBootDelay(0)))
+	}
+	switch o.reachability {
+	case network.ReachabilityPublic:
+		lopts = append(lopts, libp2p.ForceReachabilityPublic())
+	case network.ReachabilityPrivate:
+		lopts = append(lopts, libp2p.ForceReachabilityPrivate())
 	}
 	if len(o.announce) > 0 {
 		announce := make([]ma.Multiaddr, 0, len(o.announce))
 		for _, a := range o.announce {
 			announce = append(announce, ma.StringCast(a))
 		}
-		lopts = append(lopts, libp2p.AddrsFactory(func([]ma.Multiaddr) []ma.Multiaddr { return announce }))
+		lopts = append(lopts, libp2p.AddrsFactory(func(in []ma.Multiaddr) []ma.Multiaddr {
+			// The announced addresses replace the listen and observed
+			// ones, but relay addresses stay: they are how peers reach
+			// a host behind NAT.
+			out := append([]ma.Multiaddr(nil), announce...)
+			for _, a := range in {
+				if isCircuitAddr(a) {
+					out = append(out, a)
+				}
+			}
+			return out
+		}))
 	}
 	lopts = append(lopts, o.extra...)
-	h, err := libp2p.New(lopts...)
-	if err != nil {
-		return nil, fmt.Errorf("start libp2p host: %w", err)
-	}
-	log.Infow("libp2p host started", "peer", h.ID(), "addrs", h.Addrs())
-	return h, nil
+	return lopts, nil
 }
 
 // Protect marks p as a cluster member so the connection manager never trims

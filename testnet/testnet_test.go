@@ -81,7 +81,7 @@ type status struct {
 	} `json:"raft"`
 	// Generation keeps raw values so a null is told apart from a missing key.
 	Generation map[string]json.RawMessage `json:"generation"`
-	Members []struct {
+	Members    []struct {
 		PeerID           *string         `json:"peer_id"`
 		Status           *string         `json:"status"`
 		EscrowGeneration json.RawMessage `json:"escrow_generation"`
