@@ -52,6 +52,10 @@ type Config struct {
 	// Raft configuration yet (a joiner waiting for its first AppendEntries).
 	// Once a configuration exists, only its servers are admitted (rule S1).
 	AllowUnconfigured func(peer.ID) bool
+	// Deny, if set, refuses Raft streams from the peers it names even when
+	// they are servers: a block list, and the seam where tests partition
+	// Raft without touching the rest of the host.
+	Deny func(peer.ID) bool
 	// Errors maps state-machine errors to codes across forwarding.
 	Errors ErrorCodec
 
@@ -176,7 +180,7 @@ func (c *Consensus) closeTransport() {
 // in the latest Raft configuration, or, while this node has none yet, if
 // AllowUnconfigured admits it.
 func (c *Consensus) admit(p peer.ID) bool {
-	if c.raft == nil {
+	if c.raft == nil || (c.cfg.Deny != nil && c.cfg.Deny(p)) {
 		return false
 	}
 	servers := c.raft.GetConfiguration().Configuration().Servers
@@ -202,6 +206,10 @@ func (c *Consensus) InConfiguration(p peer.ID) bool {
 	}
 	return false
 }
+
+// ResetStreams resets every Raft stream p has open to this node. Call it
+// after Deny starts refusing p, so pooled streams stop too.
+func (c *Consensus) ResetStreams(p peer.ID) int { return c.stream.resetPeer(p) }
 
 // RefusedStreams reports how many Raft streams the S1 gate refused.
 func (c *Consensus) RefusedStreams() uint64 { return c.stream.Refused() }

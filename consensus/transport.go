@@ -44,6 +44,7 @@ type streamLayer struct {
 	refusedLog *rate.Limiter
 	mu         sync.Mutex
 	refused    uint64
+	accepted   map[*streamConn]struct{}
 }
 
 func newStreamLayer(h host.Host, allow gate) *streamLayer {
@@ -55,6 +56,7 @@ func newStreamLayer(h host.Host, allow gate) *streamLayer {
 		ctx:        ctx,
 		cancel:     cancel,
 		refusedLog: rate.NewLimiter(rate.Every(time.Second), 5),
+		accepted:   map[*streamConn]struct{}{},
 	}
 	h.SetStreamHandler(RaftProtocol, sl.handle)
 	return sl
@@ -112,7 +114,11 @@ func (sl *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (
 func (sl *streamLayer) Accept() (net.Conn, error) {
 	select {
 	case s := <-sl.streams:
-		return &streamConn{Stream: s}, nil
+		c := &streamConn{Stream: s, layer: sl}
+		sl.mu.Lock()
+		sl.accepted[c] = struct{}{}
+		sl.mu.Unlock()
+		return c, nil
 	case <-sl.ctx.Done():
 		return nil, net.ErrClosed
 	}
@@ -128,8 +134,37 @@ func (sl *streamLayer) Close() error {
 // Addr returns the local peer ID as a net.Addr.
 func (sl *streamLayer) Addr() net.Addr { return peerAddr(sl.host.ID()) }
 
+// resetPeer resets every accepted Raft stream from p, so that a gate change
+// takes effect on pooled streams too.
+func (sl *streamLayer) resetPeer(p peer.ID) int {
+	sl.mu.Lock()
+	var victims []*streamConn
+	for c := range sl.accepted {
+		if c.Conn().RemotePeer() == p {
+			victims = append(victims, c)
+		}
+	}
+	sl.mu.Unlock()
+	for _, c := range victims {
+		c.Stream.Reset()
+		c.forget()
+	}
+	return len(victims)
+}
+
 // streamConn makes a libp2p stream a net.Conn.
-type streamConn struct{ network.Stream }
+type streamConn struct {
+	network.Stream
+	layer *streamLayer // set on accepted streams
+}
+
+func (c *streamConn) forget() {
+	if c.layer != nil {
+		c.layer.mu.Lock()
+		delete(c.layer.accepted, c)
+		c.layer.mu.Unlock()
+	}
+}
 
 func (c *streamConn) LocalAddr() net.Addr  { return peerAddr(c.Conn().LocalPeer()) }
 func (c *streamConn) RemoteAddr() net.Addr { return peerAddr(c.Conn().RemotePeer()) }
@@ -139,6 +174,7 @@ func (c *streamConn) RemoteAddr() net.Addr { return peerAddr(c.Conn().RemotePeer
 // closes. A full close would wait for the peer's half, so reset instead when
 // a plain close fails.
 func (c *streamConn) Close() error {
+	c.forget()
 	if err := c.Stream.Close(); err != nil {
 		c.Stream.Reset()
 		if errors.Is(err, network.ErrReset) {

@@ -42,6 +42,10 @@ type Config struct {
 	// join or a removal.
 	GenerationTimeout time.Duration
 
+	// AuditInterval is how often the node checks that every holder still
+	// has its envelope (0 turns periodic audits off).
+	AuditInterval time.Duration
+
 	// hooks lets this package's tests and benchmarks reach the transport seam
 	// (drop pushes, count bytes). It is unexported: programs cannot set it.
 	hooks *testHooks
@@ -62,6 +66,7 @@ func DefaultConfig(dataDir string) Config {
 		ControlSocket:     true,
 		InviteTTL:         time.Hour,
 		GenerationTimeout: 2 * time.Minute,
+		AuditInterval:     time.Hour,
 		HeartbeatTimeout:  time.Second,
 		ElectionTimeout:   time.Second,
 		CommitTimeout:     10 * time.Millisecond,
@@ -105,6 +110,8 @@ func (c Config) Validate() error {
 type testHooks struct {
 	// dropPush, if it returns true, drops this node's share push to holder.
 	dropPush func(holder peer.ID) bool
+	// raftDeny refuses Raft streams from the peers it names.
+	raftDeny func(peer.ID) bool
 	// libp2p adds options to the host (a bandwidth counter, say).
 	libp2p []libp2p.Option
 }
@@ -123,6 +130,7 @@ func (c Config) peersPath() string   { return filepath.Join(c.DataDir, "peers.js
 func (c Config) sharesPath() string  { return filepath.Join(c.DataDir, "shares.db") }
 func (c Config) clusterPath() string { return filepath.Join(c.DataDir, "cluster.json") }
 func (c Config) hintPath() string    { return filepath.Join(c.DataDir, "unlock.json") }
+func (c Config) removedPath() string { return filepath.Join(c.DataDir, "removed.json") }
 
 // clusterFile records which cluster this data directory belongs to, so a
 // restarted node can serve and fetch shares before its ledger catches up.

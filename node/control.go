@@ -145,6 +145,14 @@ func (n *Node) serveControl() (*controlServer, error) {
 		defer clear(k)
 		writeJSON(w, http.StatusOK, KeyResponse{Purpose: req.Purpose, Key: k})
 	})
+	mux.HandleFunc("POST /v1/audit", func(w http.ResponseWriter, r *http.Request) {
+		rep, err := n.Audit(r.Context())
+		if err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
+	})
 	mux.HandleFunc("GET /v1/generations", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Generations())
 	})
@@ -335,5 +343,12 @@ func (c *Client) Key(ctx context.Context, purpose string, wait bool) ([]byte, er
 func (c *Client) Generations(ctx context.Context) ([]GenerationInfo, error) {
 	var out []GenerationInfo
 	err := c.do(ctx, http.MethodGet, "/generations", nil, &out)
+	return out, err
+}
+
+// Audit asks the daemon to run a custody audit now.
+func (c *Client) Audit(ctx context.Context) (AuditReport, error) {
+	var out AuditReport
+	err := c.do(ctx, http.MethodPost, "/audit", nil, &out)
 	return out, err
 }

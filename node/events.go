@@ -12,15 +12,18 @@ type EventType string
 
 // Event types.
 const (
-	EventBootstrapped   EventType = "bootstrapped"
-	EventJoined         EventType = "joined"
-	EventMemberAdded    EventType = "member_added"
-	EventMemberRemoved  EventType = "member_removed"
-	EventMemberChanged  EventType = "member_changed"
-	EventLeaderChanged  EventType = "leader_changed"
-	EventGenerationOpen EventType = "generation_opened"
-	EventGenerationDone EventType = "generation_changed"
-	EventUnlocked       EventType = "unlocked"
+	EventBootstrapped    EventType = "bootstrapped"
+	EventJoined          EventType = "joined"
+	EventMemberAdded     EventType = "member_added"
+	EventMemberRemoved   EventType = "member_removed"
+	EventMemberChanged   EventType = "member_changed"
+	EventLeaderChanged   EventType = "leader_changed"
+	EventGenerationOpen  EventType = "generation_opened"
+	EventGenerationDone  EventType = "generation_changed"
+	EventUnlocked        EventType = "unlocked"
+	EventGenerationHeard EventType = "generation_heard"
+	EventCatchingUp      EventType = "catching_up"
+	EventAuditFailed     EventType = "audit_failed"
 )
 
 // Event is one thing the node observed. Peer and Detail depend on Type.

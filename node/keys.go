@@ -168,6 +168,9 @@ func (n *Node) keyLoop() {
 }
 
 func (n *Node) keyDuties() {
+	if n.isRemoved() {
+		return
+	}
 	self := n.host.ID()
 	var (
 		boot    bool
@@ -199,11 +202,9 @@ func (n *Node) keyDuties() {
 	}
 	n.sweep(d)
 	if isMem && me.Status == generations.StatusRemoved {
-		if n.keys.get() != nil {
-			log.Warnw("this node was removed from the cluster; forgetting its key")
-		}
-		n.keys.wipe()
-		n.keys.setProgress(UnlockProgress{Reason: ErrRemoved.Error() + "; it can never unlock again"})
+		n.markRemoved()
+	}
+	if n.isRemoved() {
 		return
 	}
 	k := n.keys.get()
@@ -490,6 +491,11 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	var failures []string
 	for range cov.Holders {
 		res := <-results
+		if errors.Is(res.err, shares.ErrOwnerRemoved) {
+			// A holder says this node was removed: believe the cluster.
+			n.markRemoved()
+			return
+		}
 		if res.err != nil || len(res.plain) <= splitIDSize {
 			if res.err != nil {
 				failures = append(failures, fmt.Sprintf("%s: %v", res.holder, res.err))
@@ -676,3 +682,20 @@ func (n *Node) loadUnlockHint() (unlockHint, bool) {
 	}
 	return h, true
 }
+
+// markRemoved makes the node locked for good: it forgets K, records the
+// removal on disk so a restart with the data directory intact stays locked,
+// and says why (rule R1).
+func (n *Node) markRemoved() {
+	if !n.removed.Swap(true) {
+		log.Warnw("this node was removed from the cluster; it forgets its key and can never unlock again")
+		if err := writeFileAtomic(n.cfg.removedPath(), []byte("{\"version\":1,\"removed\":true}\n"), 0o600); err != nil {
+			log.Warnw("record removal", "err", err)
+		}
+		n.events.publish(Event{Type: EventMemberRemoved, Peer: n.host.ID(), Detail: "removed"})
+	}
+	n.keys.wipe()
+	n.keys.setProgress(UnlockProgress{Reason: ErrRemoved.Error() + "; it can never unlock again"})
+}
+
+func (n *Node) isRemoved() bool { return n.removed.Load() }

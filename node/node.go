@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	logging "github.com/ipfs/go-log/v2"
@@ -43,6 +44,10 @@ type Node struct {
 	svc   *shares.Service
 	keys  *keyring
 
+	gossip    *gossip
+	clusterID string
+	catchUp   *CatchUp
+
 	events  *broadcaster
 	applied chan struct{}
 	keyPoke chan struct{}
@@ -54,6 +59,8 @@ type Node struct {
 	sweptSet   map[string]bool
 	lastUnlock time.Time
 	lastHint   []byte
+	removed    atomic.Bool
+	lastAudit  *AuditReport
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -147,7 +154,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		sweptSet: map[string]bool{},
 		ctx:      nctx, cancel: cancel,
 	}
-	if k != nil {
+	if _, err := os.Stat(cfg.removedPath()); err == nil {
+		n.removed.Store(true)
+		n.keys.setProgress(UnlockProgress{Reason: ErrRemoved.Error() + "; it can never unlock again"})
+	} else if k != nil {
 		n.keys.set(k)
 	} else {
 		n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
@@ -163,6 +173,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		ElectionTimeout:   cfg.ElectionTimeout,
 		CommitTimeout:     cfg.CommitTimeout,
 		OnApplied:         n.onApplied,
+		Deny:              n.raftDeny,
 	})
 	if err != nil {
 		store.Close()
@@ -170,14 +181,21 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cancel()
 		return nil, err
 	}
+	n.clusterID = clusterID
 	n.svc, err = shares.NewService(h, store, priv, clusterID, sharePolicy{n})
 	if err != nil {
 		n.Close()
 		return nil, err
 	}
+	if err := n.startGossip(clusterID); err != nil {
+		n.Close()
+		return nil, err
+	}
 	n.loadPeerBook()
 	n.startJoinService()
-	n.wg.Add(4)
+	n.wg.Add(6)
+	go n.auditLoop()
+	go n.announceLoop()
 	go n.reconcileLoop()
 	go n.connectLoop()
 	go n.watchLoop()
@@ -285,6 +303,10 @@ func (n *Node) ClusterID() string {
 // view runs fn on the local ledger, locked against concurrent Apply.
 func (n *Node) view(fn func(*generations.Ledger)) {
 	n.cons.View(func(sm consensus.StateMachine) { fn(sm.(*ledgerSM).l) })
+}
+
+func (n *Node) raftDeny(p peer.ID) bool {
+	return n.cfg.hooks != nil && n.cfg.hooks.raftDeny != nil && n.cfg.hooks.raftDeny(p)
 }
 
 func (n *Node) allowUnconfigured(p peer.ID) bool {

@@ -23,6 +23,8 @@ type Status struct {
 	ClusterID  string           `json:"cluster_id"`
 	Lock       string           `json:"lock"`
 	Unlock     UnlockProgress   `json:"unlock"`
+	CatchingUp *CatchUp         `json:"catching_up"`
+	LastAudit  *AuditReport     `json:"last_audit"`
 	Addrs      []string         `json:"addrs"`
 	Raft       RaftStatus       `json:"raft"`
 	Generation GenerationStatus `json:"generation"`
@@ -61,6 +63,7 @@ type MemberStatus struct {
 	Voter            bool     `json:"voter"`
 	Connection       string   `json:"connection"`
 	EscrowGeneration *uint64  `json:"escrow_generation"`
+	CatchingUp       bool     `json:"catching_up"`
 	SharesHeld       int      `json:"shares_held"`
 	Threshold        int      `json:"threshold"`
 	Addrs            []string `json:"addrs,omitempty"`
@@ -70,11 +73,13 @@ type MemberStatus struct {
 func (n *Node) Status() Status {
 	lock, progress := n.Lock()
 	st := Status{
-		PeerID:  n.host.ID().String(),
-		Lock:    lock,
-		Unlock:  progress,
-		Addrs:   p2p.AddrInfoStrings(n.host),
-		Members: []MemberStatus{},
+		PeerID:     n.host.ID().String(),
+		Lock:       lock,
+		Unlock:     progress,
+		CatchingUp: n.catchingUp(),
+		LastAudit:  n.lastAuditReport(),
+		Addrs:      p2p.AddrInfoStrings(n.host),
+		Members:    []MemberStatus{},
 	}
 	voters := map[string]bool{}
 	for _, s := range n.cons.Servers() {
@@ -110,10 +115,18 @@ func (n *Node) Status() Status {
 				Connection: n.connectionType(m.ID.String()),
 				Addrs:      m.Addrs,
 			}
-			if c := l.Coverage(m.ID); c.Generation > 0 {
+			c := l.Coverage(m.ID)
+			if c.Generation > 0 {
 				g := c.Generation
 				ms.EscrowGeneration = &g
 				ms.SharesHeld, ms.Threshold = c.SharesHeld, c.Threshold
+			}
+			// A member of the current generation not yet escrowed in it
+			// missed it (it was offline): it is catching up (G5).
+			if cur, ok := l.Current(); ok && m.Status == generations.StatusActive && c.Generation < cur.Number {
+				for _, id := range cur.Members {
+					ms.CatchingUp = ms.CatchingUp || id == m.ID
+				}
 			}
 			st.Members = append(st.Members, ms)
 		}
@@ -142,4 +155,10 @@ func (n *Node) connectionType(id string) string {
 		}
 	}
 	return "none"
+}
+
+func (n *Node) lastAuditReport() *AuditReport {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.lastAudit
 }

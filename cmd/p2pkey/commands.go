@@ -121,7 +121,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 					if !ok {
 						return n.Close()
 					}
-					if e.Type == node.EventMemberRemoved && e.Peer == n.ID() {
+					if e.Type == node.EventMemberRemoved && e.Peer == n.ID() && e.Detail == "left" {
 						fmt.Fprintln(cmd.ErrOrStderr(), "p2pkey: this node has left the cluster; exiting")
 						return n.Close()
 					}

@@ -79,6 +79,7 @@ Exit status: 0 success, 1 error, 2 usage error, 3 the node is locked.`,
 		newEncryptCmd(g),
 		newDecryptCmd(g),
 		newGenerationsCmd(g),
+		newAuditCmd(g),
 	)
 	return root
 }

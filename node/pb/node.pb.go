@@ -305,6 +305,93 @@ func (x *JoinResponse) GetLeader() []byte {
 	return nil
 }
 
+// GenerationAnnouncement is gossiped on /p2pkey/generations/1.0.0/<cluster>
+// when a generation opens, commits or aborts, and periodically. The author
+// is the pubsub message's signed From field.
+type GenerationAnnouncement struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"` // must be 1
+	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Generation    uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`                // the newest generation the author knows
+	State         string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`                           // open, committed, aborted, retired
+	Current       uint64                 `protobuf:"varint,5,opt,name=current,proto3" json:"current,omitempty"`                      // the author's current (newest committed) generation
+	RaftIndex     uint64                 `protobuf:"varint,6,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"` // the author's applied index
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationAnnouncement) Reset() {
+	*x = GenerationAnnouncement{}
+	mi := &file_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationAnnouncement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationAnnouncement) ProtoMessage() {}
+
+func (x *GenerationAnnouncement) ProtoReflect() protoreflect.Message {
+	mi := &file_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationAnnouncement.ProtoReflect.Descriptor instead.
+func (*GenerationAnnouncement) Descriptor() ([]byte, []int) {
+	return file_node_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GenerationAnnouncement) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *GenerationAnnouncement) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *GenerationAnnouncement) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *GenerationAnnouncement) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *GenerationAnnouncement) GetCurrent() uint64 {
+	if x != nil {
+		return x.Current
+	}
+	return 0
+}
+
+func (x *GenerationAnnouncement) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
 var File_node_proto protoreflect.FileDescriptor
 
 const file_node_proto_rawDesc = "" +
@@ -336,7 +423,18 @@ const file_node_proto_rawDesc = "" +
 	"error_code\x18\x03 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\x12.\n" +
 	"\amembers\x18\x05 \x03(\v2\x14.p2pkey.node.v1.PeerR\amembers\x12\x16\n" +
-	"\x06leader\x18\x06 \x01(\fR\x06leaderB\"Z github.com/p2pkey/p2pkey/node/pbb\x06proto3"
+	"\x06leader\x18\x06 \x01(\fR\x06leader\"\xc0\x01\n" +
+	"\x16GenerationAnnouncement\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x18\n" +
+	"\acurrent\x18\x05 \x01(\x04R\acurrent\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\x06 \x01(\x04R\traftIndexB\"Z github.com/p2pkey/p2pkey/node/pbb\x06proto3"
 
 var (
 	file_node_proto_rawDescOnce sync.Once
@@ -350,12 +448,13 @@ func file_node_proto_rawDescGZIP() []byte {
 	return file_node_proto_rawDescData
 }
 
-var file_node_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_node_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_node_proto_goTypes = []any{
-	(*Invite)(nil),       // 0: p2pkey.node.v1.Invite
-	(*JoinRequest)(nil),  // 1: p2pkey.node.v1.JoinRequest
-	(*Peer)(nil),         // 2: p2pkey.node.v1.Peer
-	(*JoinResponse)(nil), // 3: p2pkey.node.v1.JoinResponse
+	(*Invite)(nil),                 // 0: p2pkey.node.v1.Invite
+	(*JoinRequest)(nil),            // 1: p2pkey.node.v1.JoinRequest
+	(*Peer)(nil),                   // 2: p2pkey.node.v1.Peer
+	(*JoinResponse)(nil),           // 3: p2pkey.node.v1.JoinResponse
+	(*GenerationAnnouncement)(nil), // 4: p2pkey.node.v1.GenerationAnnouncement
 }
 var file_node_proto_depIdxs = []int32{
 	2, // 0: p2pkey.node.v1.JoinResponse.members:type_name -> p2pkey.node.v1.Peer
@@ -377,7 +476,7 @@ func file_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_node_proto_rawDesc), len(file_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

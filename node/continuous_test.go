@@ -1,0 +1,273 @@
+package node
+
+import (
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/shares"
+)
+
+func current(n *Node) uint64 {
+	var c uint64
+	n.view(func(l *generations.Ledger) {
+		if g, ok := l.Current(); ok {
+			c = g.Number
+		}
+	})
+	return c
+}
+
+func storeGens(t testing.TB, n *Node) map[uint64]int {
+	t.Helper()
+	keys, err := n.store.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64]int{}
+	for _, k := range keys {
+		out[k.Generation]++
+	}
+	return out
+}
+
+// Acceptance 1 (continuous sharing): node 5 sleeps through two joins, then
+// unlocks from its old generation, shares into the current one, and the old
+// generations are retired and deleted from every holder's store.
+func TestCatchUpThenRetire(t *testing.T) {
+	nodes := testCluster(t, 5)
+	waitUnlocked(t, nodes...)
+	waitFullCoverage(t, nodes)
+	old := current(nodes[0])
+	want := mustKey(t, nodes[4], "k")
+	cfg5 := nodes[4].cfg
+	nodes[4].Close()
+
+	live := nodes[:4]
+	for i := 0; i < 2; i++ {
+		j := joinNode(t, live[0])
+		live = append(live, j)
+		waitUnlocked(t, j)
+	}
+	cur := current(live[0])
+	if cur < old+2 {
+		t.Fatalf("current generation %d, want at least %d", cur, old+2)
+	}
+	// The absent node is a member of the current generation but not
+	// escrowed in it: status shows it catching up, and its old generation
+	// is retained for it (G4).
+	var n5 MemberStatus
+	for _, m := range live[0].Status().Members {
+		if m.PeerID == cfg5.identityPeer(t).String() {
+			n5 = m
+		}
+	}
+	if !n5.CatchingUp || n5.EscrowGeneration == nil || *n5.EscrowGeneration != old {
+		t.Fatalf("absent node's row: %+v (want catching up, escrowed in %d)", n5, old)
+	}
+	if g, _ := generationState(live[0], old); g != generations.StateCommitted {
+		t.Fatalf("generation %d is %s while node 5 still needs it", old, g)
+	}
+
+	cfg5.Bootstrap, cfg5.Join = false, ""
+	n5node := startNode(t, cfg5)
+	waitUnlocked(t, n5node)
+	if got := mustKey(t, n5node, "k"); string(got) != string(want) {
+		t.Fatal("node 5's key changed")
+	}
+	all := append(live, n5node)
+	waitFor(t, "node 5 to escrow in the current generation and old ones to retire", 60*time.Second, func() bool {
+		c := live[0].Status()
+		for _, m := range c.Members {
+			if m.EscrowGeneration == nil || *m.EscrowGeneration != cur {
+				return false
+			}
+		}
+		for g := old; g < cur; g++ {
+			if st, _ := generationState(live[0], g); st != generations.StateRetired {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, "every holder to delete the retired generations' envelopes", 30*time.Second, func() bool {
+		for _, n := range all {
+			gens := storeGens(t, n)
+			for g := range gens {
+				if g < cur {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+func generationState(n *Node, num uint64) (generations.GenerationState, bool) {
+	var st generations.GenerationState
+	var ok bool
+	n.view(func(l *generations.Ledger) {
+		var g generations.Generation
+		g, ok = l.Generation(num)
+		st = g.State
+	})
+	return st, ok
+}
+
+func (c Config) identityPeer(t testing.TB) peer.ID {
+	t.Helper()
+	priv, err := loadOrCreateIdentity(c.IdentityPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(priv)
+	return id
+}
+
+// Acceptance 2: a node whose Raft link to the leader is blocked, but which
+// still has other peers, hears of a new generation by gossip.
+func TestGossipReachesNodeCutOffFromLeader(t *testing.T) {
+	var blocked atomic.Value
+	blocked.Store(peer.ID(""))
+	cfg := testConfig(t)
+	cfg.Bootstrap = true
+	a := startNode(t, cfg)
+	b := joinNode(t, a)
+	c := joinNodeWith(t, a, func(c *Config) {
+		c.hooks = &testHooks{raftDeny: func(p peer.ID) bool { return p == blocked.Load().(peer.ID) }}
+	})
+	nodes := []*Node{a, b, c}
+	waitAgree(t, nodes, 3)
+	waitUnlocked(t, nodes...)
+	leader := a.cons.Leader()
+	if leader == c.ID() {
+		t.Skip("the node to cut off became the leader") // rare; the assertion needs a follower
+	}
+	events, cancel := c.Events()
+	defer cancel()
+	blocked.Store(leader)
+	c.cons.ResetStreams(leader)
+	before := current(c)
+
+	// A new generation, which c's Raft cannot learn of from the leader.
+	var leaderNode *Node
+	for _, n := range nodes {
+		if n.ID() == leader {
+			leaderNode = n
+		}
+	}
+	now := time.Now()
+	if err := leaderNode.apply(ctxT(t, 10*time.Second), generations.NewOpenGeneration(now.Add(time.Minute), now)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if e.Type == EventCatchingUp {
+				t.Logf("cut-off node heard of the new generation by gossip after %v: %s", time.Since(start), e.Detail)
+				if current(c) != before {
+					t.Fatalf("the cut-off node's ledger moved; the Raft block did not hold")
+				}
+				if st := c.Status(); st.CatchingUp == nil {
+					t.Fatal("status does not show catching up")
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("the cut-off node never heard of the new generation")
+		}
+	}
+}
+
+// Acceptance 3: after remove, no holder serves the removed node's envelopes;
+// restarted with its data directory intact, it stays locked and says it was
+// removed.
+func TestRemovedNodeStaysLocked(t *testing.T) {
+	nodes := testCluster(t, 3)
+	waitUnlocked(t, nodes...)
+	waitFullCoverage(t, nodes)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	gen := current(a)
+	cfgC := c.cfg
+	cfgC.Bootstrap, cfgC.Join = false, ""
+	c.Close() // offline: it will not see its own removal in the ledger
+
+	if err := a.Remove(ctxT(t, 20*time.Second), cfgC.identityPeer(t)); err != nil {
+		t.Fatal(err)
+	}
+	c = startNode(t, cfgC)
+	waitFor(t, "the removed node to learn it was removed", 20*time.Second, func() bool {
+		_, p := c.Lock()
+		return strings.Contains(p.Reason, "removed")
+	})
+	if state, _ := c.Lock(); state != LockLocked {
+		t.Fatalf("removed node is %s", state)
+	}
+	if _, err := c.Key(ctxT(t, time.Second), "x", false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "removed") {
+		t.Fatalf("removed node's key: %v", err)
+	}
+	for _, h := range []*Node{a, b} {
+		if _, err := c.svc.Fetch(ctxT(t, 5*time.Second), h.ID(), gen); err == nil {
+			t.Fatalf("holder %s served a removed owner", h.ID())
+		}
+	}
+	// And it stays so across another restart.
+	c = restart(t, c)
+	time.Sleep(0) // no wait needed: the marker is read at start
+	if _, p := c.Lock(); !strings.Contains(p.Reason, "removed") {
+		t.Fatalf("after a second restart: %+v", p)
+	}
+}
+
+// Acceptance 4: wiping one holder's envelope store is caught by the next
+// audit, and the owner is back at full coverage without operator action.
+func TestAuditRepairsWipedHolder(t *testing.T) {
+	nodes := testCluster(t, 3)
+	waitUnlocked(t, nodes...)
+	waitFullCoverage(t, nodes)
+	a, c := nodes[0], nodes[2]
+	before := current(a)
+	keys, err := c.store.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if err := c.store.Delete(k.Generation, k.Owner); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := a.Audit(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Lost != 1 || rep.Repair == "" {
+		t.Fatalf("audit report: %+v", rep)
+	}
+	var found bool
+	for _, g := range rep.Generations {
+		for _, h := range g.Holders {
+			if h.PeerID == c.ID().String() && h.Result == AuditMissing {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("audit did not name the wiped holder: %+v", rep)
+	}
+	waitFor(t, "full coverage in a new generation", 30*time.Second, func() bool { return current(a) > before })
+	waitFullCoverage(t, nodes)
+	rep, err = a.Audit(ctxT(t, 30*time.Second))
+	if err != nil || rep.Lost != 0 {
+		t.Fatalf("audit after repair: %+v, %v", rep, err)
+	}
+	if len(storeGens(t, c)) == 0 {
+		t.Fatal("the wiped holder has no envelopes after the repair")
+	}
+	_ = shares.ErrNotFound
+}
