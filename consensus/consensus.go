@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -73,8 +74,11 @@ type Config struct {
 
 // Consensus is a Raft server over libp2p.
 type Consensus struct {
-	cfg       Config
-	raft      *raft.Raft
+	cfg  Config
+	raft *raft.Raft
+	// ready is raft, published for the S1 gate, which runs on libp2p
+	// goroutines from before NewRaft returns.
+	ready     atomic.Pointer[raft.Raft]
 	fsm       *fsm
 	stream    *streamLayer
 	transport *raft.NetworkTransport
@@ -167,6 +171,7 @@ func New(cfg Config) (*Consensus, error) {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	c.raft = r
+	c.ready.Store(r)
 	c.forward = newForwarder(c)
 	return c, nil
 }
@@ -180,10 +185,11 @@ func (c *Consensus) closeTransport() {
 // in the latest Raft configuration, or, while this node has none yet, if
 // AllowUnconfigured admits it.
 func (c *Consensus) admit(p peer.ID) bool {
-	if c.raft == nil || (c.cfg.Deny != nil && c.cfg.Deny(p)) {
+	r := c.ready.Load()
+	if r == nil || (c.cfg.Deny != nil && c.cfg.Deny(p)) {
 		return false
 	}
-	servers := c.raft.GetConfiguration().Configuration().Servers
+	servers := r.GetConfiguration().Configuration().Servers
 	if len(servers) == 0 {
 		return c.cfg.AllowUnconfigured != nil && c.cfg.AllowUnconfigured(p)
 	}
@@ -401,6 +407,7 @@ func (c *Consensus) Close() error {
 	c.closeOnce.Do(func() {
 		c.forward.close()
 		err := c.raft.Shutdown().Error()
+		c.transport.CloseStreams()
 		c.closeTransport()
 		if cerr := c.store.Close(); err == nil {
 			err = cerr

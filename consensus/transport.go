@@ -24,8 +24,9 @@ const RaftProtocol protocol.ID = "/p2pkey/raft/1.0.0"
 const raftServiceName = "p2pkey.raft"
 
 // defaultMaxPool is how many idle streams the transport keeps per peer. Every
-// RPC on a fresh stream costs two 256 KiB buffers at each end; pooling makes an
-// idle cluster's heartbeats nearly free. go-libp2p-raft uses 0.
+// RPC on a fresh stream costs a 256 KiB buffer at each end (the dialer's
+// writer, the acceptor's reader); pooling makes an idle cluster's heartbeats
+// nearly free. go-libp2p-raft uses 0.
 const defaultMaxPool = 3
 
 // gate decides whether a remote peer may open a Raft stream (rule S1).
