@@ -27,6 +27,7 @@ func (n *Node) Invite(ctx context.Context, ttl time.Duration) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	inv.Relays = n.inviteRelays()
 	if err := n.apply(ctx, generations.NewAddInvite(inv.Hash(), inv.ExpiresAt, n.host.ID(), now)); err != nil {
 		return "", fmt.Errorf("record invite: %w", err)
 	}
@@ -49,6 +50,27 @@ func (n *Node) inviteAddrs() []string {
 		addrs = addrs[:32]
 	}
 	return addrs
+}
+
+// inviteRelays names the relays a joiner behind NAT should use: this node's
+// own relays, and this node itself when it is publicly reachable and relays
+// for members.
+func (n *Node) inviteRelays() []string {
+	var out []string
+	for _, r := range n.relays {
+		if addrs, err := peer.AddrInfoToP2pAddrs(&r); err == nil {
+			for _, a := range addrs {
+				out = append(out, a.String())
+			}
+		}
+	}
+	if n.cfg.RelayService && p2p.Reachability(n.host) == "public" {
+		out = mergeStrings(out, p2p.AddrInfoStrings(n.host))
+	}
+	if len(out) > 16 {
+		out = out[:16]
+	}
+	return out
 }
 
 // memberPeers returns the active and joining members with full /p2p/

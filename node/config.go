@@ -22,6 +22,19 @@ type Config struct {
 	ListenAddrs []string
 	// AnnounceAddrs, if set, replace the addresses advertised to peers.
 	AnnounceAddrs []string
+	// Relays are /p2p/ multiaddrs of members that relay for this node while
+	// it is not publicly reachable (rule N1). A joiner also takes the relays
+	// named in its invite; both are remembered for restarts.
+	Relays []string
+	// RelayService relays for other members (never for strangers) while
+	// this node is publicly reachable.
+	RelayService bool
+	// NATPortMap asks the LAN's router for a port mapping (UPnP, NAT-PMP).
+	NATPortMap bool
+	// MDNS finds members on the local network with no configuration (N2).
+	MDNS bool
+	// Reachability overrides AutoNAT: "public", "private", or "" (detect).
+	Reachability string
 
 	// Bootstrap creates a new cluster with this node as its only member. It
 	// is ignored when DataDir already holds Raft state.
@@ -61,6 +74,8 @@ type Config struct {
 func DefaultConfig(dataDir string) Config {
 	return Config{
 		DataDir:           dataDir,
+		RelayService:      true,
+		MDNS:              true,
 		ListenAddrs:       append([]string(nil), p2p.DefaultListenAddrs...),
 		JoinTimeout:       2 * time.Minute,
 		ControlSocket:     true,
@@ -88,6 +103,14 @@ func (c Config) Validate() error {
 		if _, err := ma.NewMultiaddr(a); err != nil {
 			return fmt.Errorf("node: address %q: %w", a, err)
 		}
+	}
+	if _, err := p2p.ParseRelays(c.Relays); err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	switch c.Reachability {
+	case "", "public", "private":
+	default:
+		return fmt.Errorf("node: Reachability %q: want public, private or empty", c.Reachability)
 	}
 	if c.Join != "" {
 		if _, err := DecodeInvite(c.Join); err != nil {
@@ -135,25 +158,26 @@ func (c Config) removedPath() string { return filepath.Join(c.DataDir, "removed.
 // clusterFile records which cluster this data directory belongs to, so a
 // restarted node can serve and fetch shares before its ledger catches up.
 type clusterFile struct {
-	Version   int    `json:"version"`
-	ClusterID string `json:"cluster_id"`
+	Version   int      `json:"version"`
+	ClusterID string   `json:"cluster_id"`
+	Relays    []string `json:"relays,omitempty"`
 }
 
-func writeClusterFile(path, clusterID string) error {
-	data, _ := json.Marshal(clusterFile{Version: 1, ClusterID: clusterID})
+func writeClusterFile(path, clusterID string, relays []string) error {
+	data, _ := json.Marshal(clusterFile{Version: 1, ClusterID: clusterID, Relays: relays})
 	return writeFileAtomic(path, append(data, '\n'), 0o600)
 }
 
-func readClusterFile(path string) (string, error) {
+func readClusterFile(path string) (clusterFile, error) {
+	var cf clusterFile
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("read cluster file: %w", err)
+		return cf, fmt.Errorf("read cluster file: %w", err)
 	}
-	var cf clusterFile
 	if err := json.Unmarshal(data, &cf); err != nil || cf.Version != 1 || cf.ClusterID == "" {
-		return "", fmt.Errorf("cluster file %s is unreadable or of an unknown version", path)
+		return cf, fmt.Errorf("cluster file %s is unreadable or of an unknown version", path)
 	}
-	return cf.ClusterID, nil
+	return cf, nil
 }
 
 // Initialized reports whether dataDir has an identity.

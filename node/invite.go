@@ -28,6 +28,8 @@ type Invite struct {
 	Secret    []byte
 	ExpiresAt time.Time
 	Addrs     []string
+	// Relays are members that relay for nodes behind NAT (rule N1).
+	Relays []string
 }
 
 // Hash is the SHA-256 of the secret: all the ledger ever stores (rule J1).
@@ -48,7 +50,7 @@ func newInvite(clusterID string, ttl time.Duration, addrs []string, now time.Tim
 func (i Invite) Encode() string {
 	b, _ := proto.Marshal(&pb.Invite{
 		Version: 1, ClusterId: i.ClusterID, Secret: i.Secret,
-		ExpiresAt: i.ExpiresAt.UnixNano(), Addrs: i.Addrs,
+		ExpiresAt: i.ExpiresAt.UnixNano(), Addrs: i.Addrs, Relays: i.Relays,
 	})
 	return invitePrefix + base64.RawURLEncoding.EncodeToString(b)
 }
@@ -83,5 +85,8 @@ func DecodeInvite(token string) (Invite, error) {
 	if len(m.GetAddrs()) == 0 {
 		return Invite{}, fmt.Errorf("%w: no addresses to dial", ErrBadInvite)
 	}
-	return Invite{ClusterID: m.GetClusterId(), Secret: m.GetSecret(), ExpiresAt: time.Unix(0, m.GetExpiresAt()), Addrs: m.GetAddrs()}, nil
+	if len(m.GetAddrs()) > 64 || len(m.GetRelays()) > 16 {
+		return Invite{}, fmt.Errorf("%w: too many addresses", ErrBadInvite)
+	}
+	return Invite{ClusterID: m.GetClusterId(), Secret: m.GetSecret(), ExpiresAt: time.Unix(0, m.GetExpiresAt()), Addrs: m.GetAddrs(), Relays: m.GetRelays()}, nil
 }

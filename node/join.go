@@ -217,7 +217,7 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 		}
 	}
 	n.mu.Unlock()
-	if err := writeClusterFile(n.cfg.clusterPath(), inv.ClusterID); err != nil {
+	if err := writeClusterFile(n.cfg.clusterPath(), inv.ClusterID, mergeStrings(n.cfg.Relays, inv.Relays)); err != nil {
 		return err
 	}
 	log.Infow("invite accepted; sharing keys with the new generation", "cluster", resp.GetClusterId())

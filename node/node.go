@@ -6,9 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/libp2p/go-libp2p/core/network"
 	"time"
 
 	logging "github.com/ipfs/go-log/v2"
@@ -43,6 +47,10 @@ type Node struct {
 	store *shares.Store
 	svc   *shares.Service
 	keys  *keyring
+
+	relays  []peer.AddrInfo
+	addrsCh chan struct{}
+	mdns    io.Closer
 
 	gossip    *gossip
 	clusterID string
@@ -98,12 +106,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	var inv Invite
 	var clusterID string
+	relays := cfg.Relays
 	var k []byte
 	switch {
 	case hasState:
-		if clusterID, err = readClusterFile(cfg.clusterPath()); err != nil {
+		cf, err := readClusterFile(cfg.clusterPath())
+		if err != nil {
 			return nil, err
 		}
+		clusterID = cf.ClusterID
+		relays = mergeStrings(relays, cf.Relays)
 	case cfg.Bootstrap:
 		id := make([]byte, 16)
 		if _, err := rand.Read(id); err != nil {
@@ -118,6 +130,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("%w: the invite expired at %s", generations.ErrInviteExpired, inv.ExpiresAt.Format(time.RFC3339))
 		}
 		clusterID = inv.ClusterID
+		relays = mergeStrings(relays, inv.Relays)
 	}
 	if !hasState {
 		// K is born in memory, here and only here (rule K1).
@@ -126,9 +139,42 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}
 	}
 
-	hopts := []p2p.Option{p2p.WithListenAddrs(cfg.ListenAddrs...)}
+	// The host is built before the Node, and the relay service asks about
+	// membership from libp2p goroutines: reach the node through a pointer
+	// that is nil (no one is a member) until the node exists.
+	var self atomic.Pointer[Node]
+	addrsChanged := make(chan struct{}, 1)
+	relayInfos, err := p2p.ParseRelays(relays)
+	if err != nil {
+		return nil, err
+	}
+	hopts := []p2p.Option{
+		p2p.WithListenAddrs(cfg.ListenAddrs...),
+		p2p.WithNATPortMap(cfg.NATPortMap),
+		p2p.WithAddrsChanged(func() {
+			select {
+			case addrsChanged <- struct{}{}:
+			default:
+			}
+		}),
+	}
 	if len(cfg.AnnounceAddrs) > 0 {
 		hopts = append(hopts, p2p.WithAnnounceAddrs(cfg.AnnounceAddrs...))
+	}
+	if len(relayInfos) > 0 {
+		hopts = append(hopts, p2p.WithStaticRelays(relayInfos))
+	}
+	if cfg.RelayService {
+		hopts = append(hopts, p2p.WithRelayService(func(p peer.ID) bool {
+			n := self.Load()
+			return n != nil && n.relayMember(p)
+		}))
+	}
+	switch cfg.Reachability {
+	case "public":
+		hopts = append(hopts, p2p.WithReachability(network.ReachabilityPublic))
+	case "private":
+		hopts = append(hopts, p2p.WithReachability(network.ReachabilityPrivate))
 	}
 	if cfg.hooks != nil {
 		hopts = append(hopts, p2p.WithLibp2pOptions(cfg.hooks.libp2p...))
@@ -152,8 +198,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		keyPoke:  make(chan struct{}, 1),
 		allowed:  map[peer.ID]bool{},
 		sweptSet: map[string]bool{},
+		relays:   relayInfos,
+		addrsCh:  addrsChanged,
 		ctx:      nctx, cancel: cancel,
 	}
+	self.Store(n)
 	if _, err := os.Stat(cfg.removedPath()); err == nil {
 		n.removed.Store(true)
 		n.keys.setProgress(UnlockProgress{Reason: ErrRemoved.Error() + "; it can never unlock again"})
@@ -193,6 +242,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.loadPeerBook()
 	n.startJoinService()
+	if cfg.MDNS {
+		if n.mdns, err = p2p.StartMDNS(h, p2p.MDNSServiceTag, n.onMDNSPeer); err != nil {
+			log.Warnw("mDNS discovery is off", "err", err)
+		}
+	}
 	n.wg.Add(6)
 	go n.auditLoop()
 	go n.announceLoop()
@@ -253,7 +307,7 @@ func Init(dataDir string) (peer.ID, error) {
 }
 
 func (n *Node) bootstrap(ctx context.Context, clusterID string) error {
-	if err := writeClusterFile(n.cfg.clusterPath(), clusterID); err != nil {
+	if err := writeClusterFile(n.cfg.clusterPath(), clusterID, n.cfg.Relays); err != nil {
 		return err
 	}
 	if err := n.cons.Bootstrap(); err != nil {
@@ -333,6 +387,9 @@ func (n *Node) Close() error {
 		if n.control != nil {
 			n.control.close()
 		}
+		if n.mdns != nil {
+			n.mdns.Close()
+		}
 		n.cancel()
 		n.wg.Wait()
 		n.savePeerBook()
@@ -350,4 +407,43 @@ func (n *Node) Close() error {
 		n.events.close()
 	})
 	return err
+}
+
+// relayMember: active and joining members may use this node's relay.
+func (n *Node) relayMember(p peer.ID) bool {
+	st := n.memberStatus(p)
+	return st == generations.StatusActive || st == generations.StatusJoining
+}
+
+// onMDNSPeer connects to a member found on the LAN (rule N2). Non-members
+// are ignored: mDNS only supplies addresses.
+func (n *Node) onMDNSPeer(ai peer.AddrInfo) {
+	if ai.ID == n.host.ID() {
+		return
+	}
+	n.mu.Lock()
+	named := n.allowed[ai.ID]
+	n.mu.Unlock()
+	if !n.relayMember(ai.ID) && !named {
+		return
+	}
+	log.Infow("mdns: found peer", "peer", ai.ID, "addrs", ai.Addrs)
+	n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
+	go func() {
+		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+		defer cancel()
+		if err := n.host.Connect(ctx, ai); err != nil {
+			log.Debugw("mdns: connect", "peer", ai.ID, "err", err)
+		}
+	}()
+}
+
+func mergeStrings(a, b []string) []string {
+	out := append([]string(nil), a...)
+	for _, s := range b {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }

@@ -172,6 +172,11 @@ func (n *Node) connectMembers() {
 		}
 		p2p.Protect(n.host, m.ID)
 		n.addAddrs(m.ID, m.Addrs)
+		// Reach a member through a relay before it has announced its
+		// relayed address (rule N1).
+		if len(n.relays) > 0 {
+			n.host.Peerstore().AddAddrs(m.ID, p2p.CircuitAddrs(n.relays, m.ID), time.Hour)
+		}
 		if n.connected(m.ID) {
 			continue
 		}
@@ -200,6 +205,7 @@ func (n *Node) announceAddrsLoop() {
 		case <-n.ctx.Done():
 			return
 		case <-tick.C:
+		case <-n.addrsCh:
 		}
 	}
 }
@@ -260,6 +266,9 @@ func (n *Node) watchLoop() {
 			case !seen:
 				n.events.publish(Event{Type: EventMemberAdded, Peer: m.ID, Detail: m.Status.String()})
 			case old != m.Status && m.Status == generations.StatusRemoved:
+				// Revoke at once (R1): pooled Raft streams from the removed
+				// peer would otherwise outlive the S1 gate's check.
+				n.cons.ResetStreams(m.ID)
 				n.events.publish(Event{Type: EventMemberRemoved, Peer: m.ID})
 			case old != m.Status:
 				n.events.publish(Event{Type: EventMemberChanged, Peer: m.ID, Detail: m.Status.String()})

@@ -2,6 +2,8 @@ package node
 
 import (
 	"strconv"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 	"strings"
 	"time"
 
@@ -19,16 +21,18 @@ const (
 // Status is a snapshot of the node, the cluster and every member, as the
 // CLI's `status --json` prints it.
 type Status struct {
-	PeerID     string           `json:"peer_id"`
-	ClusterID  string           `json:"cluster_id"`
-	Lock       string           `json:"lock"`
-	Unlock     UnlockProgress   `json:"unlock"`
-	CatchingUp *CatchUp         `json:"catching_up"`
-	LastAudit  *AuditReport     `json:"last_audit"`
-	Addrs      []string         `json:"addrs"`
-	Raft       RaftStatus       `json:"raft"`
-	Generation GenerationStatus `json:"generation"`
-	Members    []MemberStatus   `json:"members"`
+	PeerID     string         `json:"peer_id"`
+	ClusterID  string         `json:"cluster_id"`
+	Lock       string         `json:"lock"`
+	Unlock     UnlockProgress `json:"unlock"`
+	CatchingUp *CatchUp       `json:"catching_up"`
+	LastAudit  *AuditReport   `json:"last_audit"`
+	Addrs      []string       `json:"addrs"`
+	// Reachability is AutoNAT's verdict: public, private or unknown.
+	Reachability string           `json:"reachability"`
+	Raft         RaftStatus       `json:"raft"`
+	Generation   GenerationStatus `json:"generation"`
+	Members      []MemberStatus   `json:"members"`
 }
 
 // RaftStatus is this node's view of Raft.
@@ -112,7 +116,7 @@ func (n *Node) Status() Status {
 				PeerID:     m.ID.String(),
 				Status:     m.Status.String(),
 				Voter:      voters[m.ID.String()],
-				Connection: n.connectionType(m.ID.String()),
+				Connection: n.connectionType(m.ID),
 				Addrs:      m.Addrs,
 			}
 			c := l.Coverage(m.ID)
@@ -135,26 +139,12 @@ func (n *Node) Status() Status {
 }
 
 // connectionType says how this node reaches a member: "self", "direct",
-// "relayed", or "none".
-func (n *Node) connectionType(id string) string {
-	if id == n.host.ID().String() {
+// "hole-punched", "relayed", or "none".
+func (n *Node) connectionType(id peer.ID) string {
+	if id == n.host.ID() {
 		return "self"
 	}
-	for _, c := range n.host.Network().Conns() {
-		if c.RemotePeer().String() != id {
-			continue
-		}
-		if c.Stat().Limited {
-			continue
-		}
-		return "direct"
-	}
-	for _, c := range n.host.Network().Conns() {
-		if c.RemotePeer().String() == id {
-			return "relayed"
-		}
-	}
-	return "none"
+	return p2p.ConnType(n.host, id)
 }
 
 func (n *Node) lastAuditReport() *AuditReport {

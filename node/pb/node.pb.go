@@ -30,6 +30,7 @@ type Invite struct {
 	Secret        []byte                 `protobuf:"bytes,3,opt,name=secret,proto3" json:"secret,omitempty"`                         // 32 random bytes
 	ExpiresAt     int64                  `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"` // unix nanoseconds
 	Addrs         []string               `protobuf:"bytes,5,rep,name=addrs,proto3" json:"addrs,omitempty"`                           // /p2p/ multiaddrs of members to dial
+	Relays        []string               `protobuf:"bytes,6,rep,name=relays,proto3" json:"relays,omitempty"`                         // /p2p/ multiaddrs of members that relay (N1)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -95,6 +96,13 @@ func (x *Invite) GetExpiresAt() int64 {
 func (x *Invite) GetAddrs() []string {
 	if x != nil {
 		return x.Addrs
+	}
+	return nil
+}
+
+func (x *Invite) GetRelays() []string {
+	if x != nil {
+		return x.Relays
 	}
 	return nil
 }
@@ -397,7 +405,7 @@ var File_node_proto protoreflect.FileDescriptor
 const file_node_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"node.proto\x12\x0ep2pkey.node.v1\"\x8e\x01\n" +
+	"node.proto\x12\x0ep2pkey.node.v1\"\xa6\x01\n" +
 	"\x06Invite\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -405,7 +413,8 @@ const file_node_proto_rawDesc = "" +
 	"\x06secret\x18\x03 \x01(\fR\x06secret\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x14\n" +
-	"\x05addrs\x18\x05 \x03(\tR\x05addrs\"t\n" +
+	"\x05addrs\x18\x05 \x03(\tR\x05addrs\x12\x16\n" +
+	"\x06relays\x18\x06 \x03(\tR\x06relays\"t\n" +
 	"\vJoinRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
