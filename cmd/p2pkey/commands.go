@@ -19,9 +19,9 @@ import (
 )
 
 func newInitCmd(g *globals) *cobra.Command {
-	var listen, announce []string
+	var listen, announce, relays []string
 	cmd := &cobra.Command{
-		Use:   "init [--listen MULTIADDR]...",
+		Use:   "init [--listen MULTIADDR]... [--relay MULTIADDR]...",
 		Short: "Create this node's identity and configuration",
 		Long: `init creates the data directory (mode 0700), a new Ed25519 libp2p identity
 (identity.key, mode 0600) and config.json with the listen addresses, and prints
@@ -36,7 +36,7 @@ The default listen addresses are TCP and QUIC on port 4001, IPv4 and IPv6.`,
 				listen = p2p.DefaultListenAddrs
 			}
 			cfg := node.DefaultConfig(g.dataDir)
-			cfg.ListenAddrs, cfg.AnnounceAddrs = listen, announce
+			cfg.ListenAddrs, cfg.AnnounceAddrs, cfg.Relays = listen, announce, relays
 			if err := cfg.Validate(); err != nil {
 				return &statusError{code: exitUsage, err: err}
 			}
@@ -47,7 +47,7 @@ The default listen addresses are TCP and QUIC on port 4001, IPv4 and IPv6.`,
 			if err != nil {
 				return err
 			}
-			data, _ := json.MarshalIndent(fileConfig{Version: 1, Listen: listen, Announce: announce}, "", "  ")
+			data, _ := json.MarshalIndent(fileConfig{Version: 1, Listen: listen, Announce: announce, Relays: relays}, "", "  ")
 			if err := os.WriteFile(configPath(g.dataDir), append(data, '\n'), 0o600); err != nil {
 				return err
 			}
@@ -60,6 +60,7 @@ The default listen addresses are TCP and QUIC on port 4001, IPv4 and IPv6.`,
 	}
 	cmd.Flags().StringArrayVar(&listen, "listen", nil, "multiaddr to listen on (repeatable)")
 	cmd.Flags().StringArrayVar(&announce, "announce", nil, "multiaddr to advertise instead of the listen addresses (repeatable)")
+	cmd.Flags().StringArrayVar(&relays, "relay", nil, "multiaddr (with /p2p/ID) of a member that relays for this node behind NAT (repeatable)")
 	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 	return cmd
 }
@@ -68,6 +69,9 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var bootstrap bool
 	var join string
 	var heartbeat time.Duration
+	var relays []string
+	var natPortMap, noMDNS, noRelayService bool
+	var reachability string
 	cmd := &cobra.Command{
 		Use:   "daemon [--bootstrap | --join INVITE]",
 		Short: "Run the node in the foreground",
@@ -77,10 +81,16 @@ The first time, pass --bootstrap to create a new cluster, or --join with an
 invite from a member to join one. After that, restart with neither: the node
 resumes from the Raft state in its data directory.
 
+Behind NAT, the node punches holes (DCUtR) where it can and otherwise uses a
+member that relays for it: one named by --relay, in config.json, or in the
+invite. A publicly reachable member relays for other members, never for
+strangers. On a LAN, members find each other with mDNS.
+
 Logs go to stderr. Set GOLOG_LOG_LEVEL to change the level, for example
 GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 		Example: `  p2pkey daemon --bootstrap
   p2pkey daemon --join "$(cat invite.txt)"
+  p2pkey daemon --relay /ip4/203.0.113.7/udp/4001/quic-v1/p2p/12D3KooW...
   p2pkey daemon`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -97,6 +107,11 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			cfg := node.DefaultConfig(g.dataDir)
 			cfg.ListenAddrs, cfg.AnnounceAddrs = fc.Listen, fc.Announce
 			cfg.Bootstrap, cfg.Join = bootstrap, join
+			cfg.Relays = append(append([]string(nil), fc.Relays...), relays...)
+			cfg.NATPortMap = natPortMap || fc.NATPortMap
+			cfg.MDNS = !noMDNS
+			cfg.RelayService = !noRelayService
+			cfg.Reachability = reachability
 			if heartbeat > 0 {
 				cfg.HeartbeatTimeout, cfg.ElectionTimeout = heartbeat, heartbeat
 			}
@@ -131,6 +146,11 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	}
 	cmd.Flags().BoolVar(&bootstrap, "bootstrap", false, "create a new cluster with this node as its first member")
 	cmd.Flags().StringVar(&join, "join", "", "join a cluster with this invite")
+	cmd.Flags().StringArrayVar(&relays, "relay", nil, "multiaddr (with /p2p/ID) of a member that relays for this node behind NAT (repeatable)")
+	cmd.Flags().BoolVar(&natPortMap, "nat-portmap", false, "ask the LAN's router for a port mapping (UPnP, NAT-PMP)")
+	cmd.Flags().BoolVar(&noMDNS, "no-mdns", false, "do not look for members on the local network with mDNS")
+	cmd.Flags().BoolVar(&noRelayService, "no-relay-service", false, "do not relay for other members when publicly reachable")
+	cmd.Flags().StringVar(&reachability, "reachability", "", "override NAT detection: public or private")
 	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 1s)")
 	cmd.Flags().MarkHidden("raft-heartbeat")
 	return cmd
@@ -207,6 +227,10 @@ peer_id, status, escrow_generation, shares_held, threshold.`,
 				lock += fmt.Sprintf(" (generation %d: %d shares held, threshold %d)", u.Generation, u.Have, u.Need)
 			}
 			fmt.Fprintf(w, "lock:        %s\n", lock)
+			fmt.Fprintf(w, "reachable:   %s\n", st.Reachability)
+			if c := st.CatchingUp; c != nil {
+				fmt.Fprintf(w, "catching up: heard of generation %d from %s\n", c.Generation, short(c.From))
+			}
 			leader := st.Raft.Leader
 			if leader == "" {
 				leader = "(none)"
@@ -231,7 +255,7 @@ peer_id, status, escrow_generation, shares_held, threshold.`,
 
 func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberStatus, self string) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATUS\tVOTER\tCONNECTION\tESCROW GEN\tSHARES HELD")
+	fmt.Fprintln(tw, "MEMBER\tSTATUS\tVOTER\tCONNECTION\tESCROW GEN\tSHARES HELD\tNOTE")
 	for _, m := range ms {
 		id := m.PeerID
 		if id == self {
@@ -242,7 +266,11 @@ func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberSta
 			gen = fmt.Sprint(*m.EscrowGeneration)
 			held = fmt.Sprintf("%d (threshold %d)", m.SharesHeld, m.Threshold)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", id, m.Status, m.Voter, m.Connection, gen, held)
+		note := ""
+		if m.CatchingUp {
+			note = "catching up"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", id, m.Status, m.Voter, m.Connection, gen, held, note)
 	}
 	tw.Flush()
 }

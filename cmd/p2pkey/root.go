@@ -107,9 +107,11 @@ func printJSON(w io.Writer, v any) error {
 
 // fileConfig is DATA/config.json, written by init.
 type fileConfig struct {
-	Version  int      `json:"version"`
-	Listen   []string `json:"listen"`
-	Announce []string `json:"announce,omitempty"`
+	Version    int      `json:"version"`
+	Listen     []string `json:"listen"`
+	Announce   []string `json:"announce,omitempty"`
+	Relays     []string `json:"relays,omitempty"`
+	NATPortMap bool     `json:"nat_portmap,omitempty"`
 }
 
 func configPath(dataDir string) string { return filepath.Join(dataDir, "config.json") }
