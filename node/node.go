@@ -415,8 +415,10 @@ func (n *Node) relayMember(p peer.ID) bool {
 	return st == generations.StatusActive || st == generations.StatusJoining
 }
 
-// onMDNSPeer connects to a member found on the LAN (rule N2). Non-members
-// are ignored: mDNS only supplies addresses.
+// onMDNSPeer handles a peer found on the LAN (rule N2). mDNS only supplies
+// addresses: they go into the peerstore, and the node connects only to
+// members (and to the members a joiner was told of); the connect loop picks
+// up anyone who becomes a member later.
 func (n *Node) onMDNSPeer(ai peer.AddrInfo) {
 	if ai.ID == n.host.ID() {
 		return
@@ -424,11 +426,12 @@ func (n *Node) onMDNSPeer(ai peer.AddrInfo) {
 	n.mu.Lock()
 	named := n.allowed[ai.ID]
 	n.mu.Unlock()
-	if !n.relayMember(ai.ID) && !named {
+	member := n.relayMember(ai.ID) || named
+	log.Infow("mdns: found peer", "peer", ai.ID, "member", member, "addrs", ai.Addrs)
+	n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
+	if !member {
 		return
 	}
-	log.Infow("mdns: found peer", "peer", ai.ID, "addrs", ai.Addrs)
-	n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
 	go func() {
 		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
 		defer cancel()

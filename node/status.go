@@ -77,13 +77,14 @@ type MemberStatus struct {
 func (n *Node) Status() Status {
 	lock, progress := n.Lock()
 	st := Status{
-		PeerID:     n.host.ID().String(),
-		Lock:       lock,
-		Unlock:     progress,
-		CatchingUp: n.catchingUp(),
-		LastAudit:  n.lastAuditReport(),
-		Addrs:      p2p.AddrInfoStrings(n.host),
-		Members:    []MemberStatus{},
+		PeerID:       n.host.ID().String(),
+		Lock:         lock,
+		Unlock:       progress,
+		CatchingUp:   n.catchingUp(),
+		LastAudit:    n.lastAuditReport(),
+		Addrs:        p2p.AddrInfoStrings(n.host),
+		Reachability: p2p.Reachability(n.host),
+		Members:      []MemberStatus{},
 	}
 	voters := map[string]bool{}
 	for _, s := range n.cons.Servers() {

@@ -176,6 +176,13 @@ func TestTestnetUpKillRestart(t *testing.T) {
 	if got := *s.status(1).ClusterID; got != cluster {
 		t.Fatalf("after down/up the cluster is %s, was %s", got, cluster)
 	}
+	// `up -n 4` on a running testnet adds one node (continuous sharing issue).
+	s.must("up", "-n", "4")
+	for i := 1; i <= 4; i++ {
+		if got := activeMembers(s.status(i)); got != 4 {
+			t.Fatalf("after up -n 4, node %d sees %d active members", i, got)
+		}
+	}
 }
 
 // TestCLIErrors checks the CLI's refusals on a real binary.
