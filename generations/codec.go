@@ -38,6 +38,14 @@ const (
 	DigestSize = 32
 	// ClusterIDLen is the length of a cluster ID: 16 bytes as lowercase hex.
 	ClusterIDLen = 32
+
+	// DefaultMaxGenerationsBehind is the retention bound a cluster gets
+	// when Bootstrap does not set one (see Retention).
+	DefaultMaxGenerationsBehind = 3
+	// MaxGenerationsBehindLimit is the largest retention bound accepted.
+	// A bound this large is, in practice, no bound at all; anything larger
+	// is a mistake and is refused (ErrBadRetention).
+	MaxGenerationsBehindLimit = 1024
 )
 
 // EncodeCommand validates cmd and returns its deterministic encoding.
@@ -90,6 +98,9 @@ func ValidateCommand(cmd *pb.Command) error {
 		}
 		if err := validClusterID(b.Bootstrap.GetClusterId()); err != nil {
 			return err
+		}
+		if n := b.Bootstrap.GetMaxGenerationsBehind(); n > MaxGenerationsBehindLimit {
+			return fmt.Errorf("%w: max_generations_behind=%d, at most %d", ErrBadRetention, n, MaxGenerationsBehindLimit)
 		}
 		return validPeer("founder", b.Bootstrap.GetFounder())
 	case *pb.Command_AddInvite:
@@ -184,6 +195,15 @@ func ValidateCommand(cmd *pb.Command) error {
 			return fmt.Errorf("%w: %d bytes", ErrBadKeyCheck, n)
 		}
 		return validPeer("owner", c.GetOwner())
+	case *pb.Command_SetRetention:
+		c := b.SetRetention
+		if c == nil {
+			return ErrEmptyCommand
+		}
+		if err := validRetention(c.GetMaxGenerationsBehind()); err != nil {
+			return err
+		}
+		return validPeer("by", c.GetBy())
 	default:
 		return ErrEmptyCommand
 	}
@@ -220,6 +240,15 @@ func validPeer(what string, b []byte) error {
 	}
 	if _, err := id.ExtractPublicKey(); err != nil {
 		return fmt.Errorf("%w: %s has no embedded public key: %v", ErrBadPeerID, what, err)
+	}
+	return nil
+}
+
+// validRetention checks an explicit retention bound: 1 to
+// MaxGenerationsBehindLimit.
+func validRetention(n uint32) error {
+	if n == 0 || n > MaxGenerationsBehindLimit {
+		return fmt.Errorf("%w: max_generations_behind=%d, want 1 to %d", ErrBadRetention, n, MaxGenerationsBehindLimit)
 	}
 	return nil
 }
@@ -284,10 +313,27 @@ func newCommand(now time.Time) *pb.Command {
 }
 
 // NewBootstrap creates the cluster clusterID with founder as its only,
-// active member.
+// active member, and the default retention bound
+// (DefaultMaxGenerationsBehind).
 func NewBootstrap(clusterID string, founder peer.ID, now time.Time) *pb.Command {
+	return NewBootstrapWithRetention(clusterID, founder, 0, now)
+}
+
+// NewBootstrapWithRetention is NewBootstrap with an explicit retention bound
+// (see Retention); 0 means DefaultMaxGenerationsBehind.
+func NewBootstrapWithRetention(clusterID string, founder peer.ID, maxBehind uint32, now time.Time) *pb.Command {
 	c := newCommand(now)
-	c.Body = &pb.Command_Bootstrap{Bootstrap: &pb.Bootstrap{ClusterId: clusterID, Founder: []byte(founder)}}
+	c.Body = &pb.Command_Bootstrap{Bootstrap: &pb.Bootstrap{
+		ClusterId: clusterID, Founder: []byte(founder), MaxGenerationsBehind: maxBehind,
+	}}
+	return c
+}
+
+// NewSetRetention changes the cluster's retention bound (see Retention). by
+// must be an active member.
+func NewSetRetention(maxBehind uint32, by peer.ID, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_SetRetention{SetRetention: &pb.SetRetention{MaxGenerationsBehind: maxBehind, By: []byte(by)}}
 	return c
 }
 

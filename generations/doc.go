@@ -3,8 +3,9 @@
 //
 // # What it owns
 //
-// The cluster ID; the members and their status (joining, active, removed,
-// rejected) and informational addresses; invites, by the SHA-256 hash of
+// The cluster ID; the retention policy (the bound below); the members and
+// their status (joining, active, removed, rejected, lapsed) and
+// informational addresses; invites, by the SHA-256 hash of
 // their secret only (rule J1); generations, their member sets M(g),
 // thresholds t(g) = floor(|M(g)|/2)+1 and lifecycle; holder receipts
 // (envelope digest and holder signature) per (generation, owner, holder);
@@ -42,7 +43,8 @@
 // # Receipts and commit
 //
 // RecordReceipts is all-or-nothing: every receipt of the batch is checked
-// (open generation, parties are non-removed members of it, signature by the
+// (open generation, parties are members of it and neither removed nor
+// lapsed, and active for the current generation; signature by the
 // holder's key embedded in its peer ID over ReceiptMessage, no conflicting
 // digest) before any is recorded; the first failing receipt's error, with its
 // index, is returned. A receipt identical in digest to a recorded one is an
@@ -80,9 +82,71 @@
 // (ErrRetentionRequired, ErrRetireCurrent, ...). RetentionBlockers names the
 // members that hold a generation back.
 //
+// # Retention bound (the seed's open problem)
+//
+// G4 and G5 together let a member that was offline through several joins
+// unlock with a majority of its older, smaller share set, and they keep that
+// set for as long as it stays away. That is weaker (fewer, older holders
+// suffice, and the set predates every membership change since) and it
+// blocks retirement for everyone else. So the ledger bounds it,
+// deterministically:
+//
+// A committed generation h older than the current one c is retired when G4
+// allows it, or when h is more than MaxGenerationsBehind committed
+// generations behind c: |{g in (h, c] : g committed or retired}| >
+// MaxGenerationsBehind. Aborted generations do not count (nothing was
+// re-shared in them, so an absent member missed nothing there); without
+// aborts this is c - h > MaxGenerationsBehind. The bound is applied before
+// G4, after every commit and every SetRetention (the only events that move
+// it). Every active member whose newest escrow was a generation retired by
+// the bound is escrowed nowhere any more and becomes lapsed, with Reason
+// "lapsed: its newest escrowed generation N was retired by the retention
+// bound (max K generations behind)":
+//
+//   - it is in M(g) of no new generation, and blocks no retirement;
+//   - every receipt where it is the owner is deleted, so no holder may
+//     serve its envelopes (ServeAllowed says ErrOwnerLapsed; Duties lists
+//     it in DeleteLapsedOwners), and its key-check value is dropped;
+//   - it records no receipt, as owner or holder (ErrOwnerLapsed,
+//     ErrHolderLapsed), issues no invite and sets nothing
+//     (ErrMemberLapsed);
+//   - receipts where it is the holder are kept, and it may still serve
+//     those envelopes to their owners: it is not distrusted, it really holds
+//     them, and deleting them could take another active member below its
+//     threshold in every retained generation, which G4 forbids. They go
+//     when their generation retires;
+//   - it must be invited again: ConsumeInvite accepts it as it accepts a
+//     rejected peer, as a fresh joiner with the same identity (and, having
+//     lost custody of its old K, usually a new K). Unlike a removed member it
+//     is not revoked (invites it issued while active stay valid);
+//     RemoveMember can still revoke it for good.
+//
+// An active member that was never escrowed (admitted directly, and absent
+// since) has nothing to lapse and is not lapsed; it still cannot hold any
+// generation back for longer than the bound.
+//
+// The policy is set at Bootstrap (0 means DefaultMaxGenerationsBehind, 3)
+// and stored explicitly, so a later change of the default never changes an
+// existing cluster. A ledger bootstrapped before the policy existed has the
+// default. SetRetention changes it; only an active member may (ErrNotMember,
+// ErrNotActive, ErrMemberRemoved, ErrMemberLapsed otherwise), and the
+// bound is 1 to MaxGenerationsBehindLimit (ErrBadRetention). Lowering it is
+// refused while a generation is open (ErrGenerationOpen), so that a lapsed
+// member never sits in an open generation, and refused if it would lapse
+// every active member (ErrLastMember). Raising it never brings a retired
+// generation back. Coverage.Behind tells how far an owner's escrow is from
+// lapsing.
+//
+// Member lifecycle:
+//
+//	invite ──▶ joining ──commit──▶ active ──bound──▶ lapsed
+//	           joining ──abort───▶ rejected
+//	rejected, lapsed ──invite──▶ joining (or active: direct admission)
+//	joining, active, lapsed ──remove──▶ removed (terminal)
+//
 // # Removal (R1)
 //
-// RemoveMember revokes a joining or active member at once: it becomes
+// RemoveMember revokes a joining, active or lapsed member at once: it becomes
 // removed, every receipt where it is owner or holder is deleted (so no holder
 // may serve its envelopes and it no longer counts as a holder), and its
 // key-check value is dropped. Invites it issued are refused from then on
@@ -98,5 +162,5 @@
 // in an open or committed generation, so a joiner can record it at its first
 // escrow, before its generation commits. It is recorded once: the same value
 // again is a no-op, a different one is ErrKeyCheckMismatch. It is dropped if
-// the owner is rejected or removed.
+// the owner is rejected, removed or lapsed.
 package generations

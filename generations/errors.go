@@ -24,6 +24,7 @@ var (
 	ErrBadKeyCheck        = errors.New("generations: bad key-check value")
 	ErrTooManyReceipts    = errors.New("generations: too many receipts in one batch")
 	ErrBadSnapshot        = errors.New("generations: bad snapshot")
+	ErrBadRetention       = errors.New("generations: bad retention bound")
 
 	// Cluster and membership.
 	ErrNotBootstrapped     = errors.New("generations: ledger not bootstrapped")
@@ -34,6 +35,7 @@ var (
 	ErrAlreadyMember       = errors.New("generations: already a member")
 	ErrMemberRemoved       = errors.New("generations: member was removed")
 	ErrLastMember          = errors.New("generations: cannot remove the last active member")
+	ErrMemberLapsed        = errors.New("generations: member lapsed (retention bound); it must be invited again")
 
 	// Invites (rule J1).
 	ErrDuplicateInvite = errors.New("generations: invite already exists")
@@ -61,6 +63,8 @@ var (
 	ErrHolderNotInGeneration = errors.New("generations: holder not in generation")
 	ErrOwnerRemoved          = errors.New("generations: owner was removed")
 	ErrHolderRemoved         = errors.New("generations: holder was removed")
+	ErrOwnerLapsed           = errors.New("generations: owner lapsed (retention bound)")
+	ErrHolderLapsed          = errors.New("generations: holder lapsed (retention bound)")
 	ErrDuplicateReceipt      = errors.New("generations: conflicting receipt already recorded")
 	ErrNoReceipt             = errors.New("generations: no receipt recorded")
 
@@ -128,6 +132,10 @@ var errorCodes = []struct {
 	{ErrNotEscrowed, "not_escrowed"},
 	{ErrKeyCheckMismatch, "key_check_mismatch"},
 	{ErrInternal, "internal"},
+	{ErrBadRetention, "bad_retention"},
+	{ErrMemberLapsed, "member_lapsed"},
+	{ErrOwnerLapsed, "owner_lapsed"},
+	{ErrHolderLapsed, "holder_lapsed"},
 }
 
 // ErrorCode returns the stable short code of the sentinel err wraps, or ""

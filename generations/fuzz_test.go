@@ -28,6 +28,9 @@ func seedCorpus(f *testing.F) {
 	add(EncodeCommand(NewSetAddrs(ids[1], []string{"/ip4/1.2.3.4/tcp/1"}, h.now)))
 	add(EncodeCommand(NewRecordKeyCheck(ids[1], []byte("kc"), h.now)))
 	add(EncodeCommand(NewBootstrap(testCluster, d, h.now)))
+	add(EncodeCommand(NewBootstrapWithRetention(testCluster, d, 2, h.now)))
+	add(EncodeCommand(NewSetRetention(1, ids[0], h.now)))
+	add(EncodeCommand(NewSetRetention(9, ids[0], h.now)))
 	for _, c := range append(cmds, h.log...) {
 		f.Add(c)
 	}

@@ -134,13 +134,19 @@ func (h *harness) fullReceipts(gen uint64, members []peer.ID) []Receipt {
 // with every receipt.
 func cluster(tb testing.TB, n int) (*harness, []peer.ID) {
 	tb.Helper()
+	return clusterWith(tb, n, 0)
+}
+
+// clusterWith is cluster with the retention bound maxBehind (0: default).
+func clusterWith(tb testing.TB, n int, maxBehind uint32) (*harness, []peer.ID) {
+	tb.Helper()
 	h := newHarness(tb)
 	ks := keys(tb, n)
 	ids := make([]peer.ID, n)
 	for i, k := range ks {
 		ids[i] = k.id
 	}
-	h.must(NewBootstrap(testCluster, ids[0], h.tick()))
+	h.must(NewBootstrapWithRetention(testCluster, ids[0], maxBehind, h.tick()))
 	for i := 1; i < n; i++ {
 		h.must(NewAddInvite(inviteHash(i), h.now.Add(time.Hour), ids[0], h.tick()))
 		h.must(NewConsumeInvite(inviteHash(i), ids[i], testCluster, time.Time{}, h.tick()))

@@ -31,6 +31,9 @@ type Ledger struct {
 	invites   map[[DigestSize]byte]*invite
 	gens      []*generation // gens[i].num == i+1
 	keyChecks map[peer.ID][]byte
+	// maxBehind is the retention bound; 0 means the default (a ledger
+	// bootstrapped before the bound existed). See Retention.
+	maxBehind uint32
 }
 
 type member struct {
@@ -40,6 +43,10 @@ type member struct {
 	removedAt  int64
 	addrs      []string
 	reason     string
+	// Set when the member lapsed (see lapse).
+	lapsedAt      int64
+	lapsedGen     uint64
+	lapsedThrough uint64
 }
 
 type invite struct {
@@ -144,6 +151,8 @@ type Result struct {
 	Retired []uint64
 	// Admitted lists the joiners that became active, sorted.
 	Admitted []peer.ID
+	// Lapsed lists the members the retention bound made lapsed, sorted.
+	Lapsed []peer.ID
 	// Rejected says, per joiner of an aborted generation, what was missing.
 	Rejected []Shortfall
 	// Recorded and Duplicates count the receipts of a RecordReceipts batch
@@ -202,6 +211,8 @@ func (l *Ledger) ApplyCommand(cmd *pb.Command) (res Result, err error) {
 		return l.setAddrs(b.SetAddrs)
 	case *pb.Command_RecordKeyCheck:
 		return l.recordKeyCheck(b.RecordKeyCheck)
+	case *pb.Command_SetRetention:
+		return l.setRetention(now, b.SetRetention)
 	}
 	return Result{}, ErrEmptyCommand
 }
@@ -212,6 +223,12 @@ func (l *Ledger) bootstrap(now int64, b *pb.Bootstrap) (Result, error) {
 	}
 	founder := peer.ID(b.GetFounder())
 	l.clusterID = b.GetClusterId()
+	l.maxBehind = b.GetMaxGenerationsBehind()
+	if l.maxBehind == 0 {
+		// Stored explicitly, so that a later change of the default never
+		// changes an existing cluster's policy.
+		l.maxBehind = DefaultMaxGenerationsBehind
+	}
 	l.members[founder] = &member{status: StatusActive, joinedAt: now, admittedAt: now}
 	return Result{}, nil
 }
@@ -224,6 +241,8 @@ func (l *Ledger) memberErr(p peer.ID) error {
 		return fmt.Errorf("%w: %s", ErrNotMember, p)
 	case m.status == StatusRemoved:
 		return fmt.Errorf("%w: %s", ErrMemberRemoved, p)
+	case m.status == StatusLapsed:
+		return fmt.Errorf("%w: %s", ErrMemberLapsed, p)
 	}
 	return nil
 }
@@ -294,6 +313,8 @@ func (l *Ledger) consumeInvite(now int64, c *pb.ConsumeInvite) (Result, error) {
 		case StatusActive, StatusJoining:
 			return Result{}, fmt.Errorf("%w: %s is %s", ErrAlreadyMember, joiner, m.status)
 		}
+		// Rejected and lapsed peers come back with a new invite, as a
+		// fresh member record.
 	}
 	deadline := c.GetDeadline()
 	if deadline != 0 && deadline <= now {
@@ -441,18 +462,33 @@ func (l *Ledger) receiptGeneration(n uint64) (*generation, error) {
 	}
 }
 
+// receiptParties checks that a receipt (owner, holder) may be recorded in
+// g, which is open or current: neither party removed or lapsed, both in
+// M(g), and, for the current (committed) generation, both active. A joining
+// or rejected peer can be in M(current) only if it lapsed and was invited
+// again; it escrows in the generation it joins through, not in the old one.
 func (l *Ledger) receiptParties(g *generation, owner, holder peer.ID) error {
-	if m := l.members[owner]; m != nil && m.status == StatusRemoved {
+	om, hm := l.members[owner], l.members[holder]
+	switch {
+	case om != nil && om.status == StatusRemoved:
 		return fmt.Errorf("%w: %s", ErrOwnerRemoved, owner)
-	}
-	if m := l.members[holder]; m != nil && m.status == StatusRemoved {
+	case om != nil && om.status == StatusLapsed:
+		return fmt.Errorf("%w: %s", ErrOwnerLapsed, owner)
+	case hm != nil && hm.status == StatusRemoved:
 		return fmt.Errorf("%w: %s", ErrHolderRemoved, holder)
-	}
-	if !g.has(owner) {
+	case hm != nil && hm.status == StatusLapsed:
+		return fmt.Errorf("%w: %s", ErrHolderLapsed, holder)
+	case !g.has(owner):
 		return fmt.Errorf("%w: %s not in generation %d", ErrOwnerNotInGeneration, owner, g.num)
-	}
-	if !g.has(holder) {
+	case !g.has(holder):
 		return fmt.Errorf("%w: %s not in generation %d", ErrHolderNotInGeneration, holder, g.num)
+	}
+	if g.state == StateCommitted {
+		for _, p := range []peer.ID{owner, holder} {
+			if m := l.members[p]; m == nil || m.status != StatusActive {
+				return fmt.Errorf("%w: late receipt into committed generation %d: %s is not active", ErrNotActive, g.num, p)
+			}
+		}
 	}
 	return nil
 }
@@ -602,14 +638,19 @@ func (l *Ledger) newestEscrow(owner peer.ID) uint64 {
 	return 0
 }
 
-// retireEligible retires every committed generation older than the current
-// one that G4 no longer requires. It is run after every commit and removal,
-// the only events that can make a generation retirable.
+// retireEligible first applies the retention bound (retiring generations
+// too far behind the current one and lapsing the members whose newest
+// escrow they were), then retires every committed generation older than the
+// current one that G4 no longer requires. It is run after every commit,
+// removal, late escrow into the current generation and SetRetention, the
+// only events that can make a generation retirable.
 func (l *Ledger) retireEligible(now int64, res *Result) {
 	cur := l.current()
 	if cur == nil {
 		return
 	}
+	defer func() { slices.Sort(res.Retired) }()
+	l.applyBound(now, res)
 	// floor = min over active members of M(cur) of their newest escrow.
 	var floor uint64 = cur.num
 	for _, m := range cur.members {
@@ -642,8 +683,12 @@ func (l *Ledger) retire(now int64, g *generation) {
 
 func (l *Ledger) removeMember(now int64, c *pb.RemoveMember) (Result, error) {
 	p := peer.ID(c.GetPeer())
-	if err := l.memberErr(p); err != nil {
-		return Result{}, err
+	// A lapsed member may be removed too: that revokes it for good (it
+	// could otherwise be invited again) and drops what it holds.
+	if m := l.members[p]; m == nil || m.status != StatusLapsed {
+		if err := l.memberErr(p); err != nil {
+			return Result{}, err
+		}
 	}
 	m := l.members[p]
 	if m.status == StatusActive && l.countActive() == 1 {

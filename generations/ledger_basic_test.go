@@ -93,6 +93,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		NewRemoveMember(ks[1].id, t0.Add(time.Minute), t0),
 		NewSetAddrs(ks[1].id, []string{"/ip4/1.2.3.4/udp/1/quic-v1"}, t0),
 		NewRecordKeyCheck(ks[0].id, []byte("check"), t0),
+		NewBootstrapWithRetention(testCluster, ks[0].id, 7, t0),
+		NewSetRetention(5, ks[1].id, t0),
 	}
 	for _, c := range cmds {
 		b, err := EncodeCommand(c)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"slices"
 	"testing"
 	"time"
 
@@ -42,6 +43,8 @@ type propRun struct {
 	nextInv int
 	retired map[uint64]bool
 	aborted map[uint64]bool
+	// offline peers sign no receipts and get none (an absent member).
+	offline map[peer.ID]bool
 	// snapBefore is the state before the step's last command.
 	snapBefore []byte
 }
@@ -54,10 +57,23 @@ func (p *propRun) step() (*pb.Command, error) {
 	h, r := p.h, p.rng
 	l := h.l
 	now := h.tick()
+	// At most one member is away at a time, for about 150 steps: while
+	// away it takes part in no receipt, so the retention bound can catch
+	// it.
+	if act := l.Active(); len(p.offline) == 0 && len(act) > 1 && r.Intn(100) < 5 {
+		who := pick(r, act)
+		if l.Coverage(who).Generation == 0 {
+			who = pick(r, act) // prefer an escrowed one: it has something to lose
+		}
+		p.offline[who] = true
+	} else if len(p.offline) > 0 && r.Intn(150) == 0 {
+		clear(p.offline)
+	}
 	var cmd *pb.Command
 	switch k := r.Intn(100); {
-	case k < 14: // join, direct or through a generation
+	case k < 17: // join, direct or through a generation
 		who := pick(r, p.pool)
+		delete(p.offline, who) // a peer that asks to join is back
 		issuer := pick(r, p.pool)
 		if act := l.Active(); len(act) > 0 && r.Intn(4) > 0 {
 			issuer = pick(r, act)
@@ -76,7 +92,7 @@ func (p *propRun) step() (*pb.Command, error) {
 			inv = r.Intn(p.nextInv + 3) // reused or forged
 		}
 		cmd = NewConsumeInvite(inviteHash(inv), who, testCluster, dl, now)
-	case k < 20:
+	case k < 25:
 		cmd = NewOpenGeneration(now.Add(time.Duration(5+r.Intn(60))*time.Second), now)
 	case k < 70: // receipts, mostly valid
 		var g Generation
@@ -93,9 +109,26 @@ func (p *propRun) step() (*pb.Command, error) {
 			}
 			g = pick(r, gs)
 		}
+		online := make([]peer.ID, 0, len(g.Members))
+		for _, m := range g.Members {
+			if !p.offline[m] {
+				online = append(online, m)
+			}
+		}
+		if len(online) == 0 {
+			online = g.Members
+		}
 		var rs []Receipt
+		if r.Intn(4) == 0 {
+			// One owner's whole push to the online members, as a node
+			// does it: generations commit faster, so absences matter.
+			o := pick(r, online)
+			for _, hd := range online {
+				rs = append(rs, p.sigs.receipt(p.t, g.Number, o, hd))
+			}
+		}
 		for n := 1 + r.Intn(6); n > 0; n-- {
-			o, hd := pick(r, g.Members), pick(r, g.Members)
+			o, hd := pick(r, online), pick(r, online)
 			if r.Intn(20) == 0 {
 				hd = pick(r, p.pool)
 			}
@@ -112,7 +145,7 @@ func (p *propRun) step() (*pb.Command, error) {
 			rs = append(rs, rc)
 		}
 		cmd = NewRecordReceipts(rs, now)
-	case k < 78:
+	case k < 77:
 		gs := l.Generations()
 		if len(gs) == 0 {
 			return nil, nil
@@ -124,16 +157,30 @@ func (p *propRun) step() (*pb.Command, error) {
 			h.now = at
 		}
 		cmd = NewAbortGeneration(g.Number, at)
-	case k < 84:
+	case k < 82:
 		gs := l.Generations()
 		if len(gs) == 0 {
 			return nil, nil
 		}
 		cmd = NewRetireGeneration(pick(r, gs).Number, now)
-	case k < 90:
-		cmd = NewRemoveMember(pick(r, p.pool), now.Add(time.Duration(5+r.Intn(60))*time.Second), now)
-	case k < 95:
+	case k < 86:
+		who := pick(r, p.pool)
+		if p.offline[who] && r.Intn(4) > 0 {
+			who = pick(r, p.pool) // absent members are left to the retention bound, mostly
+		}
+		cmd = NewRemoveMember(who, now.Add(time.Duration(5+r.Intn(60))*time.Second), now)
+	case k < 89:
 		cmd = NewRecordKeyCheck(pick(r, p.pool), []byte{byte(r.Intn(2))}, now)
+	case k < 94:
+		n := uint32(1 + r.Intn(3))
+		if r.Intn(15) == 0 {
+			n = pick(r, []uint32{0, MaxGenerationsBehindLimit + 1})
+		}
+		by := pick(r, p.pool)
+		if act := l.Active(); len(act) > 0 && r.Intn(3) > 0 {
+			by = pick(r, act)
+		}
+		cmd = NewSetRetention(n, by, now)
 	default:
 		cmd = NewSetAddrs(pick(r, p.pool), []string{fmt.Sprintf("/ip4/10.0.0.%d/tcp/4001", r.Intn(255))}, now)
 	}
@@ -205,6 +252,39 @@ func (p *propRun) check(step int, cmd *pb.Command, before escrowView) {
 	if ok != (newestCommitted != 0) || ok && (cur.State != StateCommitted || cur.Number != newestCommitted) {
 		fail("Current() = %+v, newest committed %d", cur, newestCommitted)
 	}
+	// The retention bound: no retained committed generation is more than
+	// MaxGenerationsBehind committed generations behind the current one.
+	k := l.Retention().MaxGenerationsBehind
+	if k < 1 || k > MaxGenerationsBehindLimit {
+		fail("retention bound %d", k)
+	}
+	if ok {
+		// Counted from the listing, not with the ledger's own helper:
+		// aborted generations do not count.
+		behind := 0
+		for i := int(cur.Number) - 2; i >= 0; i-- {
+			if s := gs[i+1].State; s == StateCommitted || s == StateRetired {
+				behind++
+			}
+			if gs[i].State == StateCommitted && behind > int(k) {
+				fail("generation %d retained %d behind the current %d, bound %d", gs[i].Number, behind, cur.Number, k)
+			}
+		}
+	}
+	// A lapsed member is in no open generation.
+	var lapsed []peer.ID
+	for _, m := range l.Members() {
+		if m.Status == StatusLapsed {
+			lapsed = append(lapsed, m.ID)
+		}
+	}
+	if og, isOpen := l.Open(); isOpen {
+		for _, x := range lapsed {
+			if slices.Contains(og.Members, x) {
+				fail("lapsed %s in open generation %d", x, og.Number)
+			}
+		}
+	}
 	// G4: no active member of the current generation loses its last escrow
 	// (removal of a holder is the only way an escrow can shrink).
 	_, isRemoval := cmd.GetBody().(*pb.Command_RemoveMember)
@@ -223,10 +303,26 @@ func (p *propRun) check(step int, cmd *pb.Command, before escrowView) {
 			}
 		}
 	}
-	// R1: nothing of a removed owner is servable or counted (checked fully
-	// after removals and every 10th step; it is the slow part).
+	// R1: nothing of a removed owner is servable or counted, and a lapsed
+	// member has no served receipts (checked fully after removals and every
+	// 10th step; it is the slow part).
 	if !isRemoval && step%10 != 0 {
 		return
+	}
+	for _, x := range lapsed {
+		if l.Coverage(x).CanUnlock {
+			fail("lapsed %s can unlock", x)
+		}
+		for _, g := range gs {
+			for _, hd := range p.pool {
+				if l.ServeAllowed(g.Number, x, hd) == nil || l.EnvelopeLive(g.Number, x, hd) {
+					fail("lapsed owner %s servable in %d", x, g.Number)
+				}
+				if _, has := l.ReceiptDigest(g.Number, x, hd); has {
+					fail("lapsed owner %s keeps a receipt in %d", x, g.Number)
+				}
+			}
+		}
 	}
 	for _, m := range l.Members() {
 		if m.Status != StatusRemoved {
@@ -261,7 +357,10 @@ func TestPropertyRandomSequences(t *testing.T) {
 	}
 	ks := keys(t, 10)
 	sigs := sigCache{}
-	var stats struct{ applied, rejected, commits, aborts, retires, removals int }
+	var stats struct {
+		applied, rejected, commits, aborts, retires, removals int
+		lapses, rejoins, setRetention                         int
+	}
 	for seq := 0; seq < seqs; seq++ {
 		rng := rand.New(rand.NewSource(int64(seq)))
 		h := newHarness(t)
@@ -269,8 +368,11 @@ func TestPropertyRandomSequences(t *testing.T) {
 		for _, k := range ks[:4+rng.Intn(len(ks)-4)] {
 			pool = append(pool, k.id)
 		}
-		p := &propRun{t: t, rng: rng, h: h, pool: pool, sigs: sigs, retired: map[uint64]bool{}, aborted: map[uint64]bool{}}
-		h.must(NewBootstrap(testCluster, pool[0], h.tick()))
+		p := &propRun{
+			t: t, rng: rng, h: h, pool: pool, sigs: sigs,
+			retired: map[uint64]bool{}, aborted: map[uint64]bool{}, offline: map[peer.ID]bool{},
+		}
+		h.must(NewBootstrapWithRetention(testCluster, pool[0], uint32(rng.Intn(4)), h.tick()))
 		for i := 0; i < steps; i++ {
 			before := currentEscrows(h.l)
 			var err error
@@ -278,14 +380,27 @@ func TestPropertyRandomSequences(t *testing.T) {
 				t.Fatal(err)
 			}
 			gensBefore := h.l.Generations()
+			lapsedBefore := h.l.withStatus(StatusLapsed)
 			cmd, err := p.step()
 			if cmd == nil {
 				continue
 			}
 			if err == nil {
 				stats.applied++
-				if _, ok := cmd.GetBody().(*pb.Command_RemoveMember); ok {
+				switch b := cmd.GetBody().(type) {
+				case *pb.Command_RemoveMember:
 					stats.removals++
+				case *pb.Command_SetRetention:
+					stats.setRetention++
+				case *pb.Command_ConsumeInvite:
+					if slices.Contains(lapsedBefore, peer.ID(b.ConsumeInvite.GetJoiner())) {
+						stats.rejoins++
+					}
+				}
+				for _, x := range h.l.withStatus(StatusLapsed) {
+					if !slices.Contains(lapsedBefore, x) {
+						stats.lapses++
+					}
 				}
 				for _, g := range h.l.Generations() {
 					if int(g.Number) > len(gensBefore) || gensBefore[g.Number-1].State == g.State {
@@ -320,7 +435,8 @@ func TestPropertyRandomSequences(t *testing.T) {
 		}
 	}
 	t.Logf("%+v", stats)
-	if stats.commits == 0 || stats.aborts == 0 || stats.retires == 0 || stats.removals == 0 {
+	if stats.commits == 0 || stats.aborts == 0 || stats.retires == 0 || stats.removals == 0 ||
+		stats.lapses == 0 || stats.rejoins == 0 || stats.setRetention == 0 {
 		t.Fatalf("sequences do not exercise every transition: %+v", stats)
 	}
 }

@@ -20,8 +20,18 @@ type Member struct {
 	AdmittedAt time.Time // when it became active; zero while joining
 	RemovedAt  time.Time
 	Addrs      []string // multiaddr strings, informational
-	// Reason is why a rejected joiner was not admitted (J5).
+	// Reason is why a rejected joiner was not admitted (J5), or why a
+	// member lapsed: "lapsed: its newest escrowed generation N was retired
+	// by the retention bound (max K generations behind)".
 	Reason string
+	// For a lapsed member (status lapsed, or removed after it lapsed): when
+	// it lapsed, the retired generation that was its newest escrow, and
+	// the number of generations that existed then. Every envelope it owns
+	// in generations 1..LapsedThrough is dead; if it is invited again, its
+	// new envelopes are in later generations.
+	LapsedAt         time.Time
+	LapsedGeneration uint64
+	LapsedThrough    uint64
 }
 
 // Invite is a copy of one invite record. The ledger knows only its hash.
@@ -110,6 +120,7 @@ func (l *Ledger) memberCopy(p peer.ID) Member {
 	return Member{
 		ID: p, Status: m.status, JoinedAt: fromNanos(m.joinedAt), AdmittedAt: fromNanos(m.admittedAt),
 		RemovedAt: fromNanos(m.removedAt), Addrs: slices.Clone(m.addrs), Reason: m.reason,
+		LapsedAt: fromNanos(m.lapsedAt), LapsedGeneration: m.lapsedGen, LapsedThrough: m.lapsedThrough,
 	}
 }
 
@@ -208,8 +219,15 @@ type Coverage struct {
 	SharesHeld int
 	Threshold  int
 	Holders    []peer.ID
-	// CanUnlock: the owner is not removed and is escrowed in a committed
-	// generation, so a quorum of its holders can give its key back.
+	// Behind is how many committed generations Generation is behind the
+	// current one (0 when the owner is escrowed in the current generation,
+	// or in none). When a commit would make it exceed
+	// Retention().MaxGenerationsBehind, that generation is retired and the
+	// owner lapses, unless it has escrowed in a newer one by then.
+	Behind uint64
+	// CanUnlock: the owner is neither removed nor lapsed and is escrowed in
+	// a committed generation, so a quorum of its holders can give its key
+	// back.
 	CanUnlock bool
 	// Open is the owner's standing in the open generation, if it is in it.
 	Open *Escrow
@@ -221,9 +239,9 @@ type Coverage struct {
 // Coverage reports owner's custody.
 func (l *Ledger) Coverage(owner peer.ID) Coverage {
 	c := Coverage{Owner: owner}
-	removed := false
-	if m := l.members[owner]; m != nil && m.status == StatusRemoved {
-		removed = true
+	revoked := false
+	if m := l.members[owner]; m != nil && (m.status == StatusRemoved || m.status == StatusLapsed) {
+		revoked = true
 	}
 	for _, g := range l.gens {
 		if !g.state.Live() || !g.has(owner) {
@@ -238,14 +256,20 @@ func (l *Ledger) Coverage(owner peer.ID) Coverage {
 			c.Generation, c.SharesHeld, c.Threshold, c.Holders = e.Generation, e.Held, e.Threshold, slices.Clone(e.Holders)
 		}
 	}
-	c.CanUnlock = !removed && c.Generation != 0
+	if cur := l.current(); cur != nil && c.Generation != 0 {
+		c.Behind = l.behind(c.Generation, cur.num)
+	}
+	c.CanUnlock = !revoked && c.Generation != 0
 	return c
 }
 
-func (g *generation) missingHolders(owner peer.ID) []peer.ID {
+// missingHolders lists the members of g that have no receipt for owner's
+// envelope yet and whose receipt could still be recorded (not removed or
+// lapsed; active, for the current generation).
+func (l *Ledger) missingHolders(g *generation, owner peer.ID) []peer.ID {
 	var out []peer.ID
 	for _, h := range g.members {
-		if _, ok := g.receipts[owner][h]; !ok {
+		if _, ok := g.receipts[owner][h]; !ok && l.receiptParties(g, owner, h) == nil {
 			out = append(out, h)
 		}
 	}
@@ -269,11 +293,13 @@ type Duties struct {
 	// Open is the open generation the node is a member of, 0 if none.
 	Open uint64
 	// PushTo lists the holders of the open generation that have no receipt
-	// yet for the node's envelope (itself included: its self-receipt).
+	// yet for the node's envelope (itself included: its self-receipt), and
+	// are neither removed nor lapsed.
 	PushTo []peer.ID
-	// Current is the current generation when the node is a member of it but
-	// not escrowed in it (it missed the commit, G5); PushToCurrent lists its
-	// holders without a receipt. Late receipts for the current generation
+	// Current is the current generation when the node is an active member
+	// of it but not escrowed in it (it missed the commit, G5);
+	// PushToCurrent lists its holders without a receipt that can still
+	// record one (active ones). Late receipts for the current generation
 	// are accepted.
 	Current       uint64
 	PushToCurrent []peer.ID
@@ -281,27 +307,48 @@ type Duties struct {
 	// member of: every envelope it holds for them must go (G3, G4).
 	DeleteGenerations []uint64
 	// DeleteOwners lists removed owners: every envelope it holds for them
-	// must go and none may be served (R1).
+	// must go and none may be served (R1). Removal is for good, so a sweep
+	// of a removed owner may be remembered forever.
 	DeleteOwners []peer.ID
+	// DeleteLapsedOwners lists lapsed owners (retention bound): every
+	// envelope it holds for them in generations 1..Through must go and none
+	// may be served. They are kept apart from DeleteOwners because a lapsed
+	// peer may be invited again with the same identity: a sweep must not
+	// be remembered past its rejoin, nor touch its envelopes of generations
+	// after Through.
+	DeleteLapsedOwners []LapsedOwner
 	// NeedsKeyCheck: the node is escrowed but has no key-check value yet (K4).
 	NeedsKeyCheck bool
 }
 
+// LapsedOwner is a lapsed owner whose envelopes of generations 1..Through
+// are dead (see Member.LapsedThrough).
+type LapsedOwner struct {
+	Owner   peer.ID
+	Through uint64
+}
+
 // Duties reports what node must do. Holders sweep their store with
-// EnvelopeLive for anything finer.
+// EnvelopeLive for anything finer. A lapsed node has no push or key-check
+// duty (it must be invited again), but it still sweeps like a member: it
+// keeps the envelopes it holds for others in live generations.
 func (l *Ledger) Duties(node peer.ID) Duties {
 	d := Duties{Node: node}
-	if m := l.members[node]; m == nil || !m.status.IsMember() {
-		d.DeleteOwners = l.withStatus(StatusRemoved)
+	d.DeleteOwners = l.withStatus(StatusRemoved)
+	for _, p := range l.withStatus(StatusLapsed) {
+		d.DeleteLapsedOwners = append(d.DeleteLapsedOwners, LapsedOwner{Owner: p, Through: l.members[p].lapsedThrough})
+	}
+	m := l.members[node]
+	if m == nil || !m.status.IsMember() && m.status != StatusLapsed {
 		return d
 	}
-	if g := l.open(); g != nil && g.has(node) {
+	member := m.status.IsMember()
+	if g := l.open(); member && g != nil && g.has(node) {
 		d.Open = g.num
-		d.PushTo = g.missingHolders(node)
+		d.PushTo = l.missingHolders(g, node)
 	}
-	if g := l.current(); g != nil && g.has(node) && !g.escrowed(node) {
-		d.Current = g.num
-		d.PushToCurrent = g.missingHolders(node)
+	if g := l.current(); m.status == StatusActive && g != nil && g.has(node) && !g.escrowed(node) {
+		d.Current, d.PushToCurrent = g.num, l.missingHolders(g, node)
 	}
 	escrowed := false
 	for _, g := range l.gens {
@@ -314,18 +361,17 @@ func (l *Ledger) Duties(node peer.ID) Duties {
 			escrowed = true
 		}
 	}
-	d.DeleteOwners = l.withStatus(StatusRemoved)
 	_, has := l.keyChecks[node]
-	d.NeedsKeyCheck = escrowed && !has
+	d.NeedsKeyCheck = member && escrowed && !has
 	return d
 }
 
 // EnvelopeLive reports whether holder should keep owner's envelope of
-// generation gen: the generation is open or committed, both are members of it
-// and neither was removed, and, for a committed generation older than the
-// current one, a receipt for it is recorded. An envelope of the open or the
-// current generation is live before its receipt lands (the push precedes the
-// receipt).
+// generation gen: the generation is open or committed, both are members of
+// it, neither was removed or rejected, the owner has not lapsed, and either
+// a receipt for it is recorded or one may still land (the push precedes the
+// receipt): in the open generation, or in the current one when receiptParties
+// would accept it. A lapsed holder keeps what it has receipts for.
 func (l *Ledger) EnvelopeLive(gen uint64, owner, holder peer.ID) bool {
 	g := l.gen(gen)
 	if g == nil || !g.state.Live() || !g.has(owner) || !g.has(holder) {
@@ -336,17 +382,20 @@ func (l *Ledger) EnvelopeLive(gen uint64, owner, holder peer.ID) bool {
 			return false
 		}
 	}
-	if g.state == StateOpen || g == l.current() {
-		// Receipts for these may still land after the push.
+	if m := l.members[owner]; m.status == StatusLapsed {
+		return false
+	}
+	if _, ok := g.receipts[owner][holder]; ok {
 		return true
 	}
-	_, ok := g.receipts[owner][holder]
-	return ok
+	return (g.state == StateOpen || g == l.current()) && l.receiptParties(g, owner, holder) == nil
 }
 
 // ServeAllowed reports whether holder may serve owner's envelope of
-// generation gen to owner (rules R1, S3, G3, G4): nil if so, else the
-// sentinel of the rule that forbids it.
+// generation gen to owner (rules R1, S3, G3, G4, and the retention bound):
+// nil if so, else the sentinel of the rule that forbids it. A lapsed owner's
+// envelopes are never served (ErrOwnerLapsed); a lapsed holder still serves
+// what it has a receipt for.
 func (l *Ledger) ServeAllowed(gen uint64, owner, holder peer.ID) error {
 	g := l.gen(gen)
 	if g == nil {
@@ -361,9 +410,14 @@ func (l *Ledger) ServeAllowed(gen uint64, owner, holder peer.ID) error {
 	if m := l.members[owner]; m != nil && m.status == StatusRemoved {
 		return fmt.Errorf("%w: %s", ErrOwnerRemoved, owner)
 	}
+	if m := l.members[owner]; m != nil && m.status == StatusLapsed {
+		return fmt.Errorf("%w: %s", ErrOwnerLapsed, owner)
+	}
 	if m := l.members[holder]; m != nil && m.status == StatusRemoved {
 		return fmt.Errorf("%w: %s", ErrHolderRemoved, holder)
 	}
+	// A lapsed holder may serve what it has a receipt for: it is not
+	// distrusted, and the envelope is sealed to its owner.
 	if !g.has(owner) {
 		return fmt.Errorf("%w: %s", ErrOwnerNotInGeneration, owner)
 	}

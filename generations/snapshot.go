@@ -16,7 +16,7 @@ import (
 // checks are sorted; no map order leaks). It holds no share or envelope
 // contents, only digests and signatures.
 func (l *Ledger) Snapshot() ([]byte, error) {
-	s := &pb.Snapshot{Version: SnapshotVersion, ClusterId: l.clusterID}
+	s := &pb.Snapshot{Version: SnapshotVersion, ClusterId: l.clusterID, MaxGenerationsBehind: l.maxBehind}
 	for _, p := range sortedKeys(l.members) {
 		m := l.members[p]
 		s.Members = append(s.Members, &pb.Member{
@@ -27,6 +27,10 @@ func (l *Ledger) Snapshot() ([]byte, error) {
 			RemovedAt:  m.removedAt,
 			Addrs:      slices.Clone(m.addrs),
 			Reason:     m.reason,
+
+			LapsedAt:         m.lapsedAt,
+			LapsedGeneration: m.lapsedGen,
+			LapsedThrough:    m.lapsedThrough,
 		})
 	}
 	hashes := make([][DigestSize]byte, 0, len(l.invites))
@@ -110,6 +114,10 @@ func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
 		return nil, fmt.Errorf("state without a cluster ID")
 	}
 	l.clusterID = s.GetClusterId()
+	if n := s.GetMaxGenerationsBehind(); n > MaxGenerationsBehindLimit {
+		return nil, fmt.Errorf("%w: %d", ErrBadRetention, n)
+	}
+	l.maxBehind = s.GetMaxGenerationsBehind()
 	for i, m := range s.GetMembers() {
 		if err := validPeer("member", m.GetPeer()); err != nil {
 			return nil, fmt.Errorf("member %d: %w", i, err)
@@ -119,7 +127,7 @@ func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
 			return nil, fmt.Errorf("member %d: duplicate", i)
 		}
 		st := MemberStatus(m.GetStatus())
-		if st < StatusJoining || st > StatusRejected || int32(m.GetStatus()) != int32(st) {
+		if st < StatusJoining || st > StatusLapsed || int32(m.GetStatus()) != int32(st) {
 			return nil, fmt.Errorf("member %d: bad status %d", i, m.GetStatus())
 		}
 		if err := validAddrs(m.GetAddrs()); err != nil {
@@ -128,6 +136,7 @@ func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
 		l.members[p] = &member{
 			status: st, joinedAt: m.GetJoinedAt(), admittedAt: m.GetAdmittedAt(), removedAt: m.GetRemovedAt(),
 			addrs: slices.Clone(m.GetAddrs()), reason: m.GetReason(),
+			lapsedAt: m.GetLapsedAt(), lapsedGen: m.GetLapsedGeneration(), lapsedThrough: m.GetLapsedThrough(),
 		}
 	}
 	if l.clusterID != "" && l.countActive() == 0 {
@@ -167,6 +176,19 @@ func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
 	}
 	if open > 1 {
 		return nil, fmt.Errorf("%d open generations", open)
+	}
+	// No receipt of a removed party (R1) or of a lapsed owner.
+	for _, g := range l.gens {
+		for _, o := range sortedKeys(g.receipts) {
+			if m := l.members[o]; m != nil && (m.status == StatusRemoved || m.status == StatusLapsed) {
+				return nil, fmt.Errorf("generation %d: receipt of %s owner %s", g.num, m.status, o)
+			}
+			for _, h := range sortedKeys(g.receipts[o]) {
+				if m := l.members[h]; m != nil && m.status == StatusRemoved {
+					return nil, fmt.Errorf("generation %d: receipt held by a removed member", g.num)
+				}
+			}
+		}
 	}
 	for i, kc := range s.GetKeyChecks() {
 		if err := validPeer("owner", kc.GetOwner()); err != nil {

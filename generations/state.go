@@ -121,6 +121,7 @@ const (
 	StatusActive   MemberStatus = 2 // full, voting member
 	StatusRemoved  MemberStatus = 3 // revoked for good (R1)
 	StatusRejected MemberStatus = 4 // its generation was aborted (J5); may rejoin with a new invite
+	StatusLapsed   MemberStatus = 5 // its newest escrow was retired by the retention bound; may rejoin with a new invite
 )
 
 func (s MemberStatus) String() string {
@@ -133,16 +134,19 @@ func (s MemberStatus) String() string {
 		return "removed"
 	case StatusRejected:
 		return "rejected"
+	case StatusLapsed:
+		return "lapsed"
 	default:
 		return fmt.Sprintf("status(%d)", uint8(s))
 	}
 }
 
 // IsMember reports whether the status counts as a current member (joining or
-// active).
+// active). A lapsed peer is not a current member: it is in no new generation
+// and must be invited again, but unlike a removed one it may be.
 func (s MemberStatus) IsMember() bool { return s == StatusJoining || s == StatusActive }
 
 var (
 	_ = pb.GenerationState(StateRetired)
-	_ = pb.MemberStatus(StatusRejected)
+	_ = pb.MemberStatus(StatusLapsed)
 )

@@ -38,6 +38,9 @@ const (
 	MemberStatus_MEMBER_STATUS_ACTIVE      MemberStatus = 2
 	MemberStatus_MEMBER_STATUS_REMOVED     MemberStatus = 3
 	MemberStatus_MEMBER_STATUS_REJECTED    MemberStatus = 4
+	// LAPSED: its newest escrowed generation was retired by the retention
+	// bound; it must be invited again.
+	MemberStatus_MEMBER_STATUS_LAPSED MemberStatus = 5
 )
 
 // Enum value maps for MemberStatus.
@@ -48,6 +51,7 @@ var (
 		2: "MEMBER_STATUS_ACTIVE",
 		3: "MEMBER_STATUS_REMOVED",
 		4: "MEMBER_STATUS_REJECTED",
+		5: "MEMBER_STATUS_LAPSED",
 	}
 	MemberStatus_value = map[string]int32{
 		"MEMBER_STATUS_UNSPECIFIED": 0,
@@ -55,6 +59,7 @@ var (
 		"MEMBER_STATUS_ACTIVE":      2,
 		"MEMBER_STATUS_REMOVED":     3,
 		"MEMBER_STATUS_REJECTED":    4,
+		"MEMBER_STATUS_LAPSED":      5,
 	}
 )
 
@@ -159,6 +164,7 @@ type Command struct {
 	//	*Command_RemoveMember
 	//	*Command_SetAddrs
 	//	*Command_RecordKeyCheck
+	//	*Command_SetRetention
 	Body          isCommand_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -305,6 +311,15 @@ func (x *Command) GetRecordKeyCheck() *RecordKeyCheck {
 	return nil
 }
 
+func (x *Command) GetSetRetention() *SetRetention {
+	if x != nil {
+		if x, ok := x.Body.(*Command_SetRetention); ok {
+			return x.SetRetention
+		}
+	}
+	return nil
+}
+
 type isCommand_Body interface {
 	isCommand_Body()
 }
@@ -349,6 +364,10 @@ type Command_RecordKeyCheck struct {
 	RecordKeyCheck *RecordKeyCheck `protobuf:"bytes,19,opt,name=record_key_check,json=recordKeyCheck,proto3,oneof"`
 }
 
+type Command_SetRetention struct {
+	SetRetention *SetRetention `protobuf:"bytes,20,opt,name=set_retention,json=setRetention,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Body() {}
 
 func (*Command_AddInvite) isCommand_Body() {}
@@ -369,12 +388,18 @@ func (*Command_SetAddrs) isCommand_Body() {}
 
 func (*Command_RecordKeyCheck) isCommand_Body() {}
 
+func (*Command_SetRetention) isCommand_Body() {}
+
 type Bootstrap struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Founder       []byte                 `protobuf:"bytes,2,opt,name=founder,proto3" json:"founder,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Founder   []byte                 `protobuf:"bytes,2,opt,name=founder,proto3" json:"founder,omitempty"`
+	// max_generations_behind is the cluster's retention bound (see
+	// SetRetention). 0, as in every Bootstrap written before the field
+	// existed, means the default (generations.DefaultMaxGenerationsBehind).
+	MaxGenerationsBehind uint32 `protobuf:"varint,3,opt,name=max_generations_behind,json=maxGenerationsBehind,proto3" json:"max_generations_behind,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Bootstrap) Reset() {
@@ -419,6 +444,13 @@ func (x *Bootstrap) GetFounder() []byte {
 		return x.Founder
 	}
 	return nil
+}
+
+func (x *Bootstrap) GetMaxGenerationsBehind() uint32 {
+	if x != nil {
+		return x.MaxGenerationsBehind
+	}
+	return 0
 }
 
 type AddInvite struct {
@@ -961,24 +993,83 @@ func (x *RecordKeyCheck) GetValue() []byte {
 	return nil
 }
 
+// SetRetention changes the retention bound: a committed generation more than
+// max_generations_behind committed generations behind the current one is
+// retired, and an active member whose newest escrow it was becomes lapsed.
+// Only an active member may set it.
+type SetRetention struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	MaxGenerationsBehind uint32                 `protobuf:"varint,1,opt,name=max_generations_behind,json=maxGenerationsBehind,proto3" json:"max_generations_behind,omitempty"`
+	By                   []byte                 `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *SetRetention) Reset() {
+	*x = SetRetention{}
+	mi := &file_ledger_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRetention) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRetention) ProtoMessage() {}
+
+func (x *SetRetention) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRetention.ProtoReflect.Descriptor instead.
+func (*SetRetention) Descriptor() ([]byte, []int) {
+	return file_ledger_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetRetention) GetMaxGenerationsBehind() uint32 {
+	if x != nil {
+		return x.MaxGenerationsBehind
+	}
+	return 0
+}
+
+func (x *SetRetention) GetBy() []byte {
+	if x != nil {
+		return x.By
+	}
+	return nil
+}
+
 // Snapshot is the whole ledger state. Every repeated field is sorted so that
 // the encoding is byte-deterministic.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// version must be 1.
-	Version       uint32        `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	ClusterId     string        `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Members       []*Member     `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`                      // sorted by peer
-	Invites       []*Invite     `protobuf:"bytes,4,rep,name=invites,proto3" json:"invites,omitempty"`                      // sorted by hash
-	Generations   []*Generation `protobuf:"bytes,5,rep,name=generations,proto3" json:"generations,omitempty"`              // ascending number, no gaps, from 1
-	KeyChecks     []*KeyCheck   `protobuf:"bytes,6,rep,name=key_checks,json=keyChecks,proto3" json:"key_checks,omitempty"` // sorted by owner
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version     uint32        `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	ClusterId   string        `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Members     []*Member     `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`                      // sorted by peer
+	Invites     []*Invite     `protobuf:"bytes,4,rep,name=invites,proto3" json:"invites,omitempty"`                      // sorted by hash
+	Generations []*Generation `protobuf:"bytes,5,rep,name=generations,proto3" json:"generations,omitempty"`              // ascending number, no gaps, from 1
+	KeyChecks   []*KeyCheck   `protobuf:"bytes,6,rep,name=key_checks,json=keyChecks,proto3" json:"key_checks,omitempty"` // sorted by owner
+	// max_generations_behind is the retention bound; 0 (a snapshot written
+	// before the field existed, or an empty ledger) means the default.
+	MaxGenerationsBehind uint32 `protobuf:"varint,7,opt,name=max_generations_behind,json=maxGenerationsBehind,proto3" json:"max_generations_behind,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ledger_proto_msgTypes[12]
+	mi := &file_ledger_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1081,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[12]
+	mi := &file_ledger_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1094,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{12}
+	return file_ledger_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Snapshot) GetVersion() uint32 {
@@ -1048,6 +1139,13 @@ func (x *Snapshot) GetKeyChecks() []*KeyCheck {
 	return nil
 }
 
+func (x *Snapshot) GetMaxGenerationsBehind() uint32 {
+	if x != nil {
+		return x.MaxGenerationsBehind
+	}
+	return 0
+}
+
 type Member struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Peer       []byte                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
@@ -1056,15 +1154,21 @@ type Member struct {
 	AdmittedAt int64                  `protobuf:"varint,4,opt,name=admitted_at,json=admittedAt,proto3" json:"admitted_at,omitempty"`
 	RemovedAt  int64                  `protobuf:"varint,5,opt,name=removed_at,json=removedAt,proto3" json:"removed_at,omitempty"`
 	Addrs      []string               `protobuf:"bytes,6,rep,name=addrs,proto3" json:"addrs,omitempty"`
-	// reason is why a joiner was rejected (rule J5).
-	Reason        string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// reason is why a joiner was rejected (rule J5) or a member lapsed.
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Set when the member lapsed: when; the retired generation that was its
+	// newest escrow; and the number of generations that existed then (every
+	// envelope it owns in generations 1..lapsed_through is dead).
+	LapsedAt         int64  `protobuf:"varint,8,opt,name=lapsed_at,json=lapsedAt,proto3" json:"lapsed_at,omitempty"`
+	LapsedGeneration uint64 `protobuf:"varint,9,opt,name=lapsed_generation,json=lapsedGeneration,proto3" json:"lapsed_generation,omitempty"`
+	LapsedThrough    uint64 `protobuf:"varint,10,opt,name=lapsed_through,json=lapsedThrough,proto3" json:"lapsed_through,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_ledger_proto_msgTypes[13]
+	mi := &file_ledger_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1180,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[13]
+	mi := &file_ledger_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1193,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{13}
+	return file_ledger_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Member) GetPeer() []byte {
@@ -1141,6 +1245,27 @@ func (x *Member) GetReason() string {
 	return ""
 }
 
+func (x *Member) GetLapsedAt() int64 {
+	if x != nil {
+		return x.LapsedAt
+	}
+	return 0
+}
+
+func (x *Member) GetLapsedGeneration() uint64 {
+	if x != nil {
+		return x.LapsedGeneration
+	}
+	return 0
+}
+
+func (x *Member) GetLapsedThrough() uint64 {
+	if x != nil {
+		return x.LapsedThrough
+	}
+	return 0
+}
+
 type Invite struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Hash          []byte                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
@@ -1155,7 +1280,7 @@ type Invite struct {
 
 func (x *Invite) Reset() {
 	*x = Invite{}
-	mi := &file_ledger_proto_msgTypes[14]
+	mi := &file_ledger_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1292,7 @@ func (x *Invite) String() string {
 func (*Invite) ProtoMessage() {}
 
 func (x *Invite) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[14]
+	mi := &file_ledger_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1305,7 @@ func (x *Invite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invite.ProtoReflect.Descriptor instead.
 func (*Invite) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{14}
+	return file_ledger_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Invite) GetHash() []byte {
@@ -1245,7 +1370,7 @@ type Generation struct {
 
 func (x *Generation) Reset() {
 	*x = Generation{}
-	mi := &file_ledger_proto_msgTypes[15]
+	mi := &file_ledger_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1382,7 @@ func (x *Generation) String() string {
 func (*Generation) ProtoMessage() {}
 
 func (x *Generation) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[15]
+	mi := &file_ledger_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1395,7 @@ func (x *Generation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generation.ProtoReflect.Descriptor instead.
 func (*Generation) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{15}
+	return file_ledger_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Generation) GetNumber() uint64 {
@@ -1369,7 +1494,7 @@ type StoredReceipt struct {
 
 func (x *StoredReceipt) Reset() {
 	*x = StoredReceipt{}
-	mi := &file_ledger_proto_msgTypes[16]
+	mi := &file_ledger_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1506,7 @@ func (x *StoredReceipt) String() string {
 func (*StoredReceipt) ProtoMessage() {}
 
 func (x *StoredReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[16]
+	mi := &file_ledger_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1519,7 @@ func (x *StoredReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredReceipt.ProtoReflect.Descriptor instead.
 func (*StoredReceipt) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{16}
+	return file_ledger_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StoredReceipt) GetOwner() []byte {
@@ -1435,7 +1560,7 @@ type KeyCheck struct {
 
 func (x *KeyCheck) Reset() {
 	*x = KeyCheck{}
-	mi := &file_ledger_proto_msgTypes[17]
+	mi := &file_ledger_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1572,7 @@ func (x *KeyCheck) String() string {
 func (*KeyCheck) ProtoMessage() {}
 
 func (x *KeyCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[17]
+	mi := &file_ledger_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1585,7 @@ func (x *KeyCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyCheck.ProtoReflect.Descriptor instead.
 func (*KeyCheck) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{17}
+	return file_ledger_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KeyCheck) GetOwner() []byte {
@@ -1481,7 +1606,7 @@ var File_ledger_proto protoreflect.FileDescriptor
 
 const file_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\fledger.proto\x12\x15p2pkey.generations.v1\"\xc1\x06\n" +
+	"\fledger.proto\x12\x15p2pkey.generations.v1\"\x8d\a\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
 	"\x03now\x18\x02 \x01(\x03R\x03now\x12@\n" +
@@ -1496,12 +1621,14 @@ const file_ledger_proto_rawDesc = "" +
 	"\x11retire_generation\x18\x10 \x01(\v2'.p2pkey.generations.v1.RetireGenerationH\x00R\x10retireGeneration\x12J\n" +
 	"\rremove_member\x18\x11 \x01(\v2#.p2pkey.generations.v1.RemoveMemberH\x00R\fremoveMember\x12>\n" +
 	"\tset_addrs\x18\x12 \x01(\v2\x1f.p2pkey.generations.v1.SetAddrsH\x00R\bsetAddrs\x12Q\n" +
-	"\x10record_key_check\x18\x13 \x01(\v2%.p2pkey.generations.v1.RecordKeyCheckH\x00R\x0erecordKeyCheckB\x06\n" +
-	"\x04body\"D\n" +
+	"\x10record_key_check\x18\x13 \x01(\v2%.p2pkey.generations.v1.RecordKeyCheckH\x00R\x0erecordKeyCheck\x12J\n" +
+	"\rset_retention\x18\x14 \x01(\v2#.p2pkey.generations.v1.SetRetentionH\x00R\fsetRetentionB\x06\n" +
+	"\x04body\"z\n" +
 	"\tBootstrap\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x18\n" +
-	"\afounder\x18\x02 \x01(\fR\afounder\"V\n" +
+	"\afounder\x18\x02 \x01(\fR\afounder\x124\n" +
+	"\x16max_generations_behind\x18\x03 \x01(\rR\x14maxGenerationsBehind\"V\n" +
 	"\tAddInvite\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x1d\n" +
 	"\n" +
@@ -1541,7 +1668,10 @@ const file_ledger_proto_rawDesc = "" +
 	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"<\n" +
 	"\x0eRecordKeyCheck\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\fR\x05owner\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"\xba\x02\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"T\n" +
+	"\fSetRetention\x124\n" +
+	"\x16max_generations_behind\x18\x01 \x01(\rR\x14maxGenerationsBehind\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\fR\x02by\"\xf0\x02\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -1550,7 +1680,8 @@ const file_ledger_proto_rawDesc = "" +
 	"\ainvites\x18\x04 \x03(\v2\x1d.p2pkey.generations.v1.InviteR\ainvites\x12C\n" +
 	"\vgenerations\x18\x05 \x03(\v2!.p2pkey.generations.v1.GenerationR\vgenerations\x12>\n" +
 	"\n" +
-	"key_checks\x18\x06 \x03(\v2\x1f.p2pkey.generations.v1.KeyCheckR\tkeyChecks\"\xe4\x01\n" +
+	"key_checks\x18\x06 \x03(\v2\x1f.p2pkey.generations.v1.KeyCheckR\tkeyChecks\x124\n" +
+	"\x16max_generations_behind\x18\a \x01(\rR\x14maxGenerationsBehind\"\xd5\x02\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\fR\x04peer\x12;\n" +
 	"\x06status\x18\x02 \x01(\x0e2#.p2pkey.generations.v1.MemberStatusR\x06status\x12\x1b\n" +
@@ -1560,7 +1691,11 @@ const file_ledger_proto_rawDesc = "" +
 	"\n" +
 	"removed_at\x18\x05 \x01(\x03R\tremovedAt\x12\x14\n" +
 	"\x05addrs\x18\x06 \x03(\tR\x05addrs\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"\xa4\x01\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12\x1b\n" +
+	"\tlapsed_at\x18\b \x01(\x03R\blapsedAt\x12+\n" +
+	"\x11lapsed_generation\x18\t \x01(\x04R\x10lapsedGeneration\x12%\n" +
+	"\x0elapsed_through\x18\n" +
+	" \x01(\x04R\rlapsedThrough\"\xa4\x01\n" +
 	"\x06Invite\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x1d\n" +
 	"\n" +
@@ -1594,13 +1729,14 @@ const file_ledger_proto_rawDesc = "" +
 	"\tsignature\x18\x04 \x01(\fR\tsignature\"6\n" +
 	"\bKeyCheck\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\fR\x05owner\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value*\x99\x01\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value*\xb3\x01\n" +
 	"\fMemberStatus\x12\x1d\n" +
 	"\x19MEMBER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15MEMBER_STATUS_JOINING\x10\x01\x12\x18\n" +
 	"\x14MEMBER_STATUS_ACTIVE\x10\x02\x12\x19\n" +
 	"\x15MEMBER_STATUS_REMOVED\x10\x03\x12\x1a\n" +
-	"\x16MEMBER_STATUS_REJECTED\x10\x04*\xaa\x01\n" +
+	"\x16MEMBER_STATUS_REJECTED\x10\x04\x12\x18\n" +
+	"\x14MEMBER_STATUS_LAPSED\x10\x05*\xaa\x01\n" +
 	"\x0fGenerationState\x12 \n" +
 	"\x1cGENERATION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15GENERATION_STATE_OPEN\x10\x01\x12\x1e\n" +
@@ -1621,7 +1757,7 @@ func file_ledger_proto_rawDescGZIP() []byte {
 }
 
 var file_ledger_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ledger_proto_goTypes = []any{
 	(MemberStatus)(0),        // 0: p2pkey.generations.v1.MemberStatus
 	(GenerationState)(0),     // 1: p2pkey.generations.v1.GenerationState
@@ -1637,12 +1773,13 @@ var file_ledger_proto_goTypes = []any{
 	(*RemoveMember)(nil),     // 11: p2pkey.generations.v1.RemoveMember
 	(*SetAddrs)(nil),         // 12: p2pkey.generations.v1.SetAddrs
 	(*RecordKeyCheck)(nil),   // 13: p2pkey.generations.v1.RecordKeyCheck
-	(*Snapshot)(nil),         // 14: p2pkey.generations.v1.Snapshot
-	(*Member)(nil),           // 15: p2pkey.generations.v1.Member
-	(*Invite)(nil),           // 16: p2pkey.generations.v1.Invite
-	(*Generation)(nil),       // 17: p2pkey.generations.v1.Generation
-	(*StoredReceipt)(nil),    // 18: p2pkey.generations.v1.StoredReceipt
-	(*KeyCheck)(nil),         // 19: p2pkey.generations.v1.KeyCheck
+	(*SetRetention)(nil),     // 14: p2pkey.generations.v1.SetRetention
+	(*Snapshot)(nil),         // 15: p2pkey.generations.v1.Snapshot
+	(*Member)(nil),           // 16: p2pkey.generations.v1.Member
+	(*Invite)(nil),           // 17: p2pkey.generations.v1.Invite
+	(*Generation)(nil),       // 18: p2pkey.generations.v1.Generation
+	(*StoredReceipt)(nil),    // 19: p2pkey.generations.v1.StoredReceipt
+	(*KeyCheck)(nil),         // 20: p2pkey.generations.v1.KeyCheck
 }
 var file_ledger_proto_depIdxs = []int32{
 	3,  // 0: p2pkey.generations.v1.Command.bootstrap:type_name -> p2pkey.generations.v1.Bootstrap
@@ -1655,19 +1792,20 @@ var file_ledger_proto_depIdxs = []int32{
 	11, // 7: p2pkey.generations.v1.Command.remove_member:type_name -> p2pkey.generations.v1.RemoveMember
 	12, // 8: p2pkey.generations.v1.Command.set_addrs:type_name -> p2pkey.generations.v1.SetAddrs
 	13, // 9: p2pkey.generations.v1.Command.record_key_check:type_name -> p2pkey.generations.v1.RecordKeyCheck
-	7,  // 10: p2pkey.generations.v1.RecordReceipts.receipts:type_name -> p2pkey.generations.v1.Receipt
-	15, // 11: p2pkey.generations.v1.Snapshot.members:type_name -> p2pkey.generations.v1.Member
-	16, // 12: p2pkey.generations.v1.Snapshot.invites:type_name -> p2pkey.generations.v1.Invite
-	17, // 13: p2pkey.generations.v1.Snapshot.generations:type_name -> p2pkey.generations.v1.Generation
-	19, // 14: p2pkey.generations.v1.Snapshot.key_checks:type_name -> p2pkey.generations.v1.KeyCheck
-	0,  // 15: p2pkey.generations.v1.Member.status:type_name -> p2pkey.generations.v1.MemberStatus
-	1,  // 16: p2pkey.generations.v1.Generation.state:type_name -> p2pkey.generations.v1.GenerationState
-	18, // 17: p2pkey.generations.v1.Generation.receipts:type_name -> p2pkey.generations.v1.StoredReceipt
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	14, // 10: p2pkey.generations.v1.Command.set_retention:type_name -> p2pkey.generations.v1.SetRetention
+	7,  // 11: p2pkey.generations.v1.RecordReceipts.receipts:type_name -> p2pkey.generations.v1.Receipt
+	16, // 12: p2pkey.generations.v1.Snapshot.members:type_name -> p2pkey.generations.v1.Member
+	17, // 13: p2pkey.generations.v1.Snapshot.invites:type_name -> p2pkey.generations.v1.Invite
+	18, // 14: p2pkey.generations.v1.Snapshot.generations:type_name -> p2pkey.generations.v1.Generation
+	20, // 15: p2pkey.generations.v1.Snapshot.key_checks:type_name -> p2pkey.generations.v1.KeyCheck
+	0,  // 16: p2pkey.generations.v1.Member.status:type_name -> p2pkey.generations.v1.MemberStatus
+	1,  // 17: p2pkey.generations.v1.Generation.state:type_name -> p2pkey.generations.v1.GenerationState
+	19, // 18: p2pkey.generations.v1.Generation.receipts:type_name -> p2pkey.generations.v1.StoredReceipt
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_ledger_proto_init() }
@@ -1686,6 +1824,7 @@ func file_ledger_proto_init() {
 		(*Command_RemoveMember)(nil),
 		(*Command_SetAddrs)(nil),
 		(*Command_RecordKeyCheck)(nil),
+		(*Command_SetRetention)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1693,7 +1832,7 @@ func file_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ledger_proto_rawDesc), len(file_ledger_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,151 @@
+package generations
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pkey/p2pkey/generations/pb"
+)
+
+// Retention is the cluster-wide retention policy for absent members (the
+// seed's open problem): see "Retention bound" in the package documentation.
+type Retention struct {
+	// MaxGenerationsBehind is the largest number of committed generations
+	// a retained generation may be behind the current one. 1 to
+	// MaxGenerationsBehindLimit.
+	MaxGenerationsBehind uint32
+}
+
+// Retention returns the cluster's retention policy. A ledger bootstrapped
+// before the policy existed (and an empty one) has the default,
+// DefaultMaxGenerationsBehind.
+func (l *Ledger) Retention() Retention {
+	return Retention{MaxGenerationsBehind: l.maxGenerationsBehind()}
+}
+
+func (l *Ledger) maxGenerationsBehind() uint32 {
+	if l.maxBehind == 0 {
+		return DefaultMaxGenerationsBehind
+	}
+	return l.maxBehind
+}
+
+// behind returns how many committed generations g is behind generation
+// cur: the generations in (g, cur] that ever committed (committed or
+// retired). Aborted generations do not count: no key was ever re-shared in
+// them, so an absent member missed nothing there. Without aborts it is
+// cur - g.
+func (l *Ledger) behind(g, cur uint64) uint64 {
+	var n uint64
+	for i := g + 1; i <= cur && i <= uint64(len(l.gens)); i++ {
+		if s := l.gens[i-1].state; s == StateCommitted || s == StateRetired {
+			n++
+		}
+	}
+	return n
+}
+
+// lapse is one member the retention bound takes out, and the retired
+// generation that was its newest escrow.
+type lapse struct {
+	peer peer.ID
+	gen  uint64
+}
+
+// boundPlan returns, without changing anything, what the retention bound
+// maxBehind would do now: the committed generations older than the current
+// one that are more than maxBehind committed generations behind it
+// (ascending), and the active members whose newest escrow is one of them
+// (sorted by peer ID). Nothing if there is no current generation.
+func (l *Ledger) boundPlan(maxBehind uint32) (retire []*generation, lapses []lapse) {
+	cur := l.current()
+	if cur == nil {
+		return nil, nil
+	}
+	// Walk down from the current generation counting committed ones.
+	var n uint64 // committed generations in (g, cur]
+	for i := int(cur.num) - 1; i >= 1; i-- {
+		if s := l.gens[i].state; s == StateCommitted || s == StateRetired {
+			n++
+		}
+		g := l.gens[i-1]
+		if g.state == StateCommitted && n > uint64(maxBehind) {
+			retire = append(retire, g)
+		}
+	}
+	if len(retire) == 0 {
+		return nil, nil
+	}
+	slices.Reverse(retire)
+	gone := make(map[uint64]bool, len(retire))
+	for _, g := range retire {
+		gone[g.num] = true
+	}
+	for _, p := range sortedKeys(l.members) {
+		if l.members[p].status != StatusActive {
+			continue
+		}
+		if e := l.newestEscrow(p); gone[e] {
+			lapses = append(lapses, lapse{peer: p, gen: e})
+		}
+	}
+	return retire, lapses
+}
+
+// applyBound retires what the retention bound requires and lapses the
+// members whose newest escrow went with it.
+func (l *Ledger) applyBound(now int64, res *Result) {
+	k := l.maxGenerationsBehind()
+	retire, lapses := l.boundPlan(k)
+	for _, g := range retire {
+		l.retire(now, g)
+		res.Retired = append(res.Retired, g.num)
+	}
+	for _, lp := range lapses {
+		l.lapse(now, lp, k)
+		res.Lapsed = append(res.Lapsed, lp.peer)
+	}
+}
+
+// lapse makes an active member lapsed: it is in no new generation, it can
+// record no receipt, its key-check value is dropped (it may come back with
+// a new K), and every receipt where it is the owner is deleted, so no holder
+// may serve its envelopes. Receipts where it is the holder are kept: it is
+// not distrusted, it really holds those envelopes, and deleting them could
+// take another active member below its threshold in every retained
+// generation, which is what G4 forbids.
+func (l *Ledger) lapse(now int64, lp lapse, maxBehind uint32) {
+	m := l.members[lp.peer]
+	m.status = StatusLapsed
+	m.lapsedAt, m.lapsedGen, m.lapsedThrough = now, lp.gen, uint64(len(l.gens))
+	m.reason = fmt.Sprintf("lapsed: its newest escrowed generation %d was retired by the retention bound (max %d generations behind)", lp.gen, maxBehind)
+	delete(l.keyChecks, lp.peer)
+	for _, g := range l.gens {
+		delete(g.receipts, lp.peer)
+	}
+}
+
+func (l *Ledger) setRetention(now int64, c *pb.SetRetention) (Result, error) {
+	by := peer.ID(c.GetBy())
+	if err := l.activeErr(by); err != nil {
+		return Result{}, err
+	}
+	k, old := c.GetMaxGenerationsBehind(), l.maxGenerationsBehind()
+	if k < old {
+		// Lowering the bound can lapse members. A lapsed member must never
+		// sit in an open generation (it could neither escrow in it nor be
+		// carried into it), so lowering waits for the open one to end.
+		if g := l.open(); g != nil {
+			return Result{}, fmt.Errorf("%w: generation %d; lowering the retention bound waits for it to commit or abort", ErrGenerationOpen, g.num)
+		}
+		if _, lapses := l.boundPlan(k); len(lapses) > 0 && len(lapses) >= l.countActive() {
+			return Result{}, fmt.Errorf("%w: a bound of %d would lapse every active member", ErrLastMember, k)
+		}
+	}
+	l.maxBehind = k
+	var res Result
+	l.retireEligible(now, &res)
+	return res, nil
+}
