@@ -55,6 +55,11 @@ type Config struct {
 	// join or a removal.
 	GenerationTimeout time.Duration
 
+	// MaxGenerationsBehind bounds, for a new cluster, how many committed
+	// generations an absent member's old escrow is kept for before it lapses
+	// and must be invited again (0: the ledger's default, 3).
+	MaxGenerationsBehind uint32
+
 	// AuditInterval is how often the node checks that every holder still
 	// has its envelope (0 turns periodic audits off).
 	AuditInterval time.Duration

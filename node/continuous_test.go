@@ -271,3 +271,56 @@ func TestAuditRepairsWipedHolder(t *testing.T) {
 	}
 	_ = shares.ErrNotFound
 }
+
+// Acceptance 5: the retention bound of the seed's open problem. With a bound
+// of one generation, a member that sleeps through two generations lapses:
+// its old shares are deleted by every holder, and when it comes back it
+// stays locked and says it must be invited again.
+func TestRetentionBoundLapsesAbsentNode(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Bootstrap = true
+	cfg.MaxGenerationsBehind = 1
+	a := startNode(t, cfg)
+	b := joinNode(t, a)
+	c := joinNode(t, a)
+	nodes := []*Node{a, b, c}
+	waitAgree(t, nodes, 3)
+	waitUnlocked(t, nodes...)
+	waitFullCoverage(t, nodes)
+	cfgC := c.cfg
+	cfgC.Bootstrap, cfgC.Join = false, ""
+	idC := c.ID()
+	c.Close()
+
+	for i := 0; i < 2; i++ {
+		before := current(a)
+		now := time.Now()
+		if err := a.apply(ctxT(t, 10*time.Second), generations.NewOpenGeneration(now.Add(time.Minute), now)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the generation to commit without the absent node", 20*time.Second, func() bool { return current(a) > before })
+		if i == 0 && a.memberStatus(idC) != generations.StatusActive {
+			t.Fatalf("one generation behind, within the bound, the absent node is %s", a.memberStatus(idC))
+		}
+	}
+	waitFor(t, "the absent node to lapse", 10*time.Second, func() bool { return a.memberStatus(idC) == generations.StatusLapsed })
+	waitFor(t, "holders to delete the lapsed owner's envelopes", 10*time.Second, func() bool {
+		for _, h := range []*Node{a, b} {
+			keys, _ := h.store.List()
+			for _, k := range keys {
+				if k.Owner == idC {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	c = startNode(t, cfgC)
+	waitFor(t, "the lapsed node to say it must be invited again", 30*time.Second, func() bool {
+		_, p := c.Lock()
+		return strings.Contains(p.Reason, "invited again") || strings.Contains(p.Reason, "lapsed")
+	})
+	if state, _ := c.Lock(); state != LockLocked {
+		t.Fatalf("lapsed node is %s", state)
+	}
+}

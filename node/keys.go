@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -205,6 +206,12 @@ func (n *Node) keyDuties() {
 		n.markRemoved()
 	}
 	if n.isRemoved() {
+		return
+	}
+	if isMem && me.Status == generations.StatusLapsed {
+		// Its shares are no longer served: the cluster cannot give K back.
+		n.keys.wipe()
+		n.keys.setProgress(UnlockProgress{Reason: "locked: " + me.Reason + "; this node must be invited again"})
 		return
 	}
 	k := n.keys.get()
@@ -418,6 +425,28 @@ func (n *Node) sweep(d generations.Duties) {
 		n.markSwept(fmt.Sprint("g", g))
 		log.Infow("deleted envelopes of a finished generation", "generation", g)
 	}
+	for _, lo := range d.DeleteLapsedOwners {
+		// A lapsed owner may come back with the same identity, so this
+		// sweep is keyed by how far it reaches, not remembered per owner.
+		key := fmt.Sprintf("l%s/%d", lo.Owner, lo.Through)
+		if n.swept(key) {
+			continue
+		}
+		keys, err := n.store.List()
+		if err != nil {
+			log.Warnw("list envelopes", "err", err)
+			continue
+		}
+		for _, k := range keys {
+			if k.Owner == lo.Owner && k.Generation <= lo.Through {
+				if err := n.store.Delete(k.Generation, k.Owner); err != nil {
+					log.Warnw("delete envelope of lapsed owner", "owner", lo.Owner, "generation", k.Generation, "err", err)
+				}
+			}
+		}
+		n.markSwept(key)
+		log.Infow("deleted envelopes of a lapsed owner", "owner", lo.Owner, "through", lo.Through)
+	}
 	for _, o := range d.DeleteOwners {
 		if n.swept("o" + string(o)) {
 			continue
@@ -488,6 +517,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		}
 	}()
 	have := 0
+	lapsed := false
 	var failures []string
 	for range cov.Holders {
 		res := <-results
@@ -495,6 +525,9 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 			// A holder says this node was removed: believe the cluster.
 			n.markRemoved()
 			return
+		}
+		if res.err != nil && strings.Contains(res.err.Error(), generations.ErrOwnerLapsed.Error()) {
+			lapsed = true
 		}
 		if res.err != nil || len(res.plain) <= splitIDSize {
 			if res.err != nil {
@@ -532,6 +565,9 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		return
 	}
 	reason := fmt.Sprintf("locked: %d of %d shares gathered for generation %d, fewer than the threshold of %d", have, need, gen, need)
+	if lapsed {
+		reason = "locked: holders say this node lapsed (it was away longer than the retention bound); it must be invited again"
+	}
 	n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: reason})
 	log.Warnw("unlock attempt fell short", "generation", gen, "have", have, "need", need, "failures", failures)
 }

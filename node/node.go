@@ -314,7 +314,7 @@ func (n *Node) bootstrap(ctx context.Context, clusterID string) error {
 		return fmt.Errorf("bootstrap Raft: %w", err)
 	}
 	now := time.Now()
-	if err := n.apply(ctx, generations.NewBootstrap(clusterID, n.host.ID(), now)); err != nil {
+	if err := n.apply(ctx, generations.NewBootstrapWithRetention(clusterID, n.host.ID(), n.cfg.MaxGenerationsBehind, now)); err != nil {
 		return fmt.Errorf("bootstrap the ledger: %w", err)
 	}
 	// Generation 1 has the founder alone: it escrows K with itself.

@@ -62,15 +62,19 @@ type OpenGeneration struct {
 
 // MemberStatus is one member's row.
 type MemberStatus struct {
-	PeerID           string   `json:"peer_id"`
-	Status           string   `json:"status"`
-	Voter            bool     `json:"voter"`
-	Connection       string   `json:"connection"`
-	EscrowGeneration *uint64  `json:"escrow_generation"`
-	CatchingUp       bool     `json:"catching_up"`
-	SharesHeld       int      `json:"shares_held"`
-	Threshold        int      `json:"threshold"`
-	Addrs            []string `json:"addrs,omitempty"`
+	PeerID           string  `json:"peer_id"`
+	Status           string  `json:"status"`
+	Voter            bool    `json:"voter"`
+	Connection       string  `json:"connection"`
+	EscrowGeneration *uint64 `json:"escrow_generation"`
+	CatchingUp       bool    `json:"catching_up"`
+	// Behind is how many committed generations this member's escrow lags
+	// the current one; Reason explains a rejected or lapsed member.
+	Behind     int      `json:"behind,omitempty"`
+	Reason     string   `json:"reason,omitempty"`
+	SharesHeld int      `json:"shares_held"`
+	Threshold  int      `json:"threshold"`
+	Addrs      []string `json:"addrs,omitempty"`
 }
 
 // Status reports the node's state.
@@ -121,6 +125,7 @@ func (n *Node) Status() Status {
 				Addrs:      m.Addrs,
 			}
 			c := l.Coverage(m.ID)
+			ms.Behind, ms.Reason = int(c.Behind), m.Reason
 			if c.Generation > 0 {
 				g := c.Generation
 				ms.EscrowGeneration = &g

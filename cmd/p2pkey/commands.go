@@ -72,6 +72,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var relays []string
 	var natPortMap, noMDNS, noRelayService bool
 	var reachability string
+	var maxBehind uint32
 	cmd := &cobra.Command{
 		Use:   "daemon [--bootstrap | --join INVITE]",
 		Short: "Run the node in the foreground",
@@ -112,6 +113,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			cfg.MDNS = !noMDNS
 			cfg.RelayService = !noRelayService
 			cfg.Reachability = reachability
+			cfg.MaxGenerationsBehind = maxBehind
 			if heartbeat > 0 {
 				cfg.HeartbeatTimeout, cfg.ElectionTimeout = heartbeat, heartbeat
 			}
@@ -151,6 +153,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	cmd.Flags().BoolVar(&noMDNS, "no-mdns", false, "do not look for members on the local network with mDNS")
 	cmd.Flags().BoolVar(&noRelayService, "no-relay-service", false, "do not relay for other members when publicly reachable")
 	cmd.Flags().StringVar(&reachability, "reachability", "", "override NAT detection: public or private")
+	cmd.Flags().Uint32Var(&maxBehind, "max-generations-behind", 0, "with --bootstrap: how many generations an absent member's old shares are kept before it must be invited again (default 3)")
 	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 1s)")
 	cmd.Flags().MarkHidden("raft-heartbeat")
 	return cmd
@@ -266,9 +269,9 @@ func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberSta
 			gen = fmt.Sprint(*m.EscrowGeneration)
 			held = fmt.Sprintf("%d (threshold %d)", m.SharesHeld, m.Threshold)
 		}
-		note := ""
+		note := m.Reason
 		if m.CatchingUp {
-			note = "catching up"
+			note = fmt.Sprintf("catching up (%d generations behind)", m.Behind)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", id, m.Status, m.Voter, m.Connection, gen, held, note)
 	}
