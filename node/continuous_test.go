@@ -324,3 +324,5 @@ func TestRetentionBoundLapsesAbsentNode(t *testing.T) {
 		t.Fatalf("lapsed node is %s", state)
 	}
 }
+
+

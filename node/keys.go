@@ -656,6 +656,9 @@ func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
 		if m, ok := l.Member(owner); ok && m.Status == generations.StatusRemoved {
 			err = fmt.Errorf("%w: %s", generations.ErrOwnerRemoved, owner)
 			return
+		} else if ok && m.Status == generations.StatusLapsed {
+			err = fmt.Errorf("%w: %s", generations.ErrOwnerLapsed, owner)
+			return
 		}
 		err = l.ServeAllowed(gen, owner, p.n.host.ID())
 	})
