@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -9,7 +10,10 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/node/pb"
+	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares"
+	"google.golang.org/protobuf/proto"
 )
 
 func current(n *Node) uint64 {
@@ -325,4 +329,66 @@ func TestRetentionBoundLapsesAbsentNode(t *testing.T) {
 	}
 }
 
+// A stranger that joins the generations topic and announces a newer
+// generation (or garbage) is refused by every member's validator: no member
+// believes it is behind.
+func TestGossipRefusesStrangers(t *testing.T) {
+	nodes := testCluster(t, 2)
+	waitUnlocked(t, nodes...)
+	events, cancel := nodes[1].Events()
+	defer cancel()
 
+	cfg := testConfig(t)
+	priv, err := loadOrCreateIdentity(cfg.IdentityPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := p2p.New(priv, p2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ctx := ctxT(t, 20*time.Second)
+	ps, err := p2p.NewGossip(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic, err := ps.Join(GossipTopicPrefix + nodes[0].ClusterID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if err := h.Connect(ctx, peer.AddrInfo{ID: n.ID(), Addrs: n.host.Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the stranger to see members on the topic", 10*time.Second, func() bool { return len(topic.ListPeers()) == 2 })
+	lie, _ := proto.Marshal(&pb.GenerationAnnouncement{Version: 1, ClusterId: nodes[0].ClusterID(), Generation: 999, State: "open"})
+	for _, msg := range [][]byte{lie, []byte("garbage"), bytes.Repeat([]byte{1}, 2000)} {
+		if err := topic.Publish(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A member's own announcement still flows: prove the topic works, then
+	// check that nothing the stranger said got through.
+	nodes[0].announce(ctx)
+	deadline := time.After(3 * time.Second)
+	sawMember := false
+	for {
+		select {
+		case e := <-events:
+			if e.Type == EventCatchingUp || (e.Type == EventGenerationHeard && e.Peer == h.ID()) {
+				t.Fatalf("a member accepted the stranger's announcement: %+v", e)
+			}
+			sawMember = sawMember || (e.Type == EventGenerationHeard && e.Peer == nodes[0].ID())
+		case <-deadline:
+			if !sawMember {
+				t.Fatal("the member's own announcement never arrived: the topic does not work")
+			}
+			if nodes[1].Status().CatchingUp != nil {
+				t.Fatal("a member believes it is behind")
+			}
+			return
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/p2pkey/p2pkey/generations"
 	"github.com/p2pkey/p2pkey/node/pb"
 	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
 )
 
 func FuzzDecodeJoinRequest(f *testing.F) {
@@ -63,6 +64,18 @@ func FuzzLedgerFSM(f *testing.F) {
 			if !bytes.Equal(snap, after) {
 				t.Fatal("a refused command changed the ledger")
 			}
+		}
+	})
+}
+
+func FuzzDecodeAnnouncement(f *testing.F) {
+	good, _ := proto.Marshal(&pb.GenerationAnnouncement{Version: 1, ClusterId: "c", Generation: 3, State: "open"})
+	f.Add(good)
+	f.Add([]byte{0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, err := DecodeAnnouncement(data, "c")
+		if err == nil && (a.GetVersion() != 1 || a.GetClusterId() != "c") {
+			t.Fatalf("accepted %v", a)
 		}
 	})
 }
