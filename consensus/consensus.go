@@ -51,8 +51,13 @@ type Config struct {
 	ClusterID func() string
 	// AllowUnconfigured admits Raft streams from peers while this node has no
 	// Raft configuration yet (a joiner waiting for its first AppendEntries).
-	// Once a configuration exists, only its servers are admitted (rule S1).
 	AllowUnconfigured func(peer.ID) bool
+	// AllowMember admits peers outside this node's Raft configuration that
+	// the node knows, by its replicated state, to be members. A node that is
+	// catching up holds an old configuration, and the current leader may not
+	// be in it; without this it would refuse that leader forever. Strangers
+	// and removed members are in neither, so rule S1 holds.
+	AllowMember func(peer.ID) bool
 	// Deny, if set, refuses Raft streams from the peers it names even when
 	// they are servers: a block list, and the seam where tests partition
 	// Raft without touching the rest of the host.
@@ -199,7 +204,7 @@ func (c *Consensus) admit(p peer.ID) bool {
 			return true
 		}
 	}
-	return false
+	return c.cfg.AllowMember != nil && c.cfg.AllowMember(p)
 }
 
 // InConfiguration reports whether p is a server in the latest configuration.

@@ -22,6 +22,7 @@ func Example() {
 
 	cfg := node.DefaultConfig(dir)
 	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.MDNS = false // the example stays on loopback
 	cfg.Bootstrap = true
 	if err := cfg.Validate(); err != nil {
 		log.Fatal(err)

@@ -19,6 +19,7 @@ func testConfig(t testing.TB) Config {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	cfg := DefaultConfig(dir)
 	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.MDNS = false // loopback only: mDNS would multicast on the host's interfaces
 	cfg.HeartbeatTimeout = 300 * time.Millisecond
 	cfg.ElectionTimeout = 300 * time.Millisecond
 	cfg.CommitTimeout = 5 * time.Millisecond

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -58,7 +59,11 @@ type keyring struct {
 type split struct {
 	id     [splitIDSize]byte
 	shares map[peer.ID][]byte
-	dup    map[peer.ID]bool // holders that refused: they hold an older split
+	// envs keeps each holder's sealed envelope, so a retried push sends the
+	// same bytes and the holder answers with the same receipt (a re-seal
+	// would differ in its nonce and be refused as a duplicate).
+	envs map[peer.ID]*shares.Envelope
+	dup  map[peer.ID]bool // holders that refused: they hold an older split
 }
 
 // UnlockProgress is what status reports while a node gathers its shares.
@@ -216,17 +221,20 @@ func (n *Node) keyDuties() {
 	}
 	k := n.keys.get()
 	if k == nil {
-		if cov.Generation == 0 {
-			// The ledger has not caught up (no quorum yet, or replay
-			// pending): unlock from the hint saved at the last escrow.
-			if h, ok := n.loadUnlockHint(); ok && h.ClusterID == clusID {
-				cov, checkOK = h.coverage(), h.KeyCheck
-			}
+		// The ledger may not have caught up (no quorum yet, or replay
+		// pending): then the hint saved at the last escrow is newer.
+		if h, ok := n.loadUnlockHint(); ok && h.ClusterID == clusID && h.Generation > cov.Generation {
+			cov, checkOK = h.coverage(), h.KeyCheck
 		}
 		n.tryUnlock(clusID, cov, checkOK)
 		return
 	}
 	defer clear(k)
+	if !n.caughtUp() {
+		// Sharing on a ledger that is still replaying would split for
+		// generations that are long over.
+		return
+	}
 	if d.Open != 0 && len(d.PushTo) > 0 {
 		n.distribute(clusID, k, d.Open, d.PushTo)
 	}
@@ -253,6 +261,17 @@ func (n *Node) keyDuties() {
 	}
 }
 
+// caughtUp reports whether this node has heard from a leader and applied
+// everything it knows to be committed.
+func (n *Node) caughtUp() bool {
+	if n.cons.Leader() == "" {
+		return false
+	}
+	st := n.cons.Stats()
+	commit, _ := strconv.ParseUint(st["commit_index"], 10, 64)
+	return n.cons.AppliedIndex() >= commit
+}
+
 // distribute splits K for generation gen (once per process), seals one
 // envelope per holder, pushes them in parallel, and records every receipt
 // it got in one batch.
@@ -272,18 +291,32 @@ func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer
 			log.Errorw("split key", "generation", gen, "err", err)
 			return
 		}
-		sp = &split{shares: map[peer.ID][]byte{}, dup: map[peer.ID]bool{}}
+		sp = &split{shares: map[peer.ID][]byte{}, envs: map[peer.ID]*shares.Envelope{}, dup: map[peer.ID]bool{}}
 		rand.Read(sp.id[:])
 		for i, m := range g.Members {
 			sp.shares[m] = parts[i]
 		}
 		n.keys.splits[gen] = sp
 	}
-	todo := map[peer.ID][]byte{}
+	todo := map[peer.ID]*shares.Envelope{}
 	for _, h := range holders {
-		if s, ok := sp.shares[h]; ok && !sp.dup[h] {
-			todo[h] = slices.Concat(sp.id[:], s)
+		s, ok := sp.shares[h]
+		if !ok || sp.dup[h] {
+			continue
 		}
+		env := sp.envs[h]
+		if env == nil {
+			plain := slices.Concat(sp.id[:], s)
+			var err error
+			env, err = shares.Seal(n.priv, shares.Binding{ClusterID: clusterID, Owner: n.host.ID(), Generation: gen, Holder: h}, plain, rand.Reader)
+			clear(plain)
+			if err != nil {
+				log.Errorw("seal envelope", "generation", gen, "holder", h, "err", err)
+				continue
+			}
+			sp.envs[h] = env
+		}
+		todo[h] = env
 	}
 	n.keys.mu.Unlock()
 	if len(todo) == 0 {
@@ -298,14 +331,8 @@ func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer
 		err    error
 	}
 	results := make(chan result, len(todo))
-	for h, plain := range todo {
+	for h, env := range todo {
 		go func() {
-			defer clear(plain)
-			env, err := shares.Seal(n.priv, shares.Binding{ClusterID: clusterID, Owner: n.host.ID(), Generation: gen, Holder: h}, plain, rand.Reader)
-			if err != nil {
-				results <- result{holder: h, err: err}
-				return
-			}
 			if hk := n.cfg.hooks; hk != nil && hk.dropPush != nil && hk.dropPush(h) {
 				results <- result{holder: h, err: errors.New("push dropped by a test hook")}
 				return
@@ -625,7 +652,29 @@ func (n *Node) Key(ctx context.Context, purpose string, wait bool) ([]byte, erro
 // S2, S3). Holders serve envelopes even while they are locked themselves.
 type sharePolicy struct{ n *Node }
 
+// pushWait bounds how long a holder waits for its own ledger to learn of a
+// generation an owner is already pushing into: the owner saw the generation
+// open a commit round trip earlier.
+const pushWait = 500 * time.Millisecond
+
 func (p sharePolicy) AllowPush(owner peer.ID, gen uint64) error {
+	deadline := time.Now().Add(pushWait)
+	for {
+		err := p.allowPush(owner, gen)
+		if !errors.Is(err, errGenerationUnknown) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-p.n.ctx.Done():
+			return err
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+var errGenerationUnknown = errors.New("generation is unknown to this holder")
+
+func (p sharePolicy) allowPush(owner peer.ID, gen uint64) error {
 	self := p.n.host.ID()
 	var err error
 	p.n.view(func(l *generations.Ledger) {
@@ -635,7 +684,7 @@ func (p sharePolicy) AllowPush(owner peer.ID, gen uint64) error {
 		}
 		g, ok := l.Generation(gen)
 		if !ok {
-			err = fmt.Errorf("%w: generation %d is unknown to this holder", shares.ErrGenerationNotOpen, gen)
+			err = fmt.Errorf("%w: %w: %d", shares.ErrGenerationNotOpen, errGenerationUnknown, gen)
 			return
 		}
 		cur, hasCur := l.Current()

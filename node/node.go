@@ -69,6 +69,9 @@ type Node struct {
 	lastHint   []byte
 	removed    atomic.Bool
 	lastAudit  *AuditReport
+	// barrierTerm is the Raft term in which this node, as leader, last
+	// caught its ledger up with a barrier (reconcile loop only).
+	barrierTerm string
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -217,6 +220,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		StateMachine:      n.sm,
 		ClusterID:         n.ClusterID,
 		AllowUnconfigured: n.allowUnconfigured,
+		AllowMember:       n.allowMember,
 		Errors:            errorCodec{},
 		HeartbeatTimeout:  cfg.HeartbeatTimeout,
 		ElectionTimeout:   cfg.ElectionTimeout,
@@ -361,6 +365,20 @@ func (n *Node) view(fn func(*generations.Ledger)) {
 
 func (n *Node) raftDeny(p peer.ID) bool {
 	return n.cfg.hooks != nil && n.cfg.hooks.raftDeny != nil && n.cfg.hooks.raftDeny(p)
+}
+
+// allowMember admits a Raft peer this node knows as a member: active or
+// joining in its ledger, or named by its join response while its ledger has
+// no record of it yet. Removed, rejected and lapsed peers are refused.
+func (n *Node) allowMember(p peer.ID) bool {
+	st := n.memberStatus(p)
+	switch st {
+	case generations.StatusActive, generations.StatusJoining:
+		return true
+	case generations.StatusUnknown:
+		return n.allowUnconfigured(p)
+	}
+	return false
 }
 
 func (n *Node) allowUnconfigured(p peer.ID) bool {

@@ -47,6 +47,17 @@ func (n *Node) reconcileLoop() {
 }
 
 func (n *Node) reconcile() {
+	// A new leader's ledger may lag what the cluster committed (after a
+	// cold restart it may be empty). Acting on it could take live members
+	// out of Raft, so first apply everything committed: a barrier, once
+	// per term.
+	if term := n.cons.Stats()["term"]; term != n.barrierTerm {
+		if err := n.cons.Barrier(5 * time.Second); err != nil {
+			log.Debugw("reconcile: barrier", "err", err)
+			return
+		}
+		n.barrierTerm = term
+	}
 	var members []generations.Member
 	var bootstrapped bool
 	n.view(func(l *generations.Ledger) {
@@ -61,7 +72,12 @@ func (n *Node) reconcile() {
 		servers[s.ID] = s.Voter
 	}
 	want := map[peer.ID]bool{}
+	gone := map[peer.ID]bool{} // removed, rejected or lapsed: safe to drop
 	for _, m := range members {
+		switch m.Status {
+		case generations.StatusRemoved, generations.StatusRejected, generations.StatusLapsed:
+			gone[m.ID] = true
+		}
 		switch m.Status {
 		case generations.StatusActive, generations.StatusJoining:
 			want[m.ID] = true
@@ -83,6 +99,12 @@ func (n *Node) reconcile() {
 	}
 	for id := range servers {
 		if want[id] {
+			continue
+		}
+		if !gone[id] {
+			// A server the ledger does not know: never drop it on the
+			// strength of a ledger that may simply be behind.
+			log.Warnw("server in the Raft configuration is unknown to the ledger; leaving it", "peer", id)
 			continue
 		}
 		if err := n.cons.RemoveServer(id, membershipTimeout); err != nil {
