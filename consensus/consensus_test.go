@@ -125,7 +125,6 @@ func TestStrangerCannotDeposeLeader(t *testing.T) {
 		req := &raft.AppendEntriesRequest{
 			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(stranger.ID().String()), Addr: []byte(stranger.ID().String())},
 			Term:      1 << 40,
-			Leader:    []byte(stranger.ID().String()),
 		}
 		var resp raft.AppendEntriesResponse
 		if err := trans.AppendEntries(id, raft.ServerAddress(id), req, &resp); err == nil {

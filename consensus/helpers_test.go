@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -277,14 +276,6 @@ func apply(t testing.TB, c *Consensus, cmd string) []byte {
 }
 
 func term(c *Consensus) string { return c.Stats()["term"] }
-
-func fmtIDs(nodes []*testNode) string {
-	s := ""
-	for _, n := range nodes {
-		s += fmt.Sprintf("%s ", n.host.ID())
-	}
-	return s
-}
 
 func newHostWithKey(t testing.TB, priv crypto.PrivKey) host.Host {
 	t.Helper()

@@ -187,7 +187,6 @@ func benchJoinCommit(b *testing.B, size int) {
 	raftP50 := pct(raft, 50)
 
 	jt := timeJoin(b, nodes, nil)
-	nodes = append(nodes, jt.joiner)
 	commit := jt.committed.Sub(jt.start)
 
 	b.Logf("nodes=%d raft commit (ms): %s", size, fmtMS(raft))

@@ -16,7 +16,7 @@ const (
 	// DefaultFetchRate and DefaultFetchBurst are the per-peer token bucket
 	// for fetches (rule S3).
 	DefaultFetchRate  rate.Limit = 5
-	DefaultFetchBurst            = 10
+	DefaultFetchBurst int        = 10
 )
 
 // Tracer observes the service. Its methods are called synchronously from
