@@ -160,6 +160,19 @@ func (n *Node) heard(a *pb.GenerationAnnouncement, author peer.ID) {
 		}
 	})
 	n.events.publish(Event{Type: EventGenerationHeard, Peer: author, Detail: fmt.Sprintf("generation %d %s", a.GetGeneration(), a.GetState())})
+	key := fmt.Sprintf("%s/%d/%s", author, a.GetGeneration(), a.GetState())
+	n.mu.Lock()
+	first := !n.heardSet[key]
+	if first {
+		if len(n.heardSet) > 1024 {
+			n.heardSet = map[string]bool{}
+		}
+		n.heardSet[key] = true
+	}
+	n.mu.Unlock()
+	if first {
+		log.Infow("gossip: heard generation announcement", "author", author, "generation", a.GetGeneration(), "state", a.GetState())
+	}
 	if a.GetGeneration() <= newest {
 		return
 	}

@@ -55,6 +55,7 @@ type Node struct {
 	gossip    *gossip
 	clusterID string
 	catchUp   *CatchUp
+	heardSet  map[string]bool
 
 	events  *broadcaster
 	applied chan struct{}
@@ -201,6 +202,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		keyPoke:  make(chan struct{}, 1),
 		allowed:  map[peer.ID]bool{},
 		sweptSet: map[string]bool{},
+		heardSet: map[string]bool{},
 		relays:   relayInfos,
 		addrsCh:  addrsChanged,
 		ctx:      nctx, cancel: cancel,

@@ -124,7 +124,11 @@ type natStatus struct {
 	PeerID       string `json:"peer_id"`
 	Lock         string `json:"lock"`
 	Reachability string `json:"reachability"`
-	Members      []struct {
+	Raft         struct {
+		Leader       string `json:"leader"`
+		AppliedIndex uint64 `json:"applied_index"`
+	} `json:"raft"`
+	Members []struct {
 		PeerID     string `json:"peer_id"`
 		Status     string `json:"status"`
 		Connection string `json:"connection"`
@@ -243,6 +247,60 @@ func TestNATTestnet(t *testing.T) {
 	if st := s.status("a1"); st.Lock != "unlocked" {
 		t.Errorf("a1 after restart: lock %q", st.Lock)
 	}
+	// Raft, gossip and shares over the relay. Restarting pub (the relay and
+	// first leader) moves leadership to a NAT'd node; then some node reaches
+	// the leader only through the relay, and must follow its Raft log and
+	// hear its gossip that way.
+	s.must("restart", "pub")
+	for _, n := range natNodes {
+		s.must("p2pkey", n, "wait", "--members", fmt.Sprint(len(natNodes)), "--unlocked", "--timeout", "120s")
+	}
+	leaderID := s.status("pub").Raft.Leader
+	leader := byID[leaderID]
+	var viaRelay []string
+	for _, n := range natNodes {
+		if n == leader {
+			continue
+		}
+		for _, m := range s.status(n).Members {
+			if m.PeerID == leaderID && m.Connection == "relayed" {
+				viaRelay = append(viaRelay, n)
+			}
+		}
+	}
+	t.Logf("leader after pub's restart: %s; reached only through the relay by %v", leader, viaRelay)
+	if leader == "pub" || len(viaRelay) == 0 {
+		t.Logf("leadership stayed on a directly reachable node; Raft and gossip over the relay are not exercised this run")
+	} else {
+		x := viaRelay[0]
+		// Raft: x follows the leader's log through the relay.
+		raftDeadline := time.Now().Add(60 * time.Second)
+		for {
+			lst, xst := s.status(leader), s.status(x)
+			if xst.Raft.Leader == leaderID && xst.Raft.AppliedIndex >= lst.Raft.AppliedIndex {
+				break
+			}
+			if time.Now().After(raftDeadline) {
+				t.Fatalf("%s does not follow leader %s over the relay: applied %d of %d", x, leader, xst.Raft.AppliedIndex, lst.Raft.AppliedIndex)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		// Gossip: the leader re-announces at least every 30 s.
+		gossipDeadline := time.Now().Add(45 * time.Second)
+		for !gossipHeard(s.log(x), leaderID) {
+			if time.Now().After(gossipDeadline) {
+				t.Fatalf("%s never heard the leader's gossip over the relay", x)
+			}
+			time.Sleep(time.Second)
+		}
+		t.Logf("%s follows leader %s's Raft log and hears its gossip through the relay", x, leader)
+	}
+	// Shares: s1 restarts and unlocks with 4 of its 6 shares. Only pub is
+	// direct to it, so at least two came through the relay.
+	s.must("restart", "s1")
+	if st := s.status("s1"); st.Lock != "unlocked" {
+		t.Errorf("s1 after restart: lock %q", st.Lock)
+	}
 	s.must("down")
 	if left := s.namespaces(); len(left) > 0 {
 		t.Errorf("namespaces left after down: %v", left)
@@ -261,6 +319,15 @@ func lastLine(out string, words ...string) string {
 		}
 	}
 	return "no cluster"
+}
+
+func gossipHeard(log, author string) bool {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "gossip: heard generation announcement") && strings.Contains(line, author) {
+			return true
+		}
+	}
+	return false
 }
 
 func mdnsFound(log, id string) bool {
