@@ -19,7 +19,7 @@ const (
 	EventMemberChanged   EventType = "member_changed"
 	EventLeaderChanged   EventType = "leader_changed"
 	EventGenerationOpen  EventType = "generation_opened"
-	EventGenerationDone  EventType = "generation_changed"
+	EventGenerationDone  EventType = "generation_changed" // committed, aborted or retired
 	EventUnlocked        EventType = "unlocked"
 	EventGenerationHeard EventType = "generation_heard"
 	EventCatchingUp      EventType = "catching_up"

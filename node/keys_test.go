@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -314,7 +315,7 @@ func TestSharePolicyRefusals(t *testing.T) {
 	cluster := a.ClusterID()
 
 	// A push for a generation that is not open.
-	env, err := shares.Seal(a.priv, shares.Binding{ClusterID: cluster, Owner: a.ID(), Generation: cur + 7, Holder: b.ID()}, []byte("0123456789abcdef"), randReader{})
+	env, err := shares.Seal(a.priv, shares.Binding{ClusterID: cluster, Owner: a.ID(), Generation: cur + 7, Holder: b.ID()}, []byte("0123456789abcdef"), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +323,7 @@ func TestSharePolicyRefusals(t *testing.T) {
 		t.Fatalf("push for a generation that is not open: %v", err)
 	}
 	// A second, different envelope for (current, a, b).
-	env2, _ := shares.Seal(a.priv, shares.Binding{ClusterID: cluster, Owner: a.ID(), Generation: cur, Holder: b.ID()}, []byte("another share...."), randReader{})
+	env2, _ := shares.Seal(a.priv, shares.Binding{ClusterID: cluster, Owner: a.ID(), Generation: cur, Holder: b.ID()}, []byte("another share...."), rand.Reader)
 	if _, err := a.svc.Push(ctxT(t, 5*time.Second), b.ID(), env2); !errors.Is(err, shares.ErrDuplicate) {
 		t.Fatalf("second push: %v", err)
 	}
@@ -351,7 +352,3 @@ func TestSharePolicyRefusals(t *testing.T) {
 		return true
 	})
 }
-
-type randReader struct{}
-
-func (randReader) Read(p []byte) (int, error) { return cryptoRand(p) }

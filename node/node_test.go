@@ -12,7 +12,25 @@ import (
 // Acceptance 1: a bootstrapped node admits two nodes by invite, and all
 // three agree on the members and the leader.
 func TestBootstrapAndJoinByInvite(t *testing.T) {
-	nodes := testCluster(t, 3)
+	nodes := testCluster(t, 2)
+	events, cancel := nodes[0].Events()
+	defer cancel()
+	nodes = append(nodes, joinNode(t, nodes[0]))
+	waitAgree(t, nodes, 3)
+	// The embedding API's event stream saw the join's generation open and
+	// commit, and the new member arrive.
+	seen := map[EventType]bool{}
+	waitFor(t, "generation and member events", 10*time.Second, func() bool {
+		for {
+			select {
+			case e := <-events:
+				seen[e.Type] = true
+				continue
+			default:
+			}
+			return seen[EventGenerationOpen] && seen[EventGenerationDone] && seen[EventMemberAdded]
+		}
+	})
 	want := activeIDs(nodes[0])
 	if len(want) != 3 {
 		t.Fatalf("ledger has %d active members, want 3", len(want))

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"sync"
@@ -287,6 +288,7 @@ func (n *Node) watchLoop() {
 	defer tick.Stop()
 	var leader peer.ID
 	statuses := map[peer.ID]generations.MemberStatus{}
+	genStates := map[uint64]generations.GenerationState{}
 	first := true
 	for {
 		select {
@@ -299,7 +301,23 @@ func (n *Node) watchLoop() {
 			n.events.publish(Event{Type: EventLeaderChanged, Peer: l})
 		}
 		var members []generations.Member
-		n.view(func(l *generations.Ledger) { members = l.Members() })
+		var gens []generations.Generation
+		n.view(func(l *generations.Ledger) { members, gens = l.Members(), l.Generations() })
+		for _, g := range gens {
+			old, seen := genStates[g.Number]
+			genStates[g.Number] = g.State
+			if first || (seen && old == g.State) {
+				continue
+			}
+			// A generation can open and commit between two polls: report
+			// the opening anyway, then where it went.
+			if !seen {
+				n.events.publish(Event{Type: EventGenerationOpen, Detail: fmt.Sprintf("generation %d: %d members, threshold %d", g.Number, len(g.Members), g.Threshold)})
+			}
+			if g.State != generations.StateOpen {
+				n.events.publish(Event{Type: EventGenerationDone, Detail: fmt.Sprintf("generation %d %s", g.Number, g.State)})
+			}
+		}
 		for _, m := range members {
 			old, seen := statuses[m.ID]
 			statuses[m.ID] = m.Status

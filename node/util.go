@@ -2,7 +2,6 @@ package node
 
 import (
 	"bytes"
-	"crypto/rand"
 	"errors"
 	"io"
 	"syscall"
@@ -11,5 +10,3 @@ import (
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
 
 func isConnRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
-
-func cryptoRand(p []byte) (int, error) { return rand.Read(p) }
