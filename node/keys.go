@@ -163,25 +163,19 @@ func (n *Node) keyLoop() {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		retry := n.keyDuties()
-		var soon <-chan time.Time
-		if retry {
-			soon = time.After(50 * time.Millisecond)
-		}
+		n.keyDuties()
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-tick.C:
 		case <-n.keyPoke:
-		case <-soon:
 		}
 	}
 }
 
-// keyDuties reports whether some push failed and is worth retrying soon.
-func (n *Node) keyDuties() (retry bool) {
+func (n *Node) keyDuties() {
 	if n.isRemoved() {
-		return false
+		return
 	}
 	self := n.host.ID()
 	var (
@@ -242,13 +236,13 @@ func (n *Node) keyDuties() (retry bool) {
 		return
 	}
 	if d.Open != 0 && len(d.PushTo) > 0 {
-		retry = n.distribute(clusID, k, d.Open, d.PushTo) || retry
+		n.distribute(clusID, k, d.Open, d.PushTo)
 	}
 	if d.Current != 0 && len(d.PushToCurrent) > 0 {
-		retry = n.distribute(clusID, k, d.Current, d.PushToCurrent) || retry
+		n.distribute(clusID, k, d.Current, d.PushToCurrent)
 	}
 	if gen, missing := n.missingCurrentHolders(); len(missing) > 0 {
-		retry = n.distribute(clusID, k, gen, missing) || retry
+		n.distribute(clusID, k, gen, missing)
 	}
 	if d.NeedsKeyCheck {
 		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
@@ -265,7 +259,6 @@ func (n *Node) keyDuties() (retry bool) {
 	} else {
 		n.keys.setProgress(UnlockProgress{Reason: "not yet escrowed in a committed generation"})
 	}
-	return retry
 }
 
 // caughtUp reports whether this node has heard from a leader and applied
@@ -282,7 +275,7 @@ func (n *Node) caughtUp() bool {
 // distribute splits K for generation gen (once per process), seals one
 // envelope per holder, pushes them in parallel, and records every receipt
 // it got in one batch.
-func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer.ID) (failed bool) {
+func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer.ID) {
 	var g generations.Generation
 	var ok bool
 	n.view(func(l *generations.Ledger) { g, ok = l.Generation(gen) })
@@ -365,7 +358,6 @@ func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer
 			n.keys.mu.Unlock()
 			log.Warnw("holder keeps an envelope of an earlier split; skipping it", "generation", gen, "holder", res.holder)
 		default:
-			failed = true
 			log.Debugw("push share", "generation", gen, "holder", res.holder, "err", res.err)
 		}
 	}
@@ -375,10 +367,9 @@ func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer
 	slices.SortFunc(batch, func(a, b generations.Receipt) int { return compareIDs(a.Holder, b.Holder) })
 	if err := n.apply(ctx, generations.NewRecordReceipts(batch, time.Now())); err != nil {
 		log.Warnw("record receipts", "generation", gen, "receipts", len(batch), "err", err)
-		return true
+		return
 	}
 	log.Infow("shares escrowed", "generation", gen, "receipts", len(batch), "holders", len(g.Members))
-	return failed
 }
 
 func compareIDs(a, b peer.ID) int {

@@ -41,7 +41,6 @@ func (n *Node) reconcileLoop() {
 		case <-tick.C:
 		case <-n.applied:
 		}
-		n.learnAddrs()
 		if n.cons.IsLeader() {
 			n.reconcile()
 		}
@@ -84,12 +83,6 @@ func (n *Node) reconcile() {
 		case generations.StatusActive, generations.StatusJoining:
 			want[m.ID] = true
 			voter, in := servers[m.ID]
-			if !in && len(m.Addrs) == 0 && !n.connected(m.ID) {
-				// Replicating to a joiner before anyone knows where it is
-				// only winds up Raft's retry backoff; its addresses are
-				// recorded right after its invite is consumed.
-				continue
-			}
 			if !in {
 				if err := n.cons.AddNonvoter(m.ID, membershipTimeout); err != nil {
 					log.Warnw("add non-voter", "peer", m.ID, "err", err)
@@ -145,19 +138,6 @@ func (n *Node) openIfNeeded() {
 	now := time.Now()
 	if err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now)); err != nil {
 		log.Debugw("open generation", "err", err)
-	}
-}
-
-// learnAddrs puts every live member's recorded addresses into the
-// peerstore as soon as the ledger has them, so Raft and share pushes can
-// dial a joiner at once rather than at the next connect round.
-func (n *Node) learnAddrs() {
-	var members []generations.Member
-	n.view(func(l *generations.Ledger) { members = l.Members() })
-	for _, m := range members {
-		if m.ID != n.host.ID() && len(m.Addrs) > 0 && (m.Status == generations.StatusActive || m.Status == generations.StatusJoining) {
-			n.addAddrs(m.ID, m.Addrs)
-		}
 	}
 }
 
