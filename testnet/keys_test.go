@@ -2,6 +2,7 @@ package testnet
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -29,6 +30,43 @@ func TestTestnetKeys(t *testing.T) {
 		s.must("p2pkey", fmt.Sprint(i), "wait", "--members", "5", "--unlocked")
 	}
 	waitCoverage(t, s, 5, 5, 3)
+
+	// `generations --json` shows each generation's state and, for the
+	// current one, a full owner x holder matrix.
+	var gens []struct {
+		Number  uint64   `json:"number"`
+		State   string   `json:"state"`
+		Current bool     `json:"current"`
+		Members []string `json:"members"`
+		Matrix  [][]bool `json:"matrix"`
+	}
+	if err := json.Unmarshal([]byte(s.must("p2pkey", "1", "generations", "--json")), &gens); err != nil {
+		t.Fatal(err)
+	}
+	var cur int
+	for _, g := range gens {
+		if g.Current {
+			cur++
+			if g.State != "committed" || len(g.Members) != 5 || len(g.Matrix) != 5 {
+				t.Fatalf("current generation: %+v", g)
+			}
+			for i, row := range g.Matrix {
+				for j, held := range row {
+					if !held {
+						t.Fatalf("generation %d: holder %d lacks owner %d's share", g.Number, j, i)
+					}
+				}
+			}
+		} else if g.State != "retired" && g.State != "aborted" {
+			t.Fatalf("older generation %d is %s once everyone is escrowed in the current one", g.Number, g.State)
+		}
+	}
+	if cur != 1 {
+		t.Fatalf("%d current generations", cur)
+	}
+	if out := s.must("p2pkey", "1", "generations"); !strings.Contains(out, "(current)") || !strings.Contains(out, "OWNER") {
+		t.Fatalf("generations table:\n%s", out)
+	}
 
 	keys := func() []string {
 		var out []string
