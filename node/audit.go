@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -94,7 +95,7 @@ func (n *Node) Audit(ctx context.Context) (AuditReport, error) {
 		for range t.holders {
 			ag.Holders = append(ag.Holders, <-results)
 		}
-		slices.SortFunc(ag.Holders, func(a, b AuditHolder) int { return compareStrings(a.PeerID, b.PeerID) })
+		slices.SortFunc(ag.Holders, func(a, b AuditHolder) int { return cmp.Compare(a.PeerID, b.PeerID) })
 		for _, h := range ag.Holders {
 			if t.current && (h.Result == AuditMissing || h.Result == AuditCorrupt) {
 				rep.Lost++
@@ -200,14 +201,4 @@ func (n *Node) auditLoop() {
 		}
 		cancel()
 	}
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -79,14 +79,14 @@ func DecodeJoinResponse(r io.Reader) (*pb.JoinResponse, error) {
 type joinService struct {
 	n       *Node
 	global  *rate.Limiter
-	perPeer *peerLimiter
+	perPeer *p2p.PeerLimiter
 }
 
 func (n *Node) startJoinService() {
 	js := &joinService{
 		n:       n,
 		global:  rate.NewLimiter(rate.Limit(5), 20),
-		perPeer: newPeerLimiter(rate.Every(2*time.Second), 3),
+		perPeer: p2p.NewPeerLimiter(rate.Every(2*time.Second), 3),
 	}
 	n.host.SetStreamHandler(JoinProtocol, js.handle)
 }
@@ -105,7 +105,7 @@ func (js *joinService) handle(s network.Stream) {
 	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
 
 	resp := &pb.JoinResponse{ClusterId: js.n.ClusterID()}
-	if !js.global.Allow() || !js.perPeer.allow(remote) {
+	if !js.global.Allow() || !js.perPeer.Allow(remote, time.Now()) {
 		log.Warnw("join refused: rate limited", "peer", remote)
 		resp.ErrorCode, resp.ErrorMessage = codeRateLimited, ErrJoinRateLimit.Error()
 		js.reply(s, resp)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/hkdf"
 	"crypto/hmac"
@@ -364,22 +365,12 @@ func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer
 	if len(batch) == 0 {
 		return
 	}
-	slices.SortFunc(batch, func(a, b generations.Receipt) int { return compareIDs(a.Holder, b.Holder) })
+	slices.SortFunc(batch, func(a, b generations.Receipt) int { return cmp.Compare(a.Holder, b.Holder) })
 	if err := n.apply(ctx, generations.NewRecordReceipts(batch, time.Now())); err != nil {
 		log.Warnw("record receipts", "generation", gen, "receipts", len(batch), "err", err)
 		return
 	}
 	log.Infow("shares escrowed", "generation", gen, "receipts", len(batch), "holders", len(g.Members))
-}
-
-func compareIDs(a, b peer.ID) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // missingCurrentHolders lists the holders of the current generation that

@@ -13,7 +13,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/generations"
 	"github.com/p2pkey/p2pkey/p2p"
-	"golang.org/x/time/rate"
 )
 
 const (
@@ -395,30 +394,4 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// peerLimiter is a token bucket per remote peer.
-type peerLimiter struct {
-	mu    sync.Mutex
-	r     rate.Limit
-	burst int
-	m     map[peer.ID]*rate.Limiter
-}
-
-func newPeerLimiter(r rate.Limit, burst int) *peerLimiter {
-	return &peerLimiter{r: r, burst: burst, m: map[peer.ID]*rate.Limiter{}}
-}
-
-func (p *peerLimiter) allow(id peer.ID) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.m) > 4096 { // bound memory under a flood of identities
-		p.m = map[peer.ID]*rate.Limiter{}
-	}
-	l, ok := p.m[id]
-	if !ok {
-		l = rate.NewLimiter(p.r, p.burst)
-		p.m[id] = l
-	}
-	return l.Allow()
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/p2pkey/p2pkey/p2p"
 	"sync"
 	"time"
 
@@ -45,7 +46,7 @@ type Service struct {
 	policy    Policy
 	cfg       config
 	log       *zap.SugaredLogger
-	limiter   *peerLimiter
+	limiter   *p2p.PeerLimiter
 
 	mu      sync.Mutex
 	closed  bool
@@ -85,7 +86,7 @@ func NewService(h host.Host, store *Store, self crypto.PrivKey, clusterID string
 		policy:    policy,
 		cfg:       cfg,
 		log:       cfg.log.SugaredLogger.With("cluster", clusterID),
-		limiter:   newPeerLimiter(cfg.fetchRate, cfg.fetchBurst),
+		limiter:   p2p.NewPeerLimiter(cfg.fetchRate, cfg.fetchBurst),
 		streams:   make(map[network.Stream]struct{}),
 	}
 	h.SetStreamHandler(ProtocolID, s.handleStream)
@@ -242,7 +243,7 @@ func (s *Service) serveFetch(remote peer.ID, req *request) (*pb.Response, error)
 	if req.clusterID != s.clusterID {
 		return nil, fmt.Errorf("%w: request for cluster %q", ErrWrongCluster, req.clusterID)
 	}
-	if !s.limiter.allow(remote, time.Now()) {
+	if !s.limiter.Allow(remote, time.Now()) {
 		return nil, fmt.Errorf("%w: fetches from %s", ErrRateLimited, remote)
 	}
 	if err := s.policy.AllowFetch(remote, req.gen); err != nil {

@@ -1,4 +1,4 @@
-package shares
+package p2p
 
 import (
 	"sync"
@@ -13,19 +13,23 @@ import (
 // a full bucket changes nothing for its peer.
 const maxLimiters = 1024
 
-// peerLimiter is a token bucket per remote peer.
-type peerLimiter struct {
+// PeerLimiter is a token bucket per remote peer, for handlers that a
+// stranger can reach. Its table is bounded: when full, the limiters of idle
+// peers (full buckets) are dropped, which changes nothing for them.
+type PeerLimiter struct {
 	mu    sync.Mutex
 	r     rate.Limit
 	burst int
 	m     map[peer.ID]*rate.Limiter
 }
 
-func newPeerLimiter(r rate.Limit, burst int) *peerLimiter {
-	return &peerLimiter{r: r, burst: burst, m: make(map[peer.ID]*rate.Limiter)}
+// NewPeerLimiter allows each peer r events per second with bursts of burst.
+func NewPeerLimiter(r rate.Limit, burst int) *PeerLimiter {
+	return &PeerLimiter{r: r, burst: burst, m: make(map[peer.ID]*rate.Limiter)}
 }
 
-func (l *peerLimiter) allow(p peer.ID, now time.Time) bool {
+// Allow reports whether p may act now, and spends a token if so.
+func (l *PeerLimiter) Allow(p peer.ID, now time.Time) bool {
 	if l.r == rate.Inf {
 		return true
 	}
