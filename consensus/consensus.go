@@ -55,8 +55,10 @@ type Config struct {
 	// AllowMember admits peers outside this node's Raft configuration that
 	// the node knows, by its replicated state, to be members. A node that is
 	// catching up holds an old configuration, and the current leader may not
-	// be in it; without this it would refuse that leader forever. Strangers
-	// and removed members are in neither, so rule S1 holds.
+	// be in it; without this it would refuse that leader forever. The
+	// leader also takes forwarded commands from such members: a joiner
+	// records its receipts before it is added to Raft. Strangers and
+	// removed members are in neither, so rule S1 holds.
 	AllowMember func(peer.ID) bool
 	// Deny, if set, refuses Raft streams from the peers it names even when
 	// they are servers: a block list, and the seam where tests partition
@@ -89,6 +91,17 @@ type Consensus struct {
 	transport *raft.NetworkTransport
 	store     *raftboltdb.BoltStore
 	forward   *forwarder
+
+	// appliedCh is closed and replaced whenever the FSM applies a command,
+	// so WaitApplied wakes at once instead of polling.
+	appliedMu sync.Mutex
+	appliedCh chan struct{}
+	// nudge asks the nudger to append a barrier, which carries the
+	// leader's commit index to followers at once (see nudgeLoop).
+	nudge      chan struct{}
+	leaderHint atomic.Pointer[peer.ID]
+	done       chan struct{}
+	nudgeDone  chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -131,8 +144,8 @@ func New(cfg Config) (*Consensus, error) {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
 
-	c := &Consensus{cfg: cfg, store: store}
-	c.fsm = &fsm{sm: cfg.StateMachine, applied: cfg.OnApplied}
+	c := &Consensus{cfg: cfg, store: store, appliedCh: make(chan struct{}), nudge: make(chan struct{}, 1), done: make(chan struct{}), nudgeDone: make(chan struct{})}
+	c.fsm = &fsm{sm: cfg.StateMachine, applied: c.onApplied}
 	c.stream = newStreamLayer(cfg.Host, c.admit)
 	c.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: addrProvider{},
@@ -178,7 +191,72 @@ func New(cfg Config) (*Consensus, error) {
 	c.raft = r
 	c.ready.Store(r)
 	c.forward = newForwarder(c)
+	go c.nudgeLoop()
 	return c, nil
+}
+
+func (c *Consensus) onApplied(index uint64) {
+	c.appliedMu.Lock()
+	close(c.appliedCh)
+	c.appliedCh = make(chan struct{})
+	c.appliedMu.Unlock()
+	if c.cfg.OnApplied != nil {
+		c.cfg.OnApplied(index)
+	}
+}
+
+// AppliedChan returns a channel that is closed when the FSM next applies a
+// command: a way to wait for the local state to change without polling.
+func (c *Consensus) AppliedChan() <-chan struct{} { return c.appliedChan() }
+
+func (c *Consensus) appliedChan() <-chan struct{} {
+	c.appliedMu.Lock()
+	defer c.appliedMu.Unlock()
+	return c.appliedCh
+}
+
+// nudgeLoop carries the leader's commit index to the followers whenever
+// Nudge asks. hashicorp/raft tells followers what is committed only in the
+// next AppendEntries, which, when no new entry follows, is sent after a
+// random CommitTimeout to 2×CommitTimeout; heartbeats do not carry it. A
+// follower then learns of a command up to 20 ms after the leader applied it.
+// A barrier is an entry that is replicated at once and carries the commit
+// index with it, so followers apply within a round trip. Requests coalesce:
+// at most one barrier is in flight and one more is queued.
+func (c *Consensus) nudgeLoop() {
+	defer close(c.nudgeDone)
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.nudge:
+		}
+		if c.raft.State() == raft.Leader {
+			// Shutdown fails a pending barrier at once.
+			_ = c.raft.Barrier(5 * time.Second).Error()
+		}
+	}
+}
+
+// Nudge asks the leader to tell its followers at once what it has committed,
+// for a command whose effect they should see without delay. It does not
+// block, and does nothing on a follower.
+func (c *Consensus) Nudge() {
+	select {
+	case c.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// SetLeaderHint names the peer to forward commands to while Raft itself
+// knows no leader: a joiner learns the leader from its join response before
+// the leader has replicated anything to it.
+func (c *Consensus) SetLeaderHint(p peer.ID) {
+	if p == "" {
+		c.leaderHint.Store(nil)
+		return
+	}
+	c.leaderHint.Store(&p)
 }
 
 func (c *Consensus) closeTransport() {
@@ -323,7 +401,7 @@ func (c *Consensus) ApplyIndex(ctx context.Context, cmd []byte) ([]byte, uint64,
 			if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
 				return res, idx, err
 			}
-		} else if leader := c.Leader(); leader != "" {
+		} else if leader := c.forwardTo(); leader != "" {
 			res, idx, err := c.forward.send(ctx, leader, cmd)
 			if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) {
 				return res, idx, err
@@ -359,22 +437,44 @@ func (c *Consensus) applyLocal(ctx context.Context, cmd []byte) ([]byte, uint64,
 	return r.result, f.Index(), r.err
 }
 
+// forwardTo is the leader Raft knows, or else the leader hint.
+func (c *Consensus) forwardTo() peer.ID {
+	if l := c.Leader(); l != "" {
+		return l
+	}
+	if h := c.leaderHint.Load(); h != nil {
+		return *h
+	}
+	return ""
+}
+
 // Barrier waits until every entry committed before the call is applied
 // locally. Only the leader can issue it.
 func (c *Consensus) Barrier(timeout time.Duration) error { return c.raft.Barrier(timeout).Error() }
 
 // WaitApplied waits until the local FSM has applied index.
 func (c *Consensus) WaitApplied(ctx context.Context, index uint64) error {
+	// Raft counts an entry applied once it is handed to the FSM goroutine,
+	// so the FSM's own index is the exact test. Entries that never reach the
+	// FSM (barriers, configuration changes, commands covered by a restored
+	// snapshot) are caught by Raft's index on the next tick.
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for c.raft.AppliedIndex() < index {
+	for {
+		ch := c.appliedChan()
+		if c.fsm.lastIndex.Load() >= index {
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-ch:
 		case <-t.C:
+			if c.raft.AppliedIndex() >= index {
+				return nil
+			}
 		}
 	}
-	return nil
 }
 
 // AddNonvoter adds p as a non-voting server. Leader only.
@@ -411,7 +511,9 @@ func (c *Consensus) Snapshot() error { return c.raft.Snapshot().Error() }
 func (c *Consensus) Close() error {
 	c.closeOnce.Do(func() {
 		c.forward.close()
+		close(c.done)
 		err := c.raft.Shutdown().Error()
+		<-c.nudgeDone
 		c.transport.CloseStreams()
 		c.closeTransport()
 		if cerr := c.store.Close(); err == nil {

@@ -103,8 +103,10 @@ func (f *forwarder) handle(s network.Stream) {
 	defer s.Scope().ReleaseMemory(64 << 10)
 	_ = s.SetDeadline(time.Now().Add(forwardTimeout))
 
-	if !f.c.InConfiguration(remote) {
-		log.Warnw("refused forwarded command from a peer outside the Raft configuration", "peer", remote)
+	// A member the state machine knows may forward before the leader has
+	// added it to the configuration: a joiner records its receipts first.
+	if !f.c.InConfiguration(remote) && (f.c.cfg.AllowMember == nil || !f.c.cfg.AllowMember(remote)) {
+		log.Warnw("refused forwarded command from a peer that is neither in the Raft configuration nor a member", "peer", remote)
 		f.reply(s, &pb.ForwardResponse{ErrorCode: codeNotAllowed, ErrorMessage: ErrNotAllowed.Error()})
 		return
 	}

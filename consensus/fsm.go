@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -63,6 +64,8 @@ type fsm struct {
 	mu      sync.Mutex
 	sm      StateMachine
 	applied func(index uint64)
+	// lastIndex is the index of the last command applied.
+	lastIndex atomic.Uint64
 }
 
 func (f *fsm) Apply(l *raft.Log) any {
@@ -70,6 +73,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return applyResult{}
 	}
 	res, err := f.applyEntry(l.Data)
+	f.lastIndex.Store(l.Index)
 	if f.applied != nil {
 		f.applied(l.Index)
 	}

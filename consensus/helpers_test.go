@@ -98,6 +98,8 @@ type testNode struct {
 	// allow admits the test cluster's peers while this node is unconfigured,
 	// as the node package does with the members named in a join response.
 	allow func(peer.ID) bool
+	// member is AllowMember: peers this node's state calls members.
+	member func(peer.ID) bool
 }
 
 // cluster is a set of real libp2p hosts on loopback running real Raft with
@@ -105,6 +107,10 @@ type testNode struct {
 type cluster struct {
 	t     testing.TB
 	nodes []*testNode
+	edit  func(*Config)
+
+	mu      sync.Mutex
+	members map[peer.ID]bool // members outside the Raft configuration
 }
 
 func newHost(t testing.TB) host.Host {
@@ -128,14 +134,18 @@ func fastConfig(n *testNode) Config {
 		LeaderLeaseTimeout: 150 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		AllowUnconfigured:  n.allow,
+		AllowMember:        n.member,
 	}
 }
 
 // newCluster starts n nodes; node 0 bootstraps and the rest are added as
 // voters (non-voter first, then promoted).
-func newCluster(t testing.TB, n int) *cluster {
+func newCluster(t testing.TB, n int) *cluster { return newClusterWith(t, n, nil) }
+
+// newClusterWith is newCluster with every node's Config edited by edit.
+func newClusterWith(t testing.TB, n int, edit func(*Config)) *cluster {
 	t.Helper()
-	cl := &cluster{t: t}
+	cl := &cluster{t: t, edit: edit, members: map[peer.ID]bool{}}
 	for i := 0; i < n; i++ {
 		cl.nodes = append(cl.nodes, &testNode{dir: t.TempDir(), host: newHost(t), sm: &listSM{}})
 	}
@@ -148,6 +158,7 @@ func newCluster(t testing.TB, n int) *cluster {
 	}
 	for _, nd := range cl.nodes {
 		nd.allow = cl.isNode
+		nd.member = cl.isMember
 		cl.start(nd)
 	}
 	t.Cleanup(cl.close)
@@ -177,7 +188,11 @@ func newCluster(t testing.TB, n int) *cluster {
 
 func (cl *cluster) start(nd *testNode) {
 	cl.t.Helper()
-	c, err := New(fastConfig(nd))
+	cfg := fastConfig(nd)
+	if cl.edit != nil {
+		cl.edit(&cfg)
+	}
+	c, err := New(cfg)
 	if err != nil {
 		cl.t.Fatal(err)
 	}
@@ -191,6 +206,19 @@ func (cl *cluster) isNode(p peer.ID) bool {
 		}
 	}
 	return false
+}
+
+// isMember is the cluster's AllowMember: peers marked by addMember.
+func (cl *cluster) isMember(p peer.ID) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.members[p]
+}
+
+func (cl *cluster) addMember(p peer.ID) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	cl.members[p] = true
 }
 
 func (cl *cluster) close() {
