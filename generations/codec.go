@@ -2,6 +2,7 @@ package generations
 
 import (
 	"fmt"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -124,6 +125,9 @@ func ValidateCommand(cmd *pb.Command) error {
 			return fmt.Errorf("%w: got %d bytes", ErrBadInviteHash, len(c.GetHash()))
 		}
 		if err := validClusterID(c.GetClusterId()); err != nil {
+			return err
+		}
+		if err := validAddrs(c.GetAddrs()); err != nil {
 			return err
 		}
 		if c.GetDeadline() < 0 {
@@ -354,6 +358,14 @@ func NewConsumeInvite(hash []byte, joiner peer.ID, clusterID string, deadline, n
 	c.Body = &pb.Command_ConsumeInvite{ConsumeInvite: &pb.ConsumeInvite{
 		Hash: append([]byte(nil), hash...), Joiner: []byte(joiner), ClusterId: clusterID, Deadline: unixNanos(deadline),
 	}}
+	return c
+}
+
+// NewConsumeInviteWithAddrs is NewConsumeInvite that also records where the
+// joiner can be reached, in the same entry.
+func NewConsumeInviteWithAddrs(hash []byte, joiner peer.ID, clusterID string, addrs []string, deadline, now time.Time) *pb.Command {
+	c := NewConsumeInvite(hash, joiner, clusterID, deadline, now)
+	c.GetConsumeInvite().Addrs = slices.Clone(addrs)
 	return c
 }
 

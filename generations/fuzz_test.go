@@ -20,6 +20,7 @@ func seedCorpus(f *testing.F) {
 	}
 	add(EncodeCommand(NewAddInvite(inviteHash(9), h.now.Add(time.Hour), ids[0], h.now)))
 	add(EncodeCommand(NewConsumeInvite(inviteHash(9), d, testCluster, h.now.Add(time.Minute), h.now)))
+	add(EncodeCommand(NewConsumeInviteWithAddrs(inviteHash(9), d, testCluster, []string{"/ip4/1.2.3.4/tcp/1"}, h.now.Add(time.Minute), h.now)))
 	add(EncodeCommand(NewOpenGeneration(h.now.Add(time.Minute), h.now)))
 	add(EncodeCommand(NewRecordReceipts(h.fullReceipts(2, ids)[:3], h.now)))
 	add(EncodeCommand(NewAbortGeneration(2, h.now.Add(time.Hour))))

@@ -323,12 +323,13 @@ func (l *Ledger) consumeInvite(now int64, c *pb.ConsumeInvite) (Result, error) {
 
 	inv.usedBy, inv.usedAt = joiner, now
 	var res Result
+	addrs := slices.Clone(c.GetAddrs())
 	if deadline == 0 {
-		l.members[joiner] = &member{status: StatusActive, joinedAt: now, admittedAt: now}
+		l.members[joiner] = &member{status: StatusActive, joinedAt: now, admittedAt: now, addrs: addrs}
 		res.Admitted = []peer.ID{joiner}
 		return res, nil
 	}
-	l.members[joiner] = &member{status: StatusJoining, joinedAt: now}
+	l.members[joiner] = &member{status: StatusJoining, joinedAt: now, addrs: addrs}
 	if l.open() == nil {
 		res.Opened = l.openGeneration(now, deadline)
 	}

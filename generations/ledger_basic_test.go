@@ -42,9 +42,12 @@ func TestBootstrapInviteDirectAdmission(t *testing.T) {
 	if !ok || inv.Issuer != a || inv.UsedBy != "" {
 		t.Fatalf("invite lookup: %+v %v", inv, ok)
 	}
-	res := h.must(NewConsumeInvite(inviteHash(1), b, testCluster, time.Time{}, h.tick()))
+	res := h.must(NewConsumeInviteWithAddrs(inviteHash(1), b, testCluster, []string{"/ip4/127.0.0.1/tcp/4002"}, time.Time{}, h.tick()))
 	if len(res.Admitted) != 1 || res.Admitted[0] != b || res.Opened != 0 {
 		t.Fatalf("direct admission result: %+v", res)
+	}
+	if m, _ := h.l.Member(b); len(m.Addrs) != 1 || m.Addrs[0] != "/ip4/127.0.0.1/tcp/4002" {
+		t.Fatalf("the joiner's addresses from its invite consumption: %+v", m)
 	}
 	if _, err := h.apply(NewConsumeInvite(inviteHash(1), c, testCluster, time.Time{}, h.tick())); !errors.Is(err, ErrInviteUsed) {
 		t.Fatalf("reused invite: %v", err)

@@ -367,6 +367,12 @@ func TestRejections(t *testing.T) {
 		{"addr with space", nil, enc(func(env *rejectEnv) *pb.Command {
 			return NewSetAddrs(env.a, []string{"/ip4/1.2.3.4 /tcp/1"}, env.h.tick())
 		}), ErrBadAddrs},
+		{"joiner addr with newline", nil, enc(func(env *rejectEnv) *pb.Command {
+			return NewConsumeInviteWithAddrs(inviteHash(1), env.e, testCluster, []string{"/ip4/1.2.3.4/tcp/1\n"}, time.Time{}, env.h.tick())
+		}), ErrBadAddrs},
+		{"too many joiner addrs", nil, enc(func(env *rejectEnv) *pb.Command {
+			return NewConsumeInviteWithAddrs(inviteHash(1), env.e, testCluster, make([]string, MaxAddrs+1), time.Time{}, env.h.tick())
+		}), ErrBadAddrs},
 		{"key check too long", nil, enc(func(env *rejectEnv) *pb.Command {
 			return NewRecordKeyCheck(env.a, make([]byte, MaxKeyCheckSize+1), env.h.tick())
 		}), ErrBadKeyCheck},

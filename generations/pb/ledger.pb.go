@@ -522,7 +522,10 @@ type ConsumeInvite struct {
 	ClusterId string                 `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	// deadline 0 admits the joiner at once; > 0 makes it a joiner of a
 	// generation that must commit by then.
-	Deadline      int64 `protobuf:"varint,4,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Deadline int64 `protobuf:"varint,4,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// The joiner's addresses, recorded as a SetAddrs would, so members can
+	// reach it as soon as the generation opens. Bounded like SetAddrs.
+	Addrs         []string `protobuf:"bytes,5,rep,name=addrs,proto3" json:"addrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -583,6 +586,13 @@ func (x *ConsumeInvite) GetDeadline() int64 {
 		return x.Deadline
 	}
 	return 0
+}
+
+func (x *ConsumeInvite) GetAddrs() []string {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
 }
 
 type OpenGeneration struct {
@@ -1633,13 +1643,14 @@ const file_ledger_proto_rawDesc = "" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\x03R\texpiresAt\x12\x16\n" +
-	"\x06issuer\x18\x03 \x01(\fR\x06issuer\"v\n" +
+	"\x06issuer\x18\x03 \x01(\fR\x06issuer\"\x8c\x01\n" +
 	"\rConsumeInvite\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x16\n" +
 	"\x06joiner\x18\x02 \x01(\fR\x06joiner\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x03 \x01(\tR\tclusterId\x12\x1a\n" +
-	"\bdeadline\x18\x04 \x01(\x03R\bdeadline\",\n" +
+	"\bdeadline\x18\x04 \x01(\x03R\bdeadline\x12\x14\n" +
+	"\x05addrs\x18\x05 \x03(\tR\x05addrs\",\n" +
 	"\x0eOpenGeneration\x12\x1a\n" +
 	"\bdeadline\x18\x01 \x01(\x03R\bdeadline\"\x8d\x01\n" +
 	"\aReceipt\x12\x1e\n" +
