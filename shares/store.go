@@ -42,6 +42,9 @@ type Key struct {
 // local node, so that is also one per (generation, owner, holder). The node
 // keeps its own self-addressed envelopes here too (holder == owner).
 // A Store is safe for concurrent use.
+// putBatchDelay is how long a Put waits for others to share its commit.
+const putBatchDelay = time.Millisecond
+
 type Store struct {
 	db *bolt.DB
 }
@@ -53,6 +56,8 @@ func OpenStore(path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("shares: open store %s: %w", path, err)
 	}
+	db.MaxBatchDelay = putBatchDelay
+
 	err = db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil {
@@ -148,7 +153,10 @@ func (s *Store) Put(gen uint64, owner peer.ID, env *Envelope) error {
 		return fmt.Errorf("%w: envelope of %d bytes", ErrTooLarge, len(v))
 	}
 	k := encodeKey(gen, owner)
-	return s.db.Update(func(tx *bolt.Tx) error {
+	// Batch: pushes from several owners arrive together when a generation
+	// opens, and share one commit (one fsync pair) instead of one each. The
+	// function is idempotent, as Batch requires.
+	return s.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketEnvelopes)
 		if old := b.Get(k); old != nil {
 			if bytes.Equal(old, v) {
