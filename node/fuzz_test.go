@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"testing"
 	"time"
 
@@ -28,8 +29,26 @@ func FuzzDecodeJoinResponse(f *testing.F) {
 	var buf bytes.Buffer
 	protodelim.MarshalTo(&buf, &pb.JoinResponse{Version: 1, ClusterId: "c", Members: []*pb.Peer{{Id: []byte("x"), Addrs: []string{"/ip4/1.2.3.4/tcp/1"}}}})
 	f.Add(buf.Bytes())
+	buf.Reset()
+	pid, err := peer.Decode("12D3KooWBmSBRFJGic4fo6JFrorBF89F9BL9kFpAfpZbg9pAqkpg")
+	if err != nil {
+		f.Fatal(err)
+	}
+	id := []byte(pid)
+	protodelim.MarshalTo(&buf, &pb.JoinResponse{Version: 1, ClusterId: "c", Generation: 7, Threshold: 2, GenerationMembers: [][]byte{id, id, id}})
+	f.Add(buf.Bytes())
 	f.Fuzz(func(t *testing.T, data []byte) {
-		DecodeJoinResponse(bytes.NewReader(data))
+		resp, err := DecodeJoinResponse(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		// Whatever the response claims, the generation it describes is
+		// either refused or within bounds.
+		if jg, err := decodeJoinGeneration(resp); err == nil && jg != nil {
+			if jg.Threshold < 1 || jg.Threshold > len(jg.Members) || len(jg.Members) > 1024 {
+				t.Fatalf("accepted a generation with %d members and threshold %d", len(jg.Members), jg.Threshold)
+			}
+		}
 	})
 }
 

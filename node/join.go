@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -70,7 +71,7 @@ func DecodeJoinResponse(r io.Reader) (*pb.JoinResponse, error) {
 	if m.GetVersion() != joinVersion {
 		return nil, fmt.Errorf("malformed join response: version %d", m.GetVersion())
 	}
-	if len(m.GetMembers()) > 1024 {
+	if len(m.GetMembers()) > 1024 || len(m.GetGenerationMembers()) > 1024 {
 		return nil, errors.New("malformed join response: too many members")
 	}
 	return m, nil
@@ -136,8 +137,14 @@ func (js *joinService) handle(s network.Stream) {
 	// The joiner is admitted only when the generation opened for it commits
 	// (rules J2-J4); the deadline bounds the attempt (J5).
 	now := time.Now()
-	cmd := generations.NewConsumeInvite(inv.Hash(), remote, resp.ClusterId, now.Add(js.n.cfg.GenerationTimeout), now)
-	if err := js.n.apply(ctx, cmd); err != nil {
+	// The joiner's addresses go in with the invite, so members can reach it
+	// as soon as the generation opens.
+	addrs := joinerAddrs(req.GetAddrs(), remote)
+	cmd := generations.NewConsumeInviteWithAddrs(inv.Hash(), remote, resp.ClusterId, addrs, now.Add(js.n.cfg.GenerationTimeout), now)
+	// The leader's answer says which generation opened for the joiner, so
+	// the joiner is told without waiting for this node's ledger to apply it.
+	opened, err := js.n.applyResult(ctx, cmd)
+	if err != nil {
 		log.Warnw("join refused", "peer", remote, "err", err)
 		resp.ErrorCode, resp.ErrorMessage = generations.ErrorCode(err), err.Error()
 		if resp.ErrorCode == "" {
@@ -146,18 +153,17 @@ func (js *joinService) handle(s network.Stream) {
 		js.reply(s, resp)
 		return
 	}
-	// Record where the joiner can be reached, so every member (and the
-	// leader, which must replicate to it) can dial it.
-	if addrs := joinerAddrs(req.GetAddrs(), remote); len(addrs) > 0 {
-		if err := js.n.apply(ctx, generations.NewSetAddrs(remote, addrs, time.Now())); err != nil {
-			log.Warnw("record joiner addresses", "peer", remote, "err", err)
-		}
-	}
 	log.Infow("invite accepted", "peer", remote)
 	js.n.host.Peerstore().AddAddrs(remote, js.n.host.Peerstore().Addrs(remote), time.Hour)
 	p2p.Protect(js.n.host, remote)
 	resp.Members = js.n.memberPeers()
 	resp.Leader = []byte(js.n.cons.Leader())
+	if g, ok := decodeOpened(opened); ok && slices.Contains(g.Members, remote) {
+		resp.Generation, resp.Threshold = g.Generation, uint32(g.Threshold)
+		for _, m := range g.Members {
+			resp.GenerationMembers = append(resp.GenerationMembers, []byte(m))
+		}
+	}
 	js.reply(s, resp)
 	js.n.pokeReconciler()
 }
@@ -176,6 +182,8 @@ func (js *joinService) reply(s network.Stream, resp *pb.JoinResponse) {
 func (n *Node) join(ctx context.Context, inv Invite) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.JoinTimeout)
 	defer cancel()
+	// Once join returns, the ledger knows the generation (or the join failed).
+	defer n.joinGen.Store(nil)
 	infos, err := addrInfos(inv.Addrs)
 	if err != nil {
 		return err
@@ -187,6 +195,12 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 		n.allowed[ai.ID] = true
 	}
 	n.mu.Unlock()
+
+	// Dial every member the invite names while the invite is checked: the
+	// joiner exchanges shares with all of them as soon as its generation
+	// opens, and connection set-up (a Noise handshake each way) would
+	// otherwise sit on that path.
+	n.dialAll(ctx, infos)
 
 	var lastErr error = ErrJoinNoResponse
 	var resp *pb.JoinResponse
@@ -208,19 +222,32 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 	if resp == nil {
 		return lastErr
 	}
+	var others []peer.AddrInfo
 	n.mu.Lock()
 	for _, m := range resp.GetMembers() {
 		if id, err := peer.IDFromBytes(m.GetId()); err == nil {
 			n.allowed[id] = true
 			n.addAddrs(id, m.GetAddrs())
 			p2p.Protect(n.host, id)
+			others = append(others, peer.AddrInfo{ID: id})
 		}
 	}
 	n.mu.Unlock()
+	if jg, err := decodeJoinGeneration(resp); err != nil {
+		log.Warnw("join response describes no usable generation; waiting for the ledger", "err", err)
+	} else if jg != nil {
+		n.joinGen.Store(jg)
+		close(n.joinGenSet)
+		if leader, err := peer.IDFromBytes(resp.GetLeader()); err == nil {
+			n.cons.SetLeaderHint(leader)
+		}
+		n.pokeKeys()
+	}
+	n.dialAll(ctx, others)
 	if err := writeClusterFile(n.cfg.clusterPath(), inv.ClusterID, mergeStrings(n.cfg.Relays, inv.Relays)); err != nil {
 		return err
 	}
-	log.Infow("invite accepted; sharing keys with the new generation", "cluster", resp.GetClusterId())
+	log.Infow("invite accepted; sharing keys with the new generation", "cluster", resp.GetClusterId(), "generation", resp.GetGeneration())
 
 	// Wait until our generation commits (we become active) and the leader
 	// promotes us, or until it aborts (we are rejected, rule J5).
@@ -256,6 +283,22 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 			return fmt.Errorf("%w: not admitted within the join timeout: %s", ErrJoinRejected, msg)
 		case <-tick.C:
 		}
+	}
+}
+
+// dialAll connects to each peer not yet connected, in the background.
+func (n *Node) dialAll(ctx context.Context, infos []peer.AddrInfo) {
+	for _, ai := range infos {
+		if n.connected(ai.ID) {
+			continue
+		}
+		go func() {
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := n.host.Connect(network.WithAllowLimitedConn(dctx, "p2pkey-join"), ai); err != nil {
+				log.Debugw("dial member", "peer", ai.ID, "err", err)
+			}
+		}()
 	}
 }
 
@@ -300,6 +343,41 @@ func (n *Node) requestJoin(ctx context.Context, ai peer.AddrInfo, inv Invite) (*
 		}
 		return nil, fmt.Errorf("%w: %s", ErrJoinRefused, resp.GetErrorMessage())
 	}
+}
+
+// joinGeneration is the generation opened for a joiner, as the member that
+// took its invite described it. The joiner trusts it as far as it trusts that
+// member (named in its invite): it shares its own key into the generation
+// and accepts its members' shares before its ledger has caught up. The
+// ledger still checks every receipt.
+type joinGeneration struct {
+	Number    uint64
+	Members   []peer.ID
+	Threshold int
+}
+
+func (jg *joinGeneration) generation() generations.Generation {
+	return generations.Generation{Number: jg.Number, State: generations.StateOpen, Members: jg.Members, Threshold: jg.Threshold}
+}
+
+// decodeJoinGeneration reads the join response's generation; nil when the
+// joiner waits for the next one.
+func decodeJoinGeneration(resp *pb.JoinResponse) (*joinGeneration, error) {
+	if resp.GetGeneration() == 0 {
+		return nil, nil
+	}
+	jg := &joinGeneration{Number: resp.GetGeneration(), Threshold: int(resp.GetThreshold())}
+	for _, b := range resp.GetGenerationMembers() {
+		id, err := peer.IDFromBytes(b)
+		if err != nil {
+			return nil, fmt.Errorf("generation member: %w", err)
+		}
+		jg.Members = append(jg.Members, id)
+	}
+	if len(jg.Members) < 2 || jg.Threshold < 1 || jg.Threshold > len(jg.Members) {
+		return nil, fmt.Errorf("generation %d with %d members and threshold %d", jg.Number, len(jg.Members), jg.Threshold)
+	}
+	return jg, nil
 }
 
 // joinerAddrs keeps the joiner's claimed addresses that parse and name the

@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	mrand "math/rand/v2"
 	"os"
 	"slices"
 	"strconv"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/generations"
+	gpb "github.com/p2pkey/p2pkey/generations/pb"
 	"github.com/p2pkey/p2pkey/shares"
 )
 
@@ -65,6 +68,9 @@ type split struct {
 	// would differ in its nonce and be refused as a duplicate).
 	envs map[peer.ID]*shares.Envelope
 	dup  map[peer.ID]bool // holders that refused: they hold an older split
+	// held marks holders whose receipts the ledger recorded, so a joiner
+	// sharing ahead of its ledger does not push to them again.
+	held map[peer.ID]bool
 }
 
 // UnlockProgress is what status reports while a node gathers its shares.
@@ -197,7 +203,13 @@ func (n *Node) keyDuties() {
 		checkOK, _ = l.KeyCheck(self)
 	})
 	if !boot || n.svc == nil {
-		if n.keys.get() != nil {
+		if k := n.keys.get(); k != nil {
+			// A joiner shares into the generation opened for it as soon as
+			// its join response names it, not once its ledger catches up.
+			if jg := n.joinGen.Load(); jg != nil && n.svc != nil {
+				n.distribute(n.clusterID, k, jg.Number, jg.Members)
+			}
+			clear(k)
 			return
 		}
 		if h, ok := n.loadUnlockHint(); ok {
@@ -274,81 +286,175 @@ func (n *Node) caughtUp() bool {
 }
 
 // distribute splits K for generation gen (once per process), seals one
-// envelope per holder, pushes them in parallel, and records every receipt
-// it got in one batch.
+// envelope per holder, pushes them in parallel, and records the receipts.
+//
+// While gen is open, it pushes in rounds and stops once the generation's
+// commit no longer waits on this owner: t(g) holders have its share, every
+// joiner among them (rules J2-J3). The other holders get theirs once the
+// generation has committed (see missingCurrentHolders), so a join does not
+// pay for every member's disk writes before it can commit. A holder that
+// fails is replaced at once by the next.
 func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer.ID) {
 	var g generations.Generation
 	var ok bool
 	n.view(func(l *generations.Ledger) { g, ok = l.Generation(gen) })
+	// apply waits for this node's ledger to apply what it records; a
+	// joiner that shares before its ledger exists only waits for the leader.
+	apply := n.apply
 	if !ok {
+		jg := n.joinGen.Load()
+		if jg == nil || jg.Number != gen {
+			return
+		}
+		g = jg.generation()
+		apply = func(ctx context.Context, cmd *gpb.Command) error {
+			_, err := n.applyResult(ctx, cmd)
+			return err
+		}
+	}
+	sp, envs := n.sealFor(clusterID, k, g, holders)
+	if len(envs) == 0 {
 		return
 	}
+	ctx, cancel := context.WithTimeout(n.ctx, 15*time.Second)
+	defer cancel()
+	self := n.host.ID()
+	// Order: this node itself (no network), the joiners, then the rest in
+	// random order, which spreads the owners' first rounds over the holders.
+	order := slices.Collect(maps.Keys(envs))
+	mrand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	rank := func(h peer.ID) int {
+		switch {
+		case h == self:
+			return 0
+		case slices.Contains(g.Joiners, h):
+			return 1
+		}
+		return 2
+	}
+	slices.SortStableFunc(order, func(a, b peer.ID) int { return cmp.Compare(rank(a), rank(b)) })
+
+	recorded := 0
+	for len(order) > 0 {
+		round := order
+		if g.State == generations.StateOpen {
+			n.keys.mu.Lock()
+			held := len(sp.held)
+			joinersLeft := 0
+			for _, j := range g.Joiners {
+				if !sp.held[j] && slices.Contains(order, j) {
+					joinersLeft++
+				}
+			}
+			n.keys.mu.Unlock()
+			if held >= g.Threshold && joinersLeft == 0 {
+				break
+			}
+			// The round reaches the threshold and every joiner left, which
+			// come first in order (after this node itself).
+			size := max(g.Threshold-held, joinersLeft)
+			if order[0] == self && !slices.Contains(g.Joiners, self) && joinersLeft > 0 {
+				size = max(size, joinersLeft+1)
+			}
+			round = order[:min(size, len(order))]
+		}
+		order = order[len(round):]
+		recorded += n.pushRound(ctx, apply, g, sp, envs, round)
+	}
+	if recorded > 0 {
+		log.Infow("shares escrowed", "generation", gen, "receipts", recorded, "holders", len(g.Members))
+	}
+}
+
+// sealFor returns gen's split of K (made on first use) and the sealed
+// envelopes for those of holders that still need one.
+func (n *Node) sealFor(clusterID string, k []byte, g generations.Generation, holders []peer.ID) (*split, map[peer.ID]*shares.Envelope) {
 	n.keys.mu.Lock()
-	sp := n.keys.splits[gen]
+	defer n.keys.mu.Unlock()
+	sp := n.keys.splits[g.Number]
 	if sp == nil {
 		parts, err := shares.Split(k, len(g.Members), g.Threshold)
 		if err != nil {
-			n.keys.mu.Unlock()
-			log.Errorw("split key", "generation", gen, "err", err)
-			return
+			log.Errorw("split key", "generation", g.Number, "err", err)
+			return nil, nil
 		}
-		sp = &split{shares: map[peer.ID][]byte{}, envs: map[peer.ID]*shares.Envelope{}, dup: map[peer.ID]bool{}}
+		sp = &split{shares: map[peer.ID][]byte{}, envs: map[peer.ID]*shares.Envelope{}, dup: map[peer.ID]bool{}, held: map[peer.ID]bool{}}
 		rand.Read(sp.id[:])
 		for i, m := range g.Members {
 			sp.shares[m] = parts[i]
 		}
-		n.keys.splits[gen] = sp
+		n.keys.splits[g.Number] = sp
 	}
-	todo := map[peer.ID]*shares.Envelope{}
+	envs := map[peer.ID]*shares.Envelope{}
 	for _, h := range holders {
 		s, ok := sp.shares[h]
-		if !ok || sp.dup[h] {
+		if !ok || sp.dup[h] || sp.held[h] {
 			continue
 		}
 		env := sp.envs[h]
 		if env == nil {
 			plain := slices.Concat(sp.id[:], s)
 			var err error
-			env, err = shares.Seal(n.priv, shares.Binding{ClusterID: clusterID, Owner: n.host.ID(), Generation: gen, Holder: h}, plain, rand.Reader)
+			env, err = shares.Seal(n.priv, shares.Binding{ClusterID: clusterID, Owner: n.host.ID(), Generation: g.Number, Holder: h}, plain, rand.Reader)
 			clear(plain)
 			if err != nil {
-				log.Errorw("seal envelope", "generation", gen, "holder", h, "err", err)
+				log.Errorw("seal envelope", "generation", g.Number, "holder", h, "err", err)
 				continue
 			}
 			sp.envs[h] = env
 		}
-		todo[h] = env
+		envs[h] = env
 	}
-	n.keys.mu.Unlock()
-	if len(todo) == 0 {
-		return
-	}
+	return sp, envs
+}
 
-	ctx, cancel := context.WithTimeout(n.ctx, 15*time.Second)
-	defer cancel()
+// pushRound pushes to holders in parallel and records the receipts it got,
+// returning how many were recorded. Receipts go to the ledger in up to two
+// batches: the first as soon as the generation's threshold is met and every
+// joiner holds a share (what its commit waits for), the rest when every push
+// is done, so a slow holder delays only its own receipt.
+func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.Command) error, g generations.Generation, sp *split, envs map[peer.ID]*shares.Envelope, holders []peer.ID) int {
 	type result struct {
 		holder peer.ID
 		r      *shares.Receipt
 		err    error
 	}
-	results := make(chan result, len(todo))
-	for h, env := range todo {
+	results := make(chan result, len(holders))
+	for _, h := range holders {
+		n.learnAddrs(h)
 		go func() {
 			if hk := n.cfg.hooks; hk != nil && hk.dropPush != nil && hk.dropPush(h) {
 				results <- result{holder: h, err: errors.New("push dropped by a test hook")}
 				return
 			}
-			r, err := n.svc.Push(ctx, h, env)
+			r, err := n.svc.Push(ctx, h, envs[h])
 			results <- result{holder: h, r: r, err: err}
 		}()
 	}
 	var batch []generations.Receipt
-	for range todo {
+	recorded := 0
+	record := func() bool {
+		slices.SortFunc(batch, func(a, b generations.Receipt) int { return cmp.Compare(a.Holder, b.Holder) })
+		if err := apply(ctx, generations.NewRecordReceipts(batch, time.Now())); err != nil {
+			log.Warnw("record receipts", "generation", g.Number, "receipts", len(batch), "err", err)
+			return false
+		}
+		recorded += len(batch)
+		n.keys.mu.Lock()
+		for _, r := range batch {
+			sp.held[r.Holder] = true
+		}
+		n.keys.mu.Unlock()
+		batch = nil
+		return true
+	}
+	early := true
+	for i := range len(holders) {
 		res := <-results
 		switch {
 		case res.err == nil:
 			batch = append(batch, generations.Receipt{
-				Generation: gen, Owner: res.r.Owner, Holder: res.r.Holder,
+				Generation: g.Number, Owner: res.r.Owner, Holder: res.r.Holder,
 				Digest: res.r.Digest[:], Signature: res.r.Signature,
 			})
 		case errors.Is(res.err, shares.ErrDuplicate):
@@ -357,20 +463,31 @@ func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer
 			n.keys.mu.Lock()
 			sp.dup[res.holder] = true
 			n.keys.mu.Unlock()
-			log.Warnw("holder keeps an envelope of an earlier split; skipping it", "generation", gen, "holder", res.holder)
+			log.Warnw("holder keeps an envelope of an earlier split; skipping it", "generation", g.Number, "holder", res.holder)
 		default:
-			log.Debugw("push share", "generation", gen, "holder", res.holder, "err", res.err)
+			log.Debugw("push share", "generation", g.Number, "holder", res.holder, "err", res.err)
+		}
+		if early && i < len(holders)-1 && len(batch) >= g.Threshold && holdsAll(batch, g.Joiners) {
+			early = false
+			if !record() {
+				return recorded
+			}
 		}
 	}
-	if len(batch) == 0 {
-		return
+	if len(batch) > 0 {
+		record()
 	}
-	slices.SortFunc(batch, func(a, b generations.Receipt) int { return cmp.Compare(a.Holder, b.Holder) })
-	if err := n.apply(ctx, generations.NewRecordReceipts(batch, time.Now())); err != nil {
-		log.Warnw("record receipts", "generation", gen, "receipts", len(batch), "err", err)
-		return
+	return recorded
+}
+
+// holdsAll reports whether batch has a receipt by every one of holders.
+func holdsAll(batch []generations.Receipt, holders []peer.ID) bool {
+	for _, h := range holders {
+		if !slices.ContainsFunc(batch, func(r generations.Receipt) bool { return r.Holder == h }) {
+			return false
+		}
 	}
-	log.Infow("shares escrowed", "generation", gen, "receipts", len(batch), "holders", len(g.Members))
+	return true
 }
 
 // missingCurrentHolders lists the holders of the current generation that
@@ -418,8 +535,12 @@ func (n *Node) dropSplits(d generations.Duties) {
 	}
 	n.keys.mu.Lock()
 	defer n.keys.mu.Unlock()
+	joining := uint64(0)
+	if jg := n.joinGen.Load(); jg != nil {
+		joining = jg.Number // ahead of a ledger that is still catching up
+	}
 	for g, sp := range n.keys.splits {
-		if g == d.Open || g == d.Current || (g == cur && len(sp.dup) == 0) {
+		if g == d.Open || g == d.Current || g == joining || (g == cur && len(sp.dup) == 0) {
 			continue
 		}
 		sp.wipe()
@@ -649,16 +770,23 @@ type sharePolicy struct{ n *Node }
 const pushWait = 500 * time.Millisecond
 
 func (p sharePolicy) AllowPush(owner peer.ID, gen uint64) error {
-	deadline := time.Now().Add(pushWait)
+	timeout := time.NewTimer(pushWait)
+	defer timeout.Stop()
+	jgSet := p.n.joinGenSet
 	for {
+		applied := p.n.cons.AppliedChan()
 		err := p.allowPush(owner, gen)
-		if !errors.Is(err, errGenerationUnknown) || time.Now().After(deadline) {
+		if !errors.Is(err, errGenerationUnknown) {
 			return err
 		}
 		select {
 		case <-p.n.ctx.Done():
 			return err
-		case <-time.After(5 * time.Millisecond):
+		case <-timeout.C:
+			return err
+		case <-applied:
+		case <-jgSet:
+			jgSet = nil // fires once
 		}
 	}
 }
@@ -674,6 +802,11 @@ func (p sharePolicy) allowPush(owner peer.ID, gen uint64) error {
 			return
 		}
 		g, ok := l.Generation(gen)
+		if jg := p.n.joinGen.Load(); !ok && jg != nil && jg.Number == gen {
+			// A joiner whose ledger has not caught up yet holds for the
+			// generation its join response named.
+			g, ok = jg.generation(), true
+		}
 		if !ok {
 			err = fmt.Errorf("%w: %w: %d", shares.ErrGenerationNotOpen, errGenerationUnknown, gen)
 			return

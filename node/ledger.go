@@ -1,6 +1,9 @@
 package node
 
 import (
+	"encoding/json"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/consensus"
 	"github.com/p2pkey/p2pkey/generations"
 )
@@ -9,13 +12,55 @@ import (
 // whole FSM bridge: decoding and every rule live in package generations.
 type ledgerSM struct {
 	l *generations.Ledger
+	// onResult, if set, sees the result of every command applied.
+	onResult func(generations.Result)
 }
 
 func (s *ledgerSM) Apply(cmd []byte) ([]byte, error) {
-	_, err := s.l.Apply(cmd)
-	return nil, err
+	res, err := s.l.Apply(cmd)
+	var out []byte
+	if err == nil && res.Opened != 0 {
+		// A proposer learns the generation it opened from the leader's
+		// answer, before its own ledger has applied the entry.
+		if g, ok := s.l.Generation(res.Opened); ok {
+			out = encodeOpened(g)
+		}
+	}
+	if err == nil && s.onResult != nil {
+		s.onResult(res)
+	}
+	return out, err
 }
 
+// openedResult is the state-machine result of a command that opened a
+// generation.
+type openedResult struct {
+	Generation uint64    `json:"generation"`
+	Members    []peer.ID `json:"-"`
+	Threshold  int       `json:"threshold"`
+	RawMembers [][]byte  `json:"members"`
+}
+
+func encodeOpened(g generations.Generation) []byte {
+	r := openedResult{Generation: g.Number, Threshold: g.Threshold}
+	for _, m := range g.Members {
+		r.RawMembers = append(r.RawMembers, []byte(m))
+	}
+	b, _ := json.Marshal(r)
+	return b
+}
+
+// decodeOpened reads an openedResult; ok is false for any other result.
+func decodeOpened(b []byte) (openedResult, bool) {
+	var r openedResult
+	if len(b) == 0 || json.Unmarshal(b, &r) != nil || r.Generation == 0 {
+		return openedResult{}, false
+	}
+	for _, m := range r.RawMembers {
+		r.Members = append(r.Members, peer.ID(m))
+	}
+	return r, true
+}
 func (s *ledgerSM) Snapshot() ([]byte, error) { return s.l.Snapshot() }
 
 func (s *ledgerSM) Restore(data []byte) error {

@@ -60,6 +60,15 @@ type Node struct {
 	events  *broadcaster
 	applied chan struct{}
 	keyPoke chan struct{}
+	// joinGen is the generation opened for this node, as its join response
+	// described it; it lets a joiner share before its ledger catches up.
+	joinGen atomic.Pointer[joinGeneration]
+	// joinGenSet is closed when joinGen is first set, waking share pushes
+	// that arrived before the join response did.
+	joinGenSet chan struct{}
+	// consReady is cons, published for the FSM goroutine, which may run
+	// before consensus.New has returned.
+	consReady atomic.Pointer[consensus.Consensus]
 
 	// allowed holds peers admitted to Raft while this node is unconfigured:
 	// the members named by the join response.
@@ -195,19 +204,22 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
 		cfg: cfg, priv: priv, host: h, store: store,
-		sm:       &ledgerSM{l: generations.New()},
-		events:   newBroadcaster(),
-		keys:     newKeyring(),
-		applied:  make(chan struct{}, 1),
-		keyPoke:  make(chan struct{}, 1),
-		allowed:  map[peer.ID]bool{},
-		sweptSet: map[string]bool{},
-		heardSet: map[string]bool{},
-		relays:   relayInfos,
-		addrsCh:  addrsChanged,
-		ctx:      nctx, cancel: cancel,
+		sm:         &ledgerSM{l: generations.New()},
+		events:     newBroadcaster(),
+		keys:       newKeyring(),
+		applied:    make(chan struct{}, 1),
+		keyPoke:    make(chan struct{}, 1),
+		joinGenSet: make(chan struct{}),
+		allowed:    map[peer.ID]bool{},
+		sweptSet:   map[string]bool{},
+		heardSet:   map[string]bool{},
+		relays:     relayInfos,
+		addrsCh:    addrsChanged,
+		ctx:        nctx, cancel: cancel,
 	}
 	self.Store(n)
+	n.sm.onResult = n.onLedgerResult
+	n.clusterID = clusterID
 	if _, err := os.Stat(cfg.removedPath()); err == nil {
 		n.removed.Store(true)
 		n.keys.setProgress(UnlockProgress{Reason: ErrRemoved.Error() + "; it can never unlock again"})
@@ -220,7 +232,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		Host:              h,
 		Dir:               cfg.raftDir(),
 		StateMachine:      n.sm,
-		ClusterID:         n.ClusterID,
+		ClusterID:         n.clusterIDOrInvite,
 		AllowUnconfigured: n.allowUnconfigured,
 		AllowMember:       n.allowMember,
 		Errors:            errorCodec{},
@@ -236,7 +248,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cancel()
 		return nil, err
 	}
-	n.clusterID = clusterID
+	n.consReady.Store(n.cons)
 	n.svc, err = shares.NewService(h, store, priv, clusterID, sharePolicy{n})
 	if err != nil {
 		n.Close()
@@ -347,6 +359,17 @@ func (n *Node) apply(ctx context.Context, cmd *gpb.Command) error {
 	return n.cons.WaitApplied(ctx, idx)
 }
 
+// applyResult replicates cmd and returns the state machine's result as the
+// leader computed it, without waiting for this node to apply the entry.
+func (n *Node) applyResult(ctx context.Context, cmd *gpb.Command) ([]byte, error) {
+	data, err := generations.EncodeCommand(cmd)
+	if err != nil {
+		return nil, err
+	}
+	res, _, err := n.cons.ApplyIndex(ctx, data)
+	return res, err
+}
+
 // ID returns the node's peer ID.
 func (n *Node) ID() peer.ID { return n.host.ID() }
 
@@ -358,6 +381,28 @@ func (n *Node) ClusterID() string {
 	var id string
 	n.view(func(l *generations.Ledger) { id = l.ClusterID() })
 	return id
+}
+
+// onLedgerResult runs on the FSM goroutine after each command. When a
+// generation opens, the leader has Raft tell the followers at once rather
+// than at its next commit-index update, up to 2×CommitTimeout later: every
+// member starts sharing into an open generation as soon as its own ledger
+// shows it, so that delay would sit on the path of every join.
+func (n *Node) onLedgerResult(res generations.Result) {
+	if res.Opened != 0 {
+		if c := n.consReady.Load(); c != nil && c.IsLeader() {
+			c.Nudge()
+		}
+	}
+}
+
+// clusterIDOrInvite is the ledger's cluster ID, or, while a joiner's ledger
+// is still empty, the one its invite named.
+func (n *Node) clusterIDOrInvite() string {
+	if id := n.ClusterID(); id != "" {
+		return id
+	}
+	return n.clusterID
 }
 
 // view runs fn on the local ledger, locked against concurrent Apply.

@@ -23,6 +23,14 @@ const (
 
 func (n *Node) pokeReconciler() { n.onApplied(0) }
 
+// pokeKeys wakes the key loop.
+func (n *Node) pokeKeys() {
+	select {
+	case n.keyPoke <- struct{}{}:
+	default:
+	}
+}
+
 // reconcileLoop runs on every node and acts only on the leader. It keeps the
 // Raft configuration in step with the ledger (the ledger is the truth):
 // active and joining members are servers; active members are promoted to
@@ -59,10 +67,12 @@ func (n *Node) reconcile() {
 		n.barrierTerm = term
 	}
 	var members []generations.Member
-	var bootstrapped bool
+	var bootstrapped, hasOpen bool
+	var open generations.Generation
 	n.view(func(l *generations.Ledger) {
 		bootstrapped = l.Bootstrapped()
 		members = l.Members()
+		open, hasOpen = l.Open()
 	})
 	if !bootstrapped {
 		return
@@ -82,6 +92,9 @@ func (n *Node) reconcile() {
 		case generations.StatusActive, generations.StatusJoining:
 			want[m.ID] = true
 			voter, in := servers[m.ID]
+			if !in && m.Status == generations.StatusJoining && deferJoiner(open, hasOpen, m.ID, time.Now()) {
+				continue
+			}
 			if !in {
 				if err := n.cons.AddNonvoter(m.ID, membershipTimeout); err != nil {
 					log.Warnw("add non-voter", "peer", m.ID, "err", err)
@@ -115,6 +128,28 @@ func (n *Node) reconcile() {
 	}
 	n.abortExpired()
 	n.openIfNeeded()
+}
+
+// joinerRaftDelay is how long a joiner of the open generation waits to be
+// added to Raft (see deferJoiner).
+const joinerRaftDelay = 500 * time.Millisecond
+
+// deferJoiner reports whether joiner, a joiner of the open generation,
+// should not be added to Raft yet. Its join response told it the generation,
+// so it shares without a ledger; sending it the whole log now would compete
+// for every member's disk and CPU with the generation itself. It is added
+// once the generation is decided, or when it has been open for
+// joinerRaftDelay (or half its time to the deadline, if shorter), so a
+// generation that aborts still reaches the joiner with what it lacked.
+func deferJoiner(open generations.Generation, hasOpen bool, joiner peer.ID, now time.Time) bool {
+	if !hasOpen || !slices.Contains(open.Joiners, joiner) {
+		return false
+	}
+	wait := joinerRaftDelay
+	if half := open.Deadline.Sub(open.OpenedAt) / 2; !open.Deadline.IsZero() && half < wait {
+		wait = half
+	}
+	return now.Before(open.OpenedAt.Add(wait))
 }
 
 // openIfNeeded opens a generation when joiners are waiting for one (they
@@ -180,6 +215,32 @@ func (n *Node) connectLoop() {
 	}
 }
 
+// addMemberAddrs puts what the ledger says of m's addresses into the
+// peerstore, with circuit addresses through the known relays so a member is
+// reachable through a relay before it has announced its relayed address
+// (rule N1).
+func (n *Node) addMemberAddrs(m generations.Member) {
+	n.addAddrs(m.ID, m.Addrs)
+	if len(n.relays) > 0 {
+		n.host.Peerstore().AddAddrs(m.ID, p2p.CircuitAddrs(n.relays, m.ID), time.Hour)
+	}
+}
+
+// learnAddrs readies the peerstore to dial member p now, rather than at the
+// next connect round: a joiner's addresses arrive in the ledger with the
+// generation that is opened for it.
+func (n *Node) learnAddrs(p peer.ID) {
+	if n.connected(p) {
+		return
+	}
+	var m generations.Member
+	var ok bool
+	n.view(func(l *generations.Ledger) { m, ok = l.Member(p) })
+	if ok {
+		n.addMemberAddrs(m)
+	}
+}
+
 func (n *Node) connectMembers() {
 	var members []generations.Member
 	n.view(func(l *generations.Ledger) { members = l.Members() })
@@ -193,12 +254,7 @@ func (n *Node) connectMembers() {
 			continue
 		}
 		p2p.Protect(n.host, m.ID)
-		n.addAddrs(m.ID, m.Addrs)
-		// Reach a member through a relay before it has announced its
-		// relayed address (rule N1).
-		if len(n.relays) > 0 {
-			n.host.Peerstore().AddAddrs(m.ID, p2p.CircuitAddrs(n.relays, m.ID), time.Hour)
-		}
+		n.addMemberAddrs(m)
 		if n.connected(m.ID) {
 			continue
 		}

@@ -230,15 +230,21 @@ func (x *Peer) GetAddrs() []string {
 
 // JoinResponse is the member's answer.
 type JoinResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	ErrorCode     string                 `protobuf:"bytes,3,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	ErrorMessage  string                 `protobuf:"bytes,4,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
-	Members       []*Peer                `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
-	Leader        []byte                 `protobuf:"bytes,6,opt,name=leader,proto3" json:"leader,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Version      uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	ClusterId    string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	ErrorCode    string                 `protobuf:"bytes,3,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorMessage string                 `protobuf:"bytes,4,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	Members      []*Peer                `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
+	Leader       []byte                 `protobuf:"bytes,6,opt,name=leader,proto3" json:"leader,omitempty"`
+	// The generation opened for the joiner, when one opened: the joiner
+	// shares into it, and accepts shares for it, before its own copy of the
+	// ledger has caught up. 0 when the joiner waits for the next generation.
+	Generation        uint64   `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	GenerationMembers [][]byte `protobuf:"bytes,8,rep,name=generation_members,json=generationMembers,proto3" json:"generation_members,omitempty"` // M(g), sorted
+	Threshold         uint32   `protobuf:"varint,9,opt,name=threshold,proto3" json:"threshold,omitempty"`                                         // t(g)
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -311,6 +317,27 @@ func (x *JoinResponse) GetLeader() []byte {
 		return x.Leader
 	}
 	return nil
+}
+
+func (x *JoinResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *JoinResponse) GetGenerationMembers() [][]byte {
+	if x != nil {
+		return x.GenerationMembers
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetThreshold() uint32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
 }
 
 // GenerationAnnouncement is gossiped on /p2pkey/generations/1.0.0/<cluster>
@@ -423,7 +450,7 @@ const file_node_proto_rawDesc = "" +
 	"\x05addrs\x18\x04 \x03(\tR\x05addrs\",\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x14\n" +
-	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"\xd3\x01\n" +
+	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"\xc0\x02\n" +
 	"\fJoinResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -432,7 +459,12 @@ const file_node_proto_rawDesc = "" +
 	"error_code\x18\x03 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\x12.\n" +
 	"\amembers\x18\x05 \x03(\v2\x14.p2pkey.node.v1.PeerR\amembers\x12\x16\n" +
-	"\x06leader\x18\x06 \x01(\fR\x06leader\"\xc0\x01\n" +
+	"\x06leader\x18\x06 \x01(\fR\x06leader\x12\x1e\n" +
+	"\n" +
+	"generation\x18\a \x01(\x04R\n" +
+	"generation\x12-\n" +
+	"\x12generation_members\x18\b \x03(\fR\x11generationMembers\x12\x1c\n" +
+	"\tthreshold\x18\t \x01(\rR\tthreshold\"\xc0\x01\n" +
 	"\x16GenerationAnnouncement\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +

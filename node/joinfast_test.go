@@ -1,0 +1,93 @@
+package node
+
+import (
+	"crypto/rand"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/node/pb"
+)
+
+func TestDeferJoiner(t *testing.T) {
+	j, other := peer.ID("joiner"), peer.ID("other")
+	t0 := time.Unix(1000, 0)
+	open := generations.Generation{Number: 4, State: generations.StateOpen, Joiners: []peer.ID{j}, OpenedAt: t0, Deadline: t0.Add(time.Minute)}
+	cases := []struct {
+		name    string
+		g       generations.Generation
+		hasOpen bool
+		p       peer.ID
+		at      time.Time
+		want    bool
+	}{
+		{"joiner of the open generation, just opened", open, true, j, t0.Add(10 * time.Millisecond), true},
+		{"joiner after the delay", open, true, j, t0.Add(joinerRaftDelay), false},
+		{"a joiner waiting for the next generation", open, true, other, t0, false},
+		{"no open generation", generations.Generation{}, false, j, t0, false},
+		{"short deadline: half of it bounds the wait", func() generations.Generation {
+			g := open
+			g.Deadline = t0.Add(200 * time.Millisecond)
+			return g
+		}(), true, j, t0.Add(100 * time.Millisecond), false},
+	}
+	for _, c := range cases {
+		if got := deferJoiner(c.g, c.hasOpen, c.p, c.at); got != c.want {
+			t.Errorf("%s: deferJoiner = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func testPeerID(t *testing.T) peer.ID {
+	t.Helper()
+	_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestDecodeJoinGeneration(t *testing.T) {
+	a, b := []byte(testPeerID(t)), []byte(testPeerID(t))
+	ok := &pb.JoinResponse{Generation: 3, Threshold: 2, GenerationMembers: [][]byte{a, b}}
+	jg, err := decodeJoinGeneration(ok)
+	if err != nil || jg == nil || jg.Number != 3 || jg.Threshold != 2 || len(jg.Members) != 2 {
+		t.Fatalf("decodeJoinGeneration(%v) = %+v, %v", ok, jg, err)
+	}
+	if g := jg.generation(); g.State != generations.StateOpen || g.Number != 3 {
+		t.Fatalf("generation() = %+v", g)
+	}
+	if jg, err := decodeJoinGeneration(&pb.JoinResponse{}); jg != nil || err != nil {
+		t.Fatalf("no generation: %+v, %v", jg, err)
+	}
+	for _, bad := range []*pb.JoinResponse{
+		{Generation: 3, Threshold: 0, GenerationMembers: [][]byte{a, b}},
+		{Generation: 3, Threshold: 3, GenerationMembers: [][]byte{a, b}},
+		{Generation: 3, Threshold: 1, GenerationMembers: [][]byte{a}},
+		{Generation: 3, Threshold: 1, GenerationMembers: [][]byte{a, {}}},
+	} {
+		if _, err := decodeJoinGeneration(bad); err == nil {
+			t.Errorf("decodeJoinGeneration(%v) accepted it", bad)
+		}
+	}
+}
+
+func TestOpenedResult(t *testing.T) {
+	g := generations.Generation{Number: 9, Members: []peer.ID{"a", "b", "c"}, Threshold: 2}
+	r, ok := decodeOpened(encodeOpened(g))
+	if !ok || r.Generation != 9 || r.Threshold != 2 || len(r.Members) != 3 || r.Members[2] != "c" {
+		t.Fatalf("round trip: %+v %v", r, ok)
+	}
+	for _, b := range [][]byte{nil, []byte("{}"), []byte("garbage")} {
+		if _, ok := decodeOpened(b); ok {
+			t.Errorf("decodeOpened(%q) accepted it", b)
+		}
+	}
+}
