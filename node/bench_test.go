@@ -237,8 +237,10 @@ type joinTiming struct {
 }
 
 // timeJoin has nodes[0] issue an invite, starts a joiner with it (edited by
-// edit), and watches the inviter's ledger every millisecond for the invite
-// being consumed and the joiner's generation committing. It returns once
+// edit), and watches every member's ledger every millisecond for the first
+// to show the invite consumed (the generation opened) and the first to show
+// the joiner's generation committed: both are the leader's, where Raft
+// commits first. It returns once
 // every owner is escrowed in the new generation with every share held.
 func timeJoin(b *testing.B, nodes []*Node, edit func(*Config)) joinTiming {
 	b.Helper()
@@ -273,11 +275,17 @@ func timeJoin(b *testing.B, nodes []*Node, edit func(*Config)) joinTiming {
 		for jt.committed.IsZero() {
 			var consumed, committed bool
 			var g generations.Generation
-			inviter.view(func(l *generations.Ledger) {
-				_, consumed = l.Member(id)
-				g, _ = l.Current()
-				committed = g.Number > before && slices.Contains(g.Members, id)
-			})
+			// The first ledger to show a change is the leader's: Raft
+			// commits there first.
+			for _, nd := range nodes {
+				nd.view(func(l *generations.Ledger) {
+					_, c := l.Member(id)
+					consumed = consumed || c
+					if cur, _ := l.Current(); !committed && cur.Number > before && slices.Contains(cur.Members, id) {
+						g, committed = cur, true
+					}
+				})
+			}
 			now := time.Now()
 			if consumed && jt.consumed.IsZero() {
 				jt.consumed = now
