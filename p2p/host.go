@@ -235,7 +235,7 @@ func (o *options) libp2pOptions(priv crypto.PrivKey, tracker holepunch.EventTrac
 	// add its per-service limits (relay, hole punching, AutoNAT, identify).
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), relayConnLimits(o.staticRelays)...)
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
 	}
