@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/generations"
 	gpb "github.com/p2pkey/p2pkey/generations/pb"
+	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares"
 )
 
@@ -422,6 +423,7 @@ func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.C
 	results := make(chan result, len(holders))
 	for _, h := range holders {
 		n.learnAddrs(h)
+		n.redial(h)
 		go func() {
 			if hk := n.cfg.hooks; hk != nil && hk.dropPush != nil && hk.dropPush(h) {
 				results <- result{holder: h, err: errors.New("push dropped by a test hook")}
@@ -478,6 +480,35 @@ func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.C
 		record()
 	}
 	return recorded
+}
+
+// redialEvery bounds how often redial lets a member be dialled again.
+const redialEvery = time.Second
+
+// redial lets the next stream to member p dial it even if a recent dial
+// failed, at most once per redialEvery: a member behind a relay is often
+// dialled before the relay connection is back (after a restart), and the
+// swarm's backoff would otherwise hold it off for far longer.
+func (n *Node) redial(p peer.ID) {
+	if n.connected(p) {
+		return
+	}
+	n.mu.Lock()
+	if n.redialed == nil {
+		n.redialed = map[peer.ID]time.Time{}
+	}
+	last := n.redialed[p]
+	now := time.Now()
+	if now.Sub(last) < redialEvery {
+		n.mu.Unlock()
+		return
+	}
+	if len(n.redialed) > 4096 {
+		clear(n.redialed)
+	}
+	n.redialed[p] = now
+	n.mu.Unlock()
+	p2p.ClearDialBackoff(n.host, p)
 }
 
 // holdsAll reports whether batch has a receipt by every one of holders.
@@ -637,6 +668,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	}
 	results := make(chan result, len(cov.Holders))
 	for _, h := range cov.Holders {
+		n.redial(h)
 		go func() {
 			env, err := n.svc.Fetch(ctx, h, gen)
 			if err != nil {

@@ -76,6 +76,7 @@ type Node struct {
 	allowed    map[peer.ID]bool
 	sweptSet   map[string]bool
 	lastUnlock time.Time
+	redialed   map[peer.ID]time.Time
 	lastHint   []byte
 	removed    atomic.Bool
 	lastAudit  *AuditReport

@@ -5,6 +5,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -131,4 +132,16 @@ func ParseRelays(addrs []string) ([]peer.AddrInfo, error) {
 		return nil, fmt.Errorf("relay addresses: %w", err)
 	}
 	return infos, nil
+}
+
+// ClearDialBackoff forgets failed dials to p, so the next stream to it dials
+// again. A member reached only through a relay is often dialled before this
+// node's own relay connection is back (just after a restart); the swarm then
+// backs off for seconds, growing with each failure, though the relay is up
+// a moment later. Callers use it for dials that matter and are throttled
+// (share fetches and pushes), never in a loop.
+func ClearDialBackoff(h host.Host, p peer.ID) {
+	if s, ok := h.Network().(interface{ Backoff() *swarm.DialBackoff }); ok {
+		s.Backoff().Clear(p)
+	}
 }
