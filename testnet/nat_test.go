@@ -65,6 +65,10 @@ func newNATScript(t *testing.T) *natScript {
 		if left := s.namespaces(); len(left) > 0 {
 			t.Errorf("namespaces left after down: %v", left)
 		}
+		if os.Getenv("NAT_KEEP") != "" {
+			t.Logf("NAT_KEEP: daemon logs kept in %s", dir)
+			return
+		}
 		os.RemoveAll(dir)
 	})
 	return s
