@@ -2,6 +2,8 @@ package node
 
 import (
 	"crypto/rand"
+	"slices"
+	"strings"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"testing"
@@ -89,5 +91,43 @@ func TestOpenedResult(t *testing.T) {
 		if _, ok := decodeOpened(b); ok {
 			t.Errorf("decodeOpened(%q) accepted it", b)
 		}
+	}
+}
+
+// The members that go at once (joiners, the leader, and the first others by
+// hash) are exactly enough for the commit rule, and every node computes the
+// same set.
+func TestStandingBy(t *testing.T) {
+	var members []peer.ID
+	for range 7 {
+		members = append(members, testPeerID(t))
+	}
+	slices.SortFunc(members, func(a, b peer.ID) int { return strings.Compare(string(a), string(b)) })
+	joiner, leader := members[6], members[0]
+	g := generations.Generation{Number: 12, State: generations.StateOpen, Members: members, Joiners: []peer.ID{joiner}, Threshold: 4}
+	wait := standingBy(g, leader)
+	if go_ := len(members) - len(wait); go_ != g.Threshold {
+		t.Fatalf("%d members go at once, want t(g)=%d", go_, g.Threshold)
+	}
+	if slices.Contains(wait, leader) || slices.Contains(wait, joiner) {
+		t.Fatalf("the leader or the joiner stands by: %v", wait)
+	}
+	if again := standingBy(g, leader); !slices.Equal(again, wait) {
+		t.Fatal("standingBy is not deterministic")
+	}
+	g.Number = 13
+	if other := standingBy(g, leader); slices.Equal(other, wait) && len(wait) > 1 {
+		t.Log("the same members stand by in generation 13 (possible, if unlikely)")
+	}
+	// Many joiners: the leader and the joiners already reach t(g).
+	g.Joiners = members[3:]
+	if wait := standingBy(g, leader); len(wait) != 2 {
+		t.Fatalf("with 4 joiners, %d stand by, want 2", len(wait))
+	}
+	// A leader outside the generation (it is being removed): one more goes.
+	g.Joiners = []peer.ID{joiner}
+	g.Members = members[1:]
+	if wait := standingBy(g, leader); len(g.Members)-len(wait) != g.Threshold {
+		t.Fatalf("leader outside g: %d go at once, want %d", len(g.Members)-len(wait), g.Threshold)
 	}
 }

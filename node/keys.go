@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/hkdf"
@@ -249,7 +250,7 @@ func (n *Node) keyDuties() {
 		// generations that are long over.
 		return
 	}
-	if d.Open != 0 && len(d.PushTo) > 0 {
+	if d.Open != 0 && len(d.PushTo) > 0 && !n.standBy(d.Open) {
 		n.distribute(clusID, k, d.Open, d.PushTo)
 	}
 	if d.Current != 0 && len(d.PushToCurrent) > 0 {
@@ -480,6 +481,67 @@ func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.C
 		record()
 	}
 	return recorded
+}
+
+// standByFor is how long a member that the commit of an open generation
+// does not need waits before it shares into it (see standBy).
+const standByFor = 250 * time.Millisecond
+
+// standBy reports whether this node should hold back its sharing into open
+// generation gen for now. A generation commits once t(g) owners are
+// escrowed and every joiner holds t(g) shares (rules J2-J3): the joiners,
+// the leader, and t(g)-|joiners|-1 other members suffice. Those go at once;
+// the rest, picked by a hash of (generation, member) so every node agrees,
+// wait standByFor after they first see the generation open, so the commit
+// does not queue behind their disk writes. If the generation has not
+// committed by then they share like everyone else.
+func (n *Node) standBy(gen uint64) bool {
+	self := n.host.ID()
+	var g generations.Generation
+	var ok bool
+	n.view(func(l *generations.Ledger) { g, ok = l.Generation(gen) })
+	if !ok || g.State != generations.StateOpen || slices.Contains(g.Joiners, self) {
+		return false
+	}
+	leader := n.cons.Leader()
+	if self == leader || leader == "" || !slices.Contains(standingBy(g, leader), self) {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.openSeen == nil || n.openSeen[gen].IsZero() {
+		n.openSeen = map[uint64]time.Time{gen: time.Now()}
+		time.AfterFunc(standByFor, n.pokeKeys)
+		return true
+	}
+	return time.Since(n.openSeen[gen]) < standByFor
+}
+
+// standingBy lists the members of open generation g that its commit does
+// not wait for, given its leader: all but the joiners, the leader, and the
+// first t(g)-|joiners|-1 others by a hash of (generation, member).
+func standingBy(g generations.Generation, leader peer.ID) []peer.ID {
+	var others []peer.ID
+	for _, m := range g.Members {
+		if m != leader && !slices.Contains(g.Joiners, m) {
+			others = append(others, m)
+		}
+	}
+	rank := func(p peer.ID) [32]byte {
+		return sha256.Sum256(fmt.Appendf(nil, "p2pkey/standby/%d/%s", g.Number, p))
+	}
+	slices.SortFunc(others, func(a, b peer.ID) int {
+		ra, rb := rank(a), rank(b)
+		return bytes.Compare(ra[:], rb[:])
+	})
+	first := max(0, g.Threshold-len(g.Joiners)-1)
+	if !slices.Contains(g.Members, leader) {
+		first++ // the leader is not an owner of g: one more member must go
+	}
+	if first >= len(others) {
+		return nil
+	}
+	return others[first:]
 }
 
 // redialEvery bounds how often redial lets a member be dialled again.

@@ -77,6 +77,7 @@ type Node struct {
 	sweptSet   map[string]bool
 	lastUnlock time.Time
 	redialed   map[peer.ID]time.Time
+	openSeen   map[uint64]time.Time // when standBy first saw a generation open
 	lastHint   []byte
 	removed    atomic.Bool
 	lastAudit  *AuditReport
