@@ -207,9 +207,7 @@ func (c *Consensus) onApplied(index uint64) {
 
 // AppliedChan returns a channel that is closed when the FSM next applies a
 // command: a way to wait for the local state to change without polling.
-func (c *Consensus) AppliedChan() <-chan struct{} { return c.appliedChan() }
-
-func (c *Consensus) appliedChan() <-chan struct{} {
+func (c *Consensus) AppliedChan() <-chan struct{} {
 	c.appliedMu.Lock()
 	defer c.appliedMu.Unlock()
 	return c.appliedCh
@@ -461,7 +459,7 @@ func (c *Consensus) WaitApplied(ctx context.Context, index uint64) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
-		ch := c.appliedChan()
+		ch := c.AppliedChan()
 		if c.fsm.lastIndex.Load() >= index {
 			return nil
 		}

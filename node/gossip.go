@@ -93,7 +93,7 @@ func (n *Node) validateAnnouncement(_ context.Context, from peer.ID, m *pubsub.M
 		return pubsub.ValidationAccept
 	}
 	author := m.GetFrom()
-	_, err := DecodeAnnouncement(m.GetData(), n.clusterIDForGossip())
+	_, err := DecodeAnnouncement(m.GetData(), n.localClusterID())
 	if err == nil && !n.knownMember(author) {
 		err = fmt.Errorf("%w: author %s is not a known member", ErrBadAnnouncement, author)
 	}
@@ -106,7 +106,10 @@ func (n *Node) validateAnnouncement(_ context.Context, from peer.ID, m *pubsub.M
 	return pubsub.ValidationAccept
 }
 
-func (n *Node) clusterIDForGossip() string {
+// localClusterID is the cluster ID this node started with (made at
+// bootstrap, named by its invite, or read from its cluster file): known
+// before its ledger is, and equal to the ledger's once it is.
+func (n *Node) localClusterID() string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.clusterID
@@ -217,7 +220,7 @@ func (n *Node) announce(ctx context.Context) {
 	if n.gossip == nil {
 		return
 	}
-	a := &pb.GenerationAnnouncement{Version: 1, ClusterId: n.clusterIDForGossip(), RaftIndex: n.cons.AppliedIndex()}
+	a := &pb.GenerationAnnouncement{Version: 1, ClusterId: n.localClusterID(), RaftIndex: n.cons.AppliedIndex()}
 	n.view(func(l *generations.Ledger) {
 		if gs := l.Generations(); len(gs) > 0 {
 			g := gs[len(gs)-1]

@@ -552,25 +552,9 @@ const redialEvery = time.Second
 // dialled before the relay connection is back (after a restart), and the
 // swarm's backoff would otherwise hold it off for far longer.
 func (n *Node) redial(p peer.ID) {
-	if n.connected(p) {
-		return
+	if !n.connected(p) && n.redials.Allow(p, time.Now()) {
+		p2p.ClearDialBackoff(n.host, p)
 	}
-	n.mu.Lock()
-	if n.redialed == nil {
-		n.redialed = map[peer.ID]time.Time{}
-	}
-	last := n.redialed[p]
-	now := time.Now()
-	if now.Sub(last) < redialEvery {
-		n.mu.Unlock()
-		return
-	}
-	if len(n.redialed) > 4096 {
-		clear(n.redialed)
-	}
-	n.redialed[p] = now
-	n.mu.Unlock()
-	p2p.ClearDialBackoff(n.host, p)
 }
 
 // holdsAll reports whether batch has a receipt by every one of holders.

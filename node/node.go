@@ -11,19 +11,19 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-
-	"github.com/libp2p/go-libp2p/core/network"
 	"time"
 
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/consensus"
 	"github.com/p2pkey/p2pkey/generations"
 	gpb "github.com/p2pkey/p2pkey/generations/pb"
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares"
+	"golang.org/x/time/rate"
 )
 
 var log = logging.Logger("p2pkey/node")
@@ -66,6 +66,8 @@ type Node struct {
 	// joinGenSet is closed when joinGen is first set, waking share pushes
 	// that arrived before the join response did.
 	joinGenSet chan struct{}
+	// redials throttles redial, per member.
+	redials *p2p.PeerLimiter
 	// consReady is cons, published for the FSM goroutine, which may run
 	// before consensus.New has returned.
 	consReady atomic.Pointer[consensus.Consensus]
@@ -76,7 +78,6 @@ type Node struct {
 	allowed    map[peer.ID]bool
 	sweptSet   map[string]bool
 	lastUnlock time.Time
-	redialed   map[peer.ID]time.Time
 	openSeen   map[uint64]time.Time // when standBy first saw a generation open
 	lastHint   []byte
 	removed    atomic.Bool
@@ -212,6 +213,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		applied:    make(chan struct{}, 1),
 		keyPoke:    make(chan struct{}, 1),
 		joinGenSet: make(chan struct{}),
+		redials:    p2p.NewPeerLimiter(rate.Every(redialEvery), 1),
 		allowed:    map[peer.ID]bool{},
 		sweptSet:   map[string]bool{},
 		heardSet:   map[string]bool{},
@@ -234,7 +236,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		Host:              h,
 		Dir:               cfg.raftDir(),
 		StateMachine:      n.sm,
-		ClusterID:         n.clusterIDOrInvite,
+		ClusterID:         n.localClusterID,
 		AllowUnconfigured: n.allowUnconfigured,
 		AllowMember:       n.allowMember,
 		Errors:            errorCodec{},
@@ -396,15 +398,6 @@ func (n *Node) onLedgerResult(res generations.Result) {
 			c.Nudge()
 		}
 	}
-}
-
-// clusterIDOrInvite is the ledger's cluster ID, or, while a joiner's ledger
-// is still empty, the one its invite named.
-func (n *Node) clusterIDOrInvite() string {
-	if id := n.ClusterID(); id != "" {
-		return id
-	}
-	return n.clusterID
 }
 
 // view runs fn on the local ledger, locked against concurrent Apply.
