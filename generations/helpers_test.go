@@ -74,7 +74,7 @@ func inviteHash(i int) []byte {
 // signed makes a valid receipt by holder's key.
 func signed(tb testing.TB, cluster string, gen uint64, owner, holder peer.ID, digest []byte) Receipt {
 	tb.Helper()
-	sig, err := keyOf(tb, holder).Sign(ReceiptMessage(cluster, gen, owner, holder, digest))
+	sig, err := keyOf(tb, holder).Sign(ReceiptMessage(cluster, gen, owner, holder, SplitID{}, digest))
 	if err != nil {
 		tb.Fatal(err)
 	}

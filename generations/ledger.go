@@ -501,7 +501,7 @@ func verifyReceipt(clusterID string, gen uint64, owner, holder peer.ID, digest, 
 	if err != nil {
 		return fmt.Errorf("%w: holder key: %v", ErrBadSignature, err)
 	}
-	ok, err := pk.Verify(ReceiptMessage(clusterID, gen, owner, holder, digest), sig)
+	ok, err := pk.Verify(ReceiptMessage(clusterID, gen, owner, holder, SplitID{}, digest), sig)
 	if err != nil || !ok {
 		return fmt.Errorf("%w: by holder %s", ErrBadSignature, holder)
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -101,22 +102,51 @@ func (n *Node) memberPeers() []*pb.Peer {
 
 // Remove revokes a member (rule R1): the ledger marks it removed at once and
 // the leader takes it out of the Raft configuration.
-func (n *Node) Remove(ctx context.Context, p peer.ID) error {
+// VoteResult is the ledger's view of a removal or a reinstatement right
+// after this node's vote was applied (rule R2).
+type VoteResult struct {
+	Target peer.ID `json:"target"`
+	// Kind is "remove" or "reinstate".
+	Kind string `json:"kind"`
+	// Votes counts the votes of this kind so far; Needed is a majority of
+	// the other members.
+	Votes  int `json:"votes"`
+	Needed int `json:"needed"`
+	// Final: for remove, the removal is final (R1); for reinstate, the
+	// suspension is lifted.
+	Final bool `json:"final"`
+	// Status is the target's member status after the vote ("suspended",
+	// "removed", "active", ...).
+	Status string `json:"status"`
+}
+
+// Remove records this member's vote to remove p (rule R2). The first vote
+// suspends p at once: holders keep its envelopes but stop serving them. A
+// majority of the other members' votes makes the removal final.
+func (n *Node) Remove(ctx context.Context, p peer.ID) (VoteResult, error) {
 	if n.memberStatus(p) == generations.StatusUnknown {
-		return fmt.Errorf("%w: %s", ErrUnknownMember, p)
+		return VoteResult{}, fmt.Errorf("%w: %s", ErrUnknownMember, p)
 	}
+	return n.vote(ctx, p, true)
+}
+
+// Reinstate records this member's vote to lift p's suspension (rule R2).
+func (n *Node) Reinstate(ctx context.Context, p peer.ID) (VoteResult, error) {
+	if n.memberStatus(p) == generations.StatusUnknown {
+		return VoteResult{}, fmt.Errorf("%w: %s", ErrUnknownMember, p)
+	}
+	return n.vote(ctx, p, false)
+}
+
+// Leave removes this node from the cluster at once (rule R1) and waits until
+// it is out of the Raft configuration. The node should be closed afterwards.
+func (n *Node) Leave(ctx context.Context) error {
 	now := time.Now()
-	if err := n.apply(ctx, generations.NewRemoveMember(p, now.Add(n.cfg.GenerationTimeout), now)); err != nil {
+	if err := n.apply(ctx, generations.NewRemoveMember(n.host.ID(), now.Add(n.cfg.GenerationTimeout), now)); err != nil {
 		return err
 	}
 	n.pokeReconciler()
-	return n.waitOutOfRaft(ctx, p)
-}
-
-// Leave removes this node from the cluster and waits until it is out of the
-// Raft configuration. The node should be closed afterwards.
-func (n *Node) Leave(ctx context.Context) error {
-	return n.Remove(ctx, n.host.ID())
+	return n.waitOutOfRaft(ctx, n.host.ID())
 }
 
 func (n *Node) waitOutOfRaft(ctx context.Context, p peer.ID) error {
@@ -165,4 +195,18 @@ func (n *Node) WaitReady(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// vote is a placeholder until removal votes land in the ledger: it removes
+// at once.
+func (n *Node) vote(ctx context.Context, p peer.ID, remove bool) (VoteResult, error) {
+	if !remove {
+		return VoteResult{}, errors.New("reinstate: not supported yet")
+	}
+	now := time.Now()
+	if err := n.apply(ctx, generations.NewRemoveMember(p, now.Add(n.cfg.GenerationTimeout), now)); err != nil {
+		return VoteResult{}, err
+	}
+	n.pokeReconciler()
+	return VoteResult{Target: p, Kind: "remove", Votes: 1, Needed: 1, Final: true, Status: "removed"}, n.waitOutOfRaft(ctx, p)
 }

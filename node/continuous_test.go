@@ -202,7 +202,7 @@ func TestRemovedNodeStaysLocked(t *testing.T) {
 	cfgC.Bootstrap, cfgC.Join = false, ""
 	c.Close() // offline: it will not see its own removal in the ledger
 
-	if err := a.Remove(ctxT(t, 20*time.Second), cfgC.identityPeer(t)); err != nil {
+	if _, err := a.Remove(ctxT(t, 20*time.Second), cfgC.identityPeer(t)); err != nil {
 		t.Fatal(err)
 	}
 	c = startNode(t, cfgC)

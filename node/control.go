@@ -110,7 +110,7 @@ func (n *Node) serveControl() (*controlServer, error) {
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("peer ID %q: %w", req.PeerID, err))
 			return
 		}
-		if err := n.Remove(r.Context(), id); err != nil {
+		if _, err := n.Remove(r.Context(), id); err != nil {
 			status := http.StatusConflict
 			if errors.Is(err, ErrUnknownMember) {
 				status = http.StatusNotFound

@@ -331,7 +331,7 @@ func TestSharePolicyRefusals(t *testing.T) {
 	if _, err := c.svc.Fetch(ctxT(t, 5*time.Second), b.ID(), cur); err != nil {
 		t.Fatalf("owner fetch before removal: %v", err)
 	}
-	if err := a.Remove(ctxT(t, 20*time.Second), c.ID()); err != nil {
+	if _, err := a.Remove(ctxT(t, 20*time.Second), c.ID()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "b to see c removed", 10*time.Second, func() bool { return b.memberStatus(c.ID()) == generations.StatusRemoved })

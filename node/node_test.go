@@ -118,7 +118,7 @@ func TestInviteRefusals(t *testing.T) {
 func TestRemoveAndLeave(t *testing.T) {
 	nodes := testCluster(t, 3)
 	victim := nodes[2]
-	if err := nodes[1].Remove(ctxT(t, 20*time.Second), victim.ID()); err != nil {
+	if _, err := nodes[1].Remove(ctxT(t, 20*time.Second), victim.ID()); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
 	for _, n := range nodes[:2] {
@@ -136,7 +136,7 @@ func TestRemoveAndLeave(t *testing.T) {
 		t.Fatalf("active members after remove and leave: %v", got)
 	}
 	// A removed member cannot come back with a new invite.
-	if err := nodes[0].Remove(ctxT(t, 5*time.Second), nodes[0].ID()); !errors.Is(err, generations.ErrLastMember) {
+	if _, err := nodes[0].Remove(ctxT(t, 5*time.Second), nodes[0].ID()); !errors.Is(err, generations.ErrLastMember) {
 		t.Fatalf("removing the last member: got %v, want ErrLastMember", err)
 	}
 }

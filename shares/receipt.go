@@ -47,7 +47,7 @@ func SignReceipt(holder crypto.PrivKey, clusterID string, gen uint64, owner peer
 	if err != nil {
 		return nil, fmt.Errorf("shares: sign receipt: %w", err)
 	}
-	sig, err := holder.Sign(generations.ReceiptMessage(clusterID, gen, owner, holderID, digest[:]))
+	sig, err := holder.Sign(generations.ReceiptMessage(clusterID, gen, owner, holderID, generations.SplitID{}, digest[:]))
 	if err != nil {
 		return nil, fmt.Errorf("shares: sign receipt: %w", err)
 	}
@@ -61,7 +61,7 @@ func VerifyReceipt(clusterID string, gen uint64, owner, holder peer.ID, digest [
 	if err != nil {
 		return fmt.Errorf("%w: holder %s has no public key: %w", ErrBadReceipt, holder, err)
 	}
-	ok, err := pub.Verify(generations.ReceiptMessage(clusterID, gen, owner, holder, digest[:]), sig)
+	ok, err := pub.Verify(generations.ReceiptMessage(clusterID, gen, owner, holder, generations.SplitID{}, digest[:]), sig)
 	if err != nil || !ok {
 		return ErrBadReceipt
 	}
