@@ -17,7 +17,7 @@ import (
 // a panic into an error in case it does.
 type StateMachine interface {
 	// Apply applies one command and returns an opaque result for the caller.
-	Apply(cmd []byte) ([]byte, error)
+	Apply(now int64, cmd []byte) ([]byte, error)
 	// Snapshot returns the whole state as bytes. It is called with the bridge's
 	// lock held, so no Apply runs concurrently.
 	Snapshot() ([]byte, error)
@@ -91,7 +91,7 @@ func (f *fsm) applyEntry(data []byte) (res []byte, err error) {
 			res, err = nil, fmt.Errorf("%w: %v", ErrStateMachinePanic, r)
 		}
 	}()
-	return f.sm.Apply(data[1:])
+	return f.sm.Apply(0, data[1:])
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {

@@ -24,7 +24,7 @@ type listSM struct {
 
 var errBad = errors.New("test: bad command")
 
-func (s *listSM) Apply(cmd []byte) ([]byte, error) {
+func (s *listSM) Apply(_ int64, cmd []byte) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if bytes.HasPrefix(cmd, []byte("bad")) {

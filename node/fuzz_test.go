@@ -78,7 +78,7 @@ func FuzzLedgerFSM(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		sm := &ledgerSM{l: generations.New()}
 		snap, _ := sm.Snapshot()
-		if _, err := sm.Apply(data); err != nil {
+		if _, err := sm.Apply(1, data); err != nil {
 			after, _ := sm.Snapshot()
 			if !bytes.Equal(snap, after) {
 				t.Fatal("a refused command changed the ledger")

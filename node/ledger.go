@@ -16,7 +16,7 @@ type ledgerSM struct {
 	onResult func(generations.Result)
 }
 
-func (s *ledgerSM) Apply(cmd []byte) ([]byte, error) {
+func (s *ledgerSM) Apply(now int64, cmd []byte) ([]byte, error) {
 	res, err := s.l.Apply(cmd)
 	var out []byte
 	if err == nil && res.Opened != 0 {
