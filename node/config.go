@@ -74,6 +74,14 @@ type Config struct {
 	CommitTimeout    time.Duration
 }
 
+// Bounds on an invite's lifetime: an invite shorter than MinInviteTTL would
+// expire before a joiner could use it, and a long-lived invite is a standing
+// credential. The ledger enforces MaxInviteTTL too.
+const (
+	MinInviteTTL = time.Minute
+	MaxInviteTTL = 7 * 24 * time.Hour
+)
+
 // DefaultConfig returns a configuration with safe defaults and the data
 // directory dataDir.
 func DefaultConfig(dataDir string) Config {

@@ -48,6 +48,10 @@ var (
 	ErrKeyCheck = errors.New("reconstructed key fails its key check")
 	// ErrJoinRejected: the join's generation aborted (rule J5).
 	ErrJoinRejected = errors.New("join not admitted")
+	// ErrUnescrowed: the cluster has one member, so K is in memory only and
+	// is never released (rule K1: no split of threshold 1 is ever written).
+	// It wraps ErrLocked.
+	ErrUnescrowed = fmt.Errorf("%w: a cluster of one cannot protect K: invite a second node", ErrLocked)
 )
 
 // keyring holds K in memory, and only in memory (rule K1). A nil k means the
