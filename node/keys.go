@@ -162,6 +162,15 @@ func keyCheck(k []byte, clusterID string, owner peer.ID) []byte {
 	return m.Sum(nil)
 }
 
+// DeriveKey returns the key for purpose derived from a node key k of
+// cluster clusterID: HKDF-SHA256, exactly what Node.Key returns. It is
+// exported for offline tools and tests that rebuild K from envelopes (the
+// recovery path and the escrow invariant checker); a running node never
+// hands out K itself (rule K3).
+func DeriveKey(k []byte, clusterID, purpose string) ([]byte, error) {
+	return deriveKey(k, clusterID, purpose)
+}
+
 // deriveKey is the only form in which K leaves the node (rule K3).
 func deriveKey(k []byte, clusterID, purpose string) ([]byte, error) {
 	return hkdf.Key(sha256.New, k, []byte("p2pkey/derive/v1"), clusterID+"\x00"+purpose, KeySize)
