@@ -14,7 +14,7 @@ func membersOnly(tb testing.TB, n int) (*harness, []peer.ID) {
 	ks := keys(tb, n)
 	h.must(NewBootstrap(testCluster, ks[0].id, h.tick()))
 	for i := 1; i < n; i++ {
-		h.must(NewAddInvite(inviteHash(i), h.now.Add(time.Hour), ks[0].id, h.tick()))
+		h.must(NewAddInvite(inviteHash(i), invitePub(i), h.now.Add(time.Hour), ks[0].id, h.tick()))
 		h.must(NewConsumeInvite(inviteHash(i), ks[i].id, testCluster, time.Time{}, h.tick()))
 	}
 	return h, h.l.Active()
@@ -37,7 +37,9 @@ func BenchmarkRecordReceipts(b *testing.B) {
 				for _, hd := range ids {
 					rs = append(rs, signed(b, testCluster, 1, o, hd, digestOf(1, o, hd)))
 				}
-				enc, err := EncodeCommand(NewRecordReceipts(rs, h.tick()))
+				cmd := NewRecordReceipts(rs, h.tick())
+				h.sign(cmd, o)
+				enc, err := EncodeCommand(cmd)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -60,7 +62,7 @@ func BenchmarkRecordReceipts(b *testing.B) {
 					paused += time.Since(p)
 					b.StartTimer()
 				}
-				if _, err := l.Apply(batches[k]); err != nil {
+				if _, err := l.Apply(h.now.UnixNano(), batches[k]); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -2,7 +2,6 @@ package generations
 
 import (
 	"fmt"
-	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -14,10 +13,11 @@ import (
 
 // Encoding versions and bounds (rules S4, S6).
 const (
-	// CommandVersion is the only Command.version this ledger applies.
-	CommandVersion = 1
+	// CommandVersion is the only Command.version this ledger applies:
+	// version 2 commands are signed by their author (rule S7).
+	CommandVersion = 2
 	// SnapshotVersion is the only Snapshot.version this ledger restores.
-	SnapshotVersion = 1
+	SnapshotVersion = 2
 
 	// MaxCommandSize bounds an encoded command.
 	MaxCommandSize = 1 << 20
@@ -47,6 +47,22 @@ const (
 	// A bound this large is, in practice, no bound at all; anything larger
 	// is a mistake and is refused (ErrBadRetention).
 	MaxGenerationsBehindLimit = 1024
+
+	// MaxClockSkew bounds how far a command's issued_at may be from the
+	// leader's stamp. It also bounds the window in which a refused command
+	// could be replayed (its sequence number is consumed only on success).
+	MaxClockSkew = 5 * time.Minute
+	// MinGenerationTimeout and MaxGenerationTimeout bound every timeout a
+	// command carries: a generation opened by it must commit within it.
+	MinGenerationTimeout = time.Second
+	MaxGenerationTimeout = time.Hour
+	// MaxInviteTTL bounds an invite's lifetime (from the leader's stamp,
+	// with MaxClockSkew of slack for the issuer's clock).
+	MaxInviteTTL = 7 * 24 * time.Hour
+	// JoinProgressTimeout: a generation whose joiner has recorded no receipt
+	// this long after it opened may be aborted by any active member before
+	// its deadline (the joiner disappeared; joins must not wedge).
+	JoinProgressTimeout = 10 * time.Second
 )
 
 // EncodeCommand validates cmd and returns its deterministic encoding.
@@ -89,9 +105,32 @@ func ValidateCommand(cmd *pb.Command) error {
 	if cmd.GetVersion() != CommandVersion {
 		return fmt.Errorf("%w: command version %d", ErrUnsupportedVersion, cmd.GetVersion())
 	}
-	if cmd.GetNow() <= 0 {
-		return fmt.Errorf("%w: now=%d", ErrBadTime, cmd.GetNow())
+	if cmd.GetIssuedAt() <= 0 {
+		return fmt.Errorf("%w: issued_at=%d", ErrBadTime, cmd.GetIssuedAt())
 	}
+	if err := validPeer("author", cmd.GetAuthor()); err != nil {
+		return err
+	}
+	if cmd.GetSeq() == 0 {
+		return fmt.Errorf("%w: sequence 0", ErrReplay)
+	}
+	if n := len(cmd.GetSignature()); n == 0 || n > MaxSignatureSize {
+		return fmt.Errorf("%w: signature of %d bytes", ErrBadCommandSignature, n)
+	}
+	return validateBody(cmd)
+}
+
+// validTimeout checks a timeout against MinGenerationTimeout and
+// MaxGenerationTimeout.
+func validTimeout(ns int64) error {
+	if ns < int64(MinGenerationTimeout) || ns > int64(MaxGenerationTimeout) {
+		return fmt.Errorf("%w: %s, want %s to %s", ErrBadTimeout, time.Duration(ns), MinGenerationTimeout, MaxGenerationTimeout)
+	}
+	return nil
+}
+
+// validateBody checks the fields of cmd's body.
+func validateBody(cmd *pb.Command) error {
 	switch b := cmd.GetBody().(type) {
 	case *pb.Command_Bootstrap:
 		if b.Bootstrap == nil {
@@ -115,6 +154,9 @@ func ValidateCommand(cmd *pb.Command) error {
 		if c.GetExpiresAt() <= 0 {
 			return fmt.Errorf("%w: expires_at=%d", ErrBadTime, c.GetExpiresAt())
 		}
+		if len(c.GetKey()) != InviteKeySize {
+			return fmt.Errorf("%w: got %d bytes", ErrBadInviteKey, len(c.GetKey()))
+		}
 		return validPeer("issuer", c.GetIssuer())
 	case *pb.Command_ConsumeInvite:
 		c := b.ConsumeInvite
@@ -130,18 +172,20 @@ func ValidateCommand(cmd *pb.Command) error {
 		if err := validAddrs(c.GetAddrs()); err != nil {
 			return err
 		}
-		if c.GetDeadline() < 0 {
-			return fmt.Errorf("%w: deadline=%d", ErrBadDeadline, c.GetDeadline())
+		if t := c.GetTimeout(); t != 0 {
+			if err := validTimeout(t); err != nil {
+				return err
+			}
+		}
+		if len(c.GetProof()) != 64 {
+			return fmt.Errorf("%w: proof of %d bytes", ErrBadInviteProof, len(c.GetProof()))
 		}
 		return validPeer("joiner", c.GetJoiner())
 	case *pb.Command_OpenGeneration:
 		if b.OpenGeneration == nil {
 			return ErrEmptyCommand
 		}
-		if b.OpenGeneration.GetDeadline() <= 0 {
-			return fmt.Errorf("%w: deadline=%d", ErrBadDeadline, b.OpenGeneration.GetDeadline())
-		}
-		return nil
+		return validTimeout(b.OpenGeneration.GetTimeout())
 	case *pb.Command_RecordReceipts:
 		c := b.RecordReceipts
 		if c == nil || len(c.GetReceipts()) == 0 {
@@ -177,8 +221,8 @@ func ValidateCommand(cmd *pb.Command) error {
 		if c == nil {
 			return ErrEmptyCommand
 		}
-		if c.GetDeadline() <= 0 {
-			return fmt.Errorf("%w: deadline=%d", ErrBadDeadline, c.GetDeadline())
+		if err := validTimeout(c.GetTimeout()); err != nil {
+			return err
 		}
 		return validPeer("peer", c.GetPeer())
 	case *pb.Command_SetAddrs:
@@ -208,6 +252,15 @@ func ValidateCommand(cmd *pb.Command) error {
 			return err
 		}
 		return validPeer("by", c.GetBy())
+	case *pb.Command_Vote:
+		c := b.Vote
+		if c == nil {
+			return ErrEmptyCommand
+		}
+		if err := validTimeout(c.GetTimeout()); err != nil {
+			return err
+		}
+		return validPeer("target", c.GetTarget())
 	default:
 		return ErrEmptyCommand
 	}
@@ -225,6 +278,9 @@ func validReceipt(r *pb.Receipt) error {
 	}
 	if n := len(r.GetSignature()); n == 0 || n > MaxSignatureSize {
 		return fmt.Errorf("%w: signature of %d bytes", ErrBadSignature, n)
+	}
+	if err := validSplit(r.GetSplit()); err != nil {
+		return err
 	}
 	if err := validPeer("owner", r.GetOwner()); err != nil {
 		return err
@@ -244,6 +300,14 @@ func validPeer(what string, b []byte) error {
 	}
 	if _, err := id.ExtractPublicKey(); err != nil {
 		return fmt.Errorf("%w: %s has no embedded public key: %v", ErrBadPeerID, what, err)
+	}
+	return nil
+}
+
+// validSplit checks a split ID: SplitSize bytes, not all zero.
+func validSplit(b []byte) error {
+	if len(b) != SplitSize || SplitID(b) == (SplitID{}) {
+		return fmt.Errorf("%w: %d bytes", ErrBadSplit, len(b))
 	}
 	return nil
 }
@@ -312,8 +376,21 @@ func fromNanos(n int64) time.Time {
 	return time.Unix(0, n).UTC()
 }
 
+// newCommand starts an unsigned command issued at now (the author's clock).
+// Sign makes it valid.
 func newCommand(now time.Time) *pb.Command {
-	return &pb.Command{Version: CommandVersion, Now: unixNanos(now)}
+	return &pb.Command{Version: CommandVersion, IssuedAt: unixNanos(now)}
+}
+
+// timeoutBetween is deadline - now in nanoseconds, 0 for a zero deadline.
+// Constructors take deadlines for the caller's convenience; the command
+// carries the timeout, and the ledger's deadline is the leader's stamp plus
+// it.
+func timeoutBetween(deadline, now time.Time) int64 {
+	if deadline.IsZero() {
+		return 0
+	}
+	return int64(deadline.Sub(now))
 }
 
 // NewBootstrap creates the cluster clusterID with founder as its only,
@@ -341,39 +418,41 @@ func NewSetRetention(maxBehind uint32, by peer.ID, now time.Time) *pb.Command {
 	return c
 }
 
-// NewAddInvite records an invite by the SHA-256 hash of its secret.
-func NewAddInvite(hash []byte, expiresAt time.Time, issuer peer.ID, now time.Time) *pb.Command {
+// NewAddInvite records an invite by the SHA-256 hash of its secret and the
+// public key the secret seeds (InviteKey).
+func NewAddInvite(hash, key []byte, expiresAt time.Time, issuer peer.ID, now time.Time) *pb.Command {
 	c := newCommand(now)
 	c.Body = &pb.Command_AddInvite{AddInvite: &pb.AddInvite{
-		Hash: append([]byte(nil), hash...), ExpiresAt: unixNanos(expiresAt), Issuer: []byte(issuer),
+		Hash: append([]byte(nil), hash...), Key: append([]byte(nil), key...), ExpiresAt: unixNanos(expiresAt), Issuer: []byte(issuer),
 	}}
 	return c
 }
 
 // NewConsumeInvite admits joiner with the invite whose hash is given. A zero
-// deadline admits it at once; otherwise it joins through a generation that
-// must commit before deadline.
+// deadline admits it at once (only before the first generation); otherwise
+// it joins through a generation that must commit within deadline-now of the
+// leader's stamp. ProveInvite must add the invite proof, and the joiner
+// signs it.
 func NewConsumeInvite(hash []byte, joiner peer.ID, clusterID string, deadline, now time.Time) *pb.Command {
+	return NewConsumeInviteWithAddrs(hash, joiner, clusterID, nil, deadline, now)
+}
+
+// NewConsumeInviteWithAddrs is NewConsumeInvite that also records the
+// joiner's addresses.
+func NewConsumeInviteWithAddrs(hash []byte, joiner peer.ID, clusterID string, addrs []string, deadline, now time.Time) *pb.Command {
 	c := newCommand(now)
 	c.Body = &pb.Command_ConsumeInvite{ConsumeInvite: &pb.ConsumeInvite{
-		Hash: append([]byte(nil), hash...), Joiner: []byte(joiner), ClusterId: clusterID, Deadline: unixNanos(deadline),
+		Hash: append([]byte(nil), hash...), Joiner: []byte(joiner), ClusterId: clusterID,
+		Timeout: timeoutBetween(deadline, now), Addrs: append([]string(nil), addrs...),
 	}}
 	return c
 }
 
-// NewConsumeInviteWithAddrs is NewConsumeInvite that also records where the
-// joiner can be reached, in the same entry.
-func NewConsumeInviteWithAddrs(hash []byte, joiner peer.ID, clusterID string, addrs []string, deadline, now time.Time) *pb.Command {
-	c := NewConsumeInvite(hash, joiner, clusterID, deadline, now)
-	c.GetConsumeInvite().Addrs = slices.Clone(addrs)
-	return c
-}
-
 // NewOpenGeneration opens the next generation for the current members and
-// every pending joiner.
+// every pending joiner, to commit within deadline-now.
 func NewOpenGeneration(deadline, now time.Time) *pb.Command {
 	c := newCommand(now)
-	c.Body = &pb.Command_OpenGeneration{OpenGeneration: &pb.OpenGeneration{Deadline: unixNanos(deadline)}}
+	c.Body = &pb.Command_OpenGeneration{OpenGeneration: &pb.OpenGeneration{Timeout: timeoutBetween(deadline, now)}}
 	return c
 }
 
@@ -382,8 +461,9 @@ type Receipt struct {
 	Generation uint64
 	Owner      peer.ID
 	Holder     peer.ID
-	Digest     []byte // SHA-256 of the encoded envelope
-	Signature  []byte // holder's signature over ReceiptMessage
+	Split      SplitID // the owner's split the envelope belongs to
+	Digest     []byte  // SHA-256 of the encoded envelope
+	Signature  []byte  // holder's signature over ReceiptMessage
 }
 
 func (r Receipt) toPB() *pb.Receipt {
@@ -391,12 +471,14 @@ func (r Receipt) toPB() *pb.Receipt {
 		Generation: r.Generation,
 		Owner:      []byte(r.Owner),
 		Holder:     []byte(r.Holder),
+		Split:      append([]byte(nil), r.Split[:]...),
 		Digest:     append([]byte(nil), r.Digest...),
 		Signature:  append([]byte(nil), r.Signature...),
 	}
 }
 
-// NewRecordReceipts records a batch of receipts (all or nothing).
+// NewRecordReceipts records a batch of receipts (all or nothing). Every
+// receipt's owner must be the command's author.
 func NewRecordReceipts(receipts []Receipt, now time.Time) *pb.Command {
 	c := newCommand(now)
 	rr := &pb.RecordReceipts{Receipts: make([]*pb.Receipt, 0, len(receipts))}
@@ -407,7 +489,9 @@ func NewRecordReceipts(receipts []Receipt, now time.Time) *pb.Command {
 	return c
 }
 
-// NewAbortGeneration aborts the open generation gen after its deadline.
+// NewAbortGeneration aborts the open generation gen: after its deadline, at
+// any time by one of its joiners (it gives up), or by an active member once
+// a joiner has recorded nothing for JoinProgressTimeout.
 func NewAbortGeneration(gen uint64, now time.Time) *pb.Command {
 	c := newCommand(now)
 	c.Body = &pb.Command_AbortGeneration{AbortGeneration: &pb.AbortGeneration{Generation: gen}}
@@ -422,22 +506,33 @@ func NewRetireGeneration(gen uint64, now time.Time) *pb.Command {
 	return c
 }
 
-// NewRemoveMember revokes p at once (R1) and opens a generation without it
-// that must commit before deadline.
+// NewRemoveMember is p leaving the cluster (R1): only p may author it. A
+// generation without p opens, to commit within deadline-now.
 func NewRemoveMember(p peer.ID, deadline, now time.Time) *pb.Command {
 	c := newCommand(now)
-	c.Body = &pb.Command_RemoveMember{RemoveMember: &pb.RemoveMember{Peer: []byte(p), Deadline: unixNanos(deadline)}}
+	c.Body = &pb.Command_RemoveMember{RemoveMember: &pb.RemoveMember{Peer: []byte(p), Timeout: timeoutBetween(deadline, now)}}
 	return c
 }
 
-// NewSetAddrs records the multiaddr strings p can be dialled at.
+// NewVote is the author's vote to remove target (reinstate false) or to
+// lift its suspension (rule R2). If the vote makes the removal final, the
+// generation that opens must commit within deadline-now.
+func NewVote(target peer.ID, reinstate bool, deadline, now time.Time) *pb.Command {
+	c := newCommand(now)
+	c.Body = &pb.Command_Vote{Vote: &pb.Vote{Target: []byte(target), Reinstate: reinstate, Timeout: timeoutBetween(deadline, now)}}
+	return c
+}
+
+// NewSetAddrs records the multiaddr strings p can be dialled at. Only p may
+// author it.
 func NewSetAddrs(p peer.ID, addrs []string, now time.Time) *pb.Command {
 	c := newCommand(now)
 	c.Body = &pb.Command_SetAddrs{SetAddrs: &pb.SetAddrs{Peer: []byte(p), Addrs: append([]string(nil), addrs...)}}
 	return c
 }
 
-// NewRecordKeyCheck records owner's key-check value (rule K4).
+// NewRecordKeyCheck records owner's key-check value (rule K4). Only owner
+// may author it.
 func NewRecordKeyCheck(owner peer.ID, value []byte, now time.Time) *pb.Command {
 	c := newCommand(now)
 	c.Body = &pb.Command_RecordKeyCheck{RecordKeyCheck: &pb.RecordKeyCheck{Owner: []byte(owner), Value: append([]byte(nil), value...)}}

@@ -72,6 +72,29 @@ var (
 	ErrNotEscrowed      = errors.New("generations: owner not escrowed")
 	ErrKeyCheckMismatch = errors.New("generations: key-check value differs from the recorded one")
 
+	// Authority (rule S7): who may issue which command.
+	ErrBadCommandSignature = errors.New("generations: bad command signature")
+	ErrReplay              = errors.New("generations: replayed or reordered command (sequence not above the author's last)")
+	ErrClockSkew           = errors.New("generations: command issued too far from the leader's clock")
+	ErrNotAuthor           = errors.New("generations: command acts for a peer other than its author")
+	ErrUnauthorized        = errors.New("generations: author's status may not issue this command")
+	ErrMemberSuspended     = errors.New("generations: member is suspended")
+	ErrBadInviteProof      = errors.New("generations: invite proof does not verify")
+	ErrBadInviteKey        = errors.New("generations: invite key must be 32 bytes")
+	ErrInviteTTL           = errors.New("generations: invite lifetime out of bounds")
+	ErrBadTimeout          = errors.New("generations: timeout out of bounds")
+	ErrDirectAdmission     = errors.New("generations: direct admission is allowed only before the first generation")
+	ErrTooFewMembers       = errors.New("generations: a generation needs at least 2 members (no escrow of threshold 1)")
+
+	// Removal votes (rule R2).
+	ErrSelfVote     = errors.New("generations: a member cannot vote on itself (leave instead)")
+	ErrNotSuspended = errors.New("generations: member is not suspended")
+
+	// Splits (escrowed means recoverable).
+	ErrBadSplit       = errors.New("generations: split ID must be 16 non-zero bytes")
+	ErrSplitMismatch  = errors.New("generations: owner is escrowed with another split in this generation")
+	ErrOwnerSuspended = errors.New("generations: owner is suspended")
+
 	// ErrInternal reports a bug: Apply recovered from a panic.
 	ErrInternal = errors.New("generations: internal error")
 )
@@ -136,6 +159,23 @@ var errorCodes = []struct {
 	{ErrMemberLapsed, "member_lapsed"},
 	{ErrOwnerLapsed, "owner_lapsed"},
 	{ErrHolderLapsed, "holder_lapsed"},
+	{ErrBadCommandSignature, "bad_command_signature"},
+	{ErrReplay, "replay"},
+	{ErrClockSkew, "clock_skew"},
+	{ErrNotAuthor, "not_author"},
+	{ErrUnauthorized, "unauthorized"},
+	{ErrMemberSuspended, "member_suspended"},
+	{ErrBadInviteProof, "bad_invite_proof"},
+	{ErrBadInviteKey, "bad_invite_key"},
+	{ErrInviteTTL, "invite_ttl"},
+	{ErrBadTimeout, "bad_timeout"},
+	{ErrDirectAdmission, "direct_admission"},
+	{ErrTooFewMembers, "too_few_members"},
+	{ErrSelfVote, "self_vote"},
+	{ErrNotSuspended, "not_suspended"},
+	{ErrBadSplit, "bad_split"},
+	{ErrSplitMismatch, "split_mismatch"},
+	{ErrOwnerSuspended, "owner_suspended"},
 }
 
 // ErrorCode returns the stable short code of the sentinel err wraps, or ""

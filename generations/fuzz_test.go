@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pkey/p2pkey/generations/pb"
 )
 
 func seedCorpus(f *testing.F) {
@@ -18,21 +20,30 @@ func seedCorpus(f *testing.F) {
 			cmds = append(cmds, b)
 		}
 	}
-	add(EncodeCommand(NewAddInvite(inviteHash(9), h.now.Add(time.Hour), ids[0], h.now)))
-	add(EncodeCommand(NewConsumeInvite(inviteHash(9), d, testCluster, h.now.Add(time.Minute), h.now)))
-	add(EncodeCommand(NewConsumeInviteWithAddrs(inviteHash(9), d, testCluster, []string{"/ip4/1.2.3.4/tcp/1"}, h.now.Add(time.Minute), h.now)))
-	add(EncodeCommand(NewOpenGeneration(h.now.Add(time.Minute), h.now)))
-	add(EncodeCommand(NewRecordReceipts(h.fullReceipts(2, ids)[:3], h.now)))
-	add(EncodeCommand(NewAbortGeneration(2, h.now.Add(time.Hour))))
-	add(EncodeCommand(NewRetireGeneration(1, h.now)))
-	add(EncodeCommand(NewRemoveMember(ids[1], h.now.Add(time.Minute), h.now)))
-	add(EncodeCommand(NewSetAddrs(ids[1], []string{"/ip4/1.2.3.4/tcp/1"}, h.now)))
-	add(EncodeCommand(NewRecordKeyCheck(ids[1], []byte("kc"), h.now)))
-	add(EncodeCommand(NewBootstrap(testCluster, d, h.now)))
-	add(EncodeCommand(NewBootstrapWithRetention(testCluster, d, 2, h.now)))
-	add(EncodeCommand(NewSetRetention(1, ids[0], h.now)))
-	add(EncodeCommand(NewSetRetention(9, ids[0], h.now)))
-	for _, c := range append(cmds, h.log...) {
+	sign := func(c *pb.Command) *pb.Command {
+		h.sign(c, h.naturalAuthor(c))
+		return c
+	}
+	add(EncodeCommand(sign(NewAddInvite(inviteHash(9), invitePub(9), h.now.Add(time.Hour), ids[0], h.now))))
+	add(EncodeCommand(sign(NewConsumeInvite(inviteHash(9), d, testCluster, h.now.Add(time.Minute), h.now))))
+	add(EncodeCommand(sign(NewConsumeInviteWithAddrs(inviteHash(9), d, testCluster, []string{"/ip4/1.2.3.4/tcp/1"}, h.now.Add(time.Minute), h.now))))
+	add(EncodeCommand(sign(NewOpenGeneration(h.now.Add(time.Minute), h.now))))
+	add(EncodeCommand(sign(NewRecordReceipts(h.fullReceipts(2, ids)[:3], h.now))))
+	add(EncodeCommand(sign(NewAbortGeneration(2, h.now.Add(time.Hour)))))
+	add(EncodeCommand(sign(NewRetireGeneration(1, h.now))))
+	add(EncodeCommand(sign(NewRemoveMember(ids[1], h.now.Add(time.Minute), h.now))))
+	add(EncodeCommand(sign(NewVote(ids[1], false, h.now.Add(time.Minute), h.now))))
+	add(EncodeCommand(sign(NewVote(ids[1], true, h.now.Add(time.Minute), h.now))))
+	add(EncodeCommand(sign(NewSetAddrs(ids[1], []string{"/ip4/1.2.3.4/tcp/1"}, h.now))))
+	add(EncodeCommand(sign(NewRecordKeyCheck(ids[1], []byte("kc"), h.now))))
+	add(EncodeCommand(sign(NewBootstrap(testCluster, d, h.now))))
+	add(EncodeCommand(sign(NewBootstrapWithRetention(testCluster, d, 2, h.now))))
+	add(EncodeCommand(sign(NewSetRetention(1, ids[0], h.now))))
+	add(EncodeCommand(sign(NewSetRetention(9, ids[0], h.now))))
+	for _, e := range h.log {
+		cmds = append(cmds, e.cmd)
+	}
+	for _, c := range cmds {
 		f.Add(c)
 	}
 	f.Add([]byte{})
@@ -75,7 +86,8 @@ func FuzzApply(f *testing.F) {
 		if err := l.Restore(base); err != nil {
 			t.Fatal(err)
 		}
-		_, err := l.Apply(data)
+		stamp := h.now.UnixNano()
+		_, err := l.Apply(stamp, data)
 		after, serr := l.Snapshot()
 		if serr != nil {
 			t.Fatal(serr)
@@ -100,7 +112,7 @@ func FuzzApply(f *testing.F) {
 		// And the same input on another copy gives the same state.
 		l2 := New()
 		_ = l2.Restore(base)
-		_, _ = l2.Apply(data)
+		_, _ = l2.Apply(stamp, data)
 		if s2, _ := l2.Snapshot(); !bytes.Equal(s2, after) {
 			t.Fatal("apply not deterministic")
 		}

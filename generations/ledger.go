@@ -2,6 +2,7 @@ package generations
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"fmt"
 	"slices"
 	"strings"
@@ -34,6 +35,11 @@ type Ledger struct {
 	// maxBehind is the retention bound; 0 means the default (a ledger
 	// bootstrapped before the bound existed). See Retention.
 	maxBehind uint32
+	// lastNow is the newest leader stamp applied: the ledger's clock, which
+	// never goes backwards.
+	lastNow int64
+	// seqs is each author's last accepted sequence number (rule S7).
+	seqs map[peer.ID]uint64
 }
 
 type member struct {
@@ -47,9 +53,16 @@ type member struct {
 	lapsedAt      int64
 	lapsedGen     uint64
 	lapsedThrough uint64
+	// Removal votes (R2), by voter. Any remove vote suspends the member.
+	removeVotes    map[peer.ID]struct{}
+	reinstateVotes map[peer.ID]struct{}
 }
 
+// suspended reports whether the member has any remove vote against it.
+func (m *member) suspended() bool { return len(m.removeVotes) > 0 }
+
 type invite struct {
+	key       []byte // Ed25519 public key seeded by the secret
 	expiresAt int64
 	issuer    peer.ID
 	usedBy    peer.ID
@@ -77,6 +90,9 @@ type generation struct {
 	retiredAt   int64
 	// receipts[owner][holder]; empty unless the generation is live.
 	receipts map[peer.ID]map[peer.ID]receipt
+	// splits[owner] is the one split all of owner's receipts in g belong
+	// to; set with its first receipt, replaced only while not escrowed.
+	splits map[peer.ID]SplitID
 }
 
 // New returns an empty ledger, waiting for Bootstrap.
@@ -85,6 +101,7 @@ func New() *Ledger {
 		members:   make(map[peer.ID]*member),
 		invites:   make(map[[DigestSize]byte]*invite),
 		keyChecks: make(map[peer.ID][]byte),
+		seqs:      make(map[peer.ID]uint64),
 	}
 }
 
@@ -98,6 +115,9 @@ func (l *Ledger) ensureMaps() {
 	}
 	if l.keyChecks == nil {
 		l.keyChecks = make(map[peer.ID][]byte)
+	}
+	if l.seqs == nil {
+		l.seqs = make(map[peer.ID]uint64)
 	}
 }
 
@@ -159,21 +179,39 @@ type Result struct {
 	// that were new and that were identical to recorded ones.
 	Recorded   int
 	Duplicates int
+	// Replaced counts owners whose receipts of an earlier split (not
+	// escrowed) the batch replaced.
+	Replaced int
+	// Suspended is the member the vote suspended; Reinstated the member
+	// whose suspension it lifted; Removed the member whose removal it (or
+	// a leave) made final.
+	Suspended  peer.ID
+	Reinstated peer.ID
+	Removed    peer.ID
 }
 
-// Apply decodes and applies one committed Raft log entry. It never panics
-// and leaves the ledger unchanged when it returns an error; the error wraps
-// exactly one sentinel (see ErrorCode).
-func (l *Ledger) Apply(data []byte) (Result, error) {
+// Apply decodes and applies one committed Raft log entry whose leader stamp
+// is now (unix nanoseconds). It never panics and leaves the ledger
+// unchanged when it returns an error; the error wraps exactly one sentinel
+// (see ErrorCode).
+func (l *Ledger) Apply(now int64, data []byte) (Result, error) {
 	cmd, err := DecodeCommand(data)
 	if err != nil {
 		return Result{}, err
 	}
-	return l.ApplyCommand(cmd)
+	return l.ApplyCommand(now, cmd)
 }
 
 // ApplyCommand validates and applies a decoded command. See Apply.
-func (l *Ledger) ApplyCommand(cmd *pb.Command) (res Result, err error) {
+//
+// Order of checks: fields (ValidateCommand); the leader's stamp (the
+// ledger's time is max(stamp, last applied stamp): it never goes
+// backwards); the author's clock within MaxClockSkew of it; the author's
+// signature over SigHash; its sequence number above its last accepted one
+// (no replay, no reordering); the authority table; then the command's own
+// rules. Only a command that applies consumes its sequence number and
+// advances the clock.
+func (l *Ledger) ApplyCommand(stamp int64, cmd *pb.Command) (res Result, err error) {
 	defer func() {
 		// Last line of defence for rule S4: validation runs before any
 		// mutation, so a panic here is a bug; report it deterministically
@@ -186,10 +224,38 @@ func (l *Ledger) ApplyCommand(cmd *pb.Command) (res Result, err error) {
 		return Result{}, err
 	}
 	l.ensureMaps()
-	now := cmd.GetNow()
-	if _, ok := cmd.GetBody().(*pb.Command_Bootstrap); !ok && l.clusterID == "" {
+	if stamp <= 0 {
+		return Result{}, fmt.Errorf("%w: leader stamp %d", ErrBadTime, stamp)
+	}
+	now := max(stamp, l.lastNow)
+	clusterID := l.clusterID
+	if b, ok := cmd.GetBody().(*pb.Command_Bootstrap); ok && clusterID == "" {
+		clusterID = b.Bootstrap.GetClusterId()
+	} else if clusterID == "" {
 		return Result{}, ErrNotBootstrapped
 	}
+	if skew := cmd.GetIssuedAt() - now; skew > int64(MaxClockSkew) || skew < -int64(MaxClockSkew) {
+		return Result{}, fmt.Errorf("%w: issued %s from the leader's clock (at most %s)", ErrClockSkew, time.Duration(skew), MaxClockSkew)
+	}
+	if err := verifyCommand(clusterID, cmd); err != nil {
+		return Result{}, err
+	}
+	author := peer.ID(cmd.GetAuthor())
+	if last := l.seqs[author]; cmd.GetSeq() <= last {
+		return Result{}, fmt.Errorf("%w: %s sent %d after %d", ErrReplay, author, cmd.GetSeq(), last)
+	}
+	if err := l.authorize(cmd); err != nil {
+		return Result{}, err
+	}
+	res, err = l.dispatch(now, author, cmd)
+	if err == nil {
+		l.seqs[author] = cmd.GetSeq()
+		l.lastNow = now
+	}
+	return res, err
+}
+
+func (l *Ledger) dispatch(now int64, author peer.ID, cmd *pb.Command) (Result, error) {
 	switch b := cmd.GetBody().(type) {
 	case *pb.Command_Bootstrap:
 		return l.bootstrap(now, b.Bootstrap)
@@ -202,11 +268,13 @@ func (l *Ledger) ApplyCommand(cmd *pb.Command) (res Result, err error) {
 	case *pb.Command_RecordReceipts:
 		return l.recordReceipts(now, b.RecordReceipts)
 	case *pb.Command_AbortGeneration:
-		return l.abortGenerationCmd(now, b.AbortGeneration)
+		return l.abortGenerationCmd(now, author, b.AbortGeneration)
 	case *pb.Command_RetireGeneration:
 		return l.retireGenerationCmd(now, b.RetireGeneration)
 	case *pb.Command_RemoveMember:
-		return l.removeMember(now, b.RemoveMember)
+		return l.leave(now, b.RemoveMember)
+	case *pb.Command_Vote:
+		return l.vote(now, author, b.Vote)
 	case *pb.Command_SetAddrs:
 		return l.setAddrs(b.SetAddrs)
 	case *pb.Command_RecordKeyCheck:
@@ -265,6 +333,9 @@ func (l *Ledger) addInvite(now int64, c *pb.AddInvite) (Result, error) {
 	if c.GetExpiresAt() <= now {
 		return Result{}, fmt.Errorf("%w: expires before it is issued", ErrInviteExpired)
 	}
+	if c.GetExpiresAt()-now > int64(MaxInviteTTL+MaxClockSkew) {
+		return Result{}, fmt.Errorf("%w: expires in %s, at most %s", ErrInviteTTL, time.Duration(c.GetExpiresAt()-now), MaxInviteTTL)
+	}
 	h := [DigestSize]byte(c.GetHash())
 	if _, dup := l.invites[h]; dup {
 		return Result{}, ErrDuplicateInvite
@@ -284,47 +355,98 @@ func (l *Ledger) addInvite(now int64, c *pb.AddInvite) (Result, error) {
 			delete(l.invites, k)
 		}
 	}
-	l.invites[h] = &invite{expiresAt: c.GetExpiresAt(), issuer: issuer, createdAt: now}
+	l.invites[h] = &invite{key: bytes.Clone(c.GetKey()), expiresAt: c.GetExpiresAt(), issuer: issuer, createdAt: now}
 	return Result{}, nil
 }
 
-func (l *Ledger) consumeInvite(now int64, c *pb.ConsumeInvite) (Result, error) {
+// CheckJoin runs every check applying cmd (a signed ConsumeInvite) would
+// run, at time now, without changing anything: the member that receives a
+// join calls it before proposing, so that a join with a wrong, used,
+// expired or unproven invite costs no Raft entry (rule S10). The ledger
+// checks again on apply.
+func (l *Ledger) CheckJoin(cmd *pb.Command, now time.Time) error {
+	if err := ValidateCommand(cmd); err != nil {
+		return err
+	}
+	ci := cmd.GetConsumeInvite()
+	if ci == nil {
+		return fmt.Errorf("%w: not a ConsumeInvite", ErrEmptyCommand)
+	}
+	if !l.Bootstrapped() {
+		return ErrNotBootstrapped
+	}
+	n := max(now.UnixNano(), l.lastNow)
+	if skew := cmd.GetIssuedAt() - n; skew > int64(MaxClockSkew) || skew < -int64(MaxClockSkew) {
+		return fmt.Errorf("%w: issued %s from this node's clock", ErrClockSkew, time.Duration(skew))
+	}
+	if err := l.authorize(cmd); err != nil {
+		return err
+	}
+	if _, err := l.checkConsume(n, ci); err != nil {
+		return err
+	}
+	if err := verifyCommand(l.clusterID, cmd); err != nil {
+		return err
+	}
+	if last := l.seqs[peer.ID(cmd.GetAuthor())]; cmd.GetSeq() <= last {
+		return fmt.Errorf("%w: sequence %d after %d", ErrReplay, cmd.GetSeq(), last)
+	}
+	return nil
+}
+
+// checkConsume checks a ConsumeInvite against the state and returns its
+// invite.
+func (l *Ledger) checkConsume(now int64, c *pb.ConsumeInvite) (*invite, error) {
 	if c.GetClusterId() != l.clusterID {
-		return Result{}, fmt.Errorf("%w: invite for %s, this is %s", ErrClusterMismatch, c.GetClusterId(), l.clusterID)
+		return nil, fmt.Errorf("%w: invite for %s, this is %s", ErrClusterMismatch, c.GetClusterId(), l.clusterID)
 	}
 	inv := l.invites[[DigestSize]byte(c.GetHash())]
 	if inv == nil {
-		return Result{}, ErrUnknownInvite
+		return nil, ErrUnknownInvite
 	}
 	if inv.usedBy != "" {
-		return Result{}, fmt.Errorf("%w: by %s", ErrInviteUsed, inv.usedBy)
+		return nil, fmt.Errorf("%w: by %s", ErrInviteUsed, inv.usedBy)
 	}
 	if now >= inv.expiresAt {
-		return Result{}, ErrInviteExpired
+		return nil, ErrInviteExpired
 	}
-	if m := l.members[inv.issuer]; m == nil || m.status == StatusRemoved {
-		return Result{}, fmt.Errorf("%w: issuer %s", ErrInviteRevoked, inv.issuer)
+	if m := l.members[inv.issuer]; m == nil || m.status == StatusRemoved || m.suspended() {
+		return nil, fmt.Errorf("%w: issuer %s", ErrInviteRevoked, inv.issuer)
 	}
 	joiner := peer.ID(c.GetJoiner())
+	if !ed25519.Verify(ed25519.PublicKey(inv.key), InviteProof(l.clusterID, c.GetHash(), joiner), c.GetProof()) {
+		return nil, fmt.Errorf("%w: joiner %s", ErrBadInviteProof, joiner)
+	}
 	if m := l.members[joiner]; m != nil {
 		switch m.status {
 		case StatusRemoved:
-			return Result{}, fmt.Errorf("%w: %s", ErrMemberRemoved, joiner)
+			return nil, fmt.Errorf("%w: %s", ErrMemberRemoved, joiner)
 		case StatusActive, StatusJoining:
-			return Result{}, fmt.Errorf("%w: %s is %s", ErrAlreadyMember, joiner, m.status)
+			return nil, fmt.Errorf("%w: %s is %s", ErrAlreadyMember, joiner, m.status)
 		}
 		// Rejected and lapsed peers come back with a new invite, as a
 		// fresh member record.
 	}
-	deadline := c.GetDeadline()
-	if deadline != 0 && deadline <= now {
-		return Result{}, fmt.Errorf("%w: deadline not after now", ErrBadDeadline)
+	timeout := c.GetTimeout()
+	if timeout == 0 && len(l.gens) > 0 {
+		return nil, fmt.Errorf("%w: %d generations exist", ErrDirectAdmission, len(l.gens))
 	}
+	return inv, nil
+}
+
+func (l *Ledger) consumeInvite(now int64, c *pb.ConsumeInvite) (Result, error) {
+	inv, err := l.checkConsume(now, c)
+	if err != nil {
+		return Result{}, err
+	}
+	joiner := peer.ID(c.GetJoiner())
+	timeout := c.GetTimeout()
+	deadline := now + timeout
 
 	inv.usedBy, inv.usedAt = joiner, now
 	var res Result
 	addrs := slices.Clone(c.GetAddrs())
-	if deadline == 0 {
+	if timeout == 0 {
 		l.members[joiner] = &member{status: StatusActive, joinedAt: now, admittedAt: now, addrs: addrs}
 		res.Admitted = []peer.ID{joiner}
 		return res, nil
@@ -340,15 +462,33 @@ func (l *Ledger) openGenerationCmd(now int64, c *pb.OpenGeneration) (Result, err
 	if g := l.open(); g != nil {
 		return Result{}, fmt.Errorf("%w: generation %d", ErrGenerationOpen, g.num)
 	}
-	if c.GetDeadline() <= now {
-		return Result{}, fmt.Errorf("%w: deadline not after now", ErrBadDeadline)
+	next := l.nextMembers()
+	if len(next) < 2 {
+		return Result{}, fmt.Errorf("%w: %d", ErrTooFewMembers, len(next))
 	}
-	return Result{Opened: l.openGeneration(now, c.GetDeadline())}, nil
+	return Result{Opened: l.openGeneration(now, now+c.GetTimeout())}, nil
 }
 
-// openGeneration opens the next generation with M = active ∪ joining. The
-// caller has checked that none is open.
+// nextMembers lists, sorted, the members a new generation would have:
+// active ∪ joining.
+func (l *Ledger) nextMembers() []peer.ID {
+	var out []peer.ID
+	for _, p := range sortedKeys(l.members) {
+		if s := l.members[p].status; s == StatusActive || s == StatusJoining {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// openGeneration opens the next generation with M = active ∪ joining, or
+// returns 0 without opening one when that is fewer than 2 members: a split
+// of threshold 1 is K itself, so a cluster of one is unescrowed (rule K1).
+// The caller has checked that none is open.
 func (l *Ledger) openGeneration(now, deadline int64) uint64 {
+	if len(l.nextMembers()) < 2 {
+		return 0
+	}
 	g := &generation{
 		num:       uint64(len(l.gens)) + 1,
 		state:     StateOpen,
@@ -356,6 +496,7 @@ func (l *Ledger) openGeneration(now, deadline int64) uint64 {
 		openedAt:  now,
 		deadline:  deadline,
 		receipts:  make(map[peer.ID]map[peer.ID]receipt),
+		splits:    make(map[peer.ID]SplitID),
 	}
 	for _, p := range sortedKeys(l.members) {
 		switch l.members[p].status {
@@ -386,10 +527,18 @@ func (l *Ledger) recordReceipts(now int64, c *pb.RecordReceipts) (Result, error)
 		gen           *generation
 		owner, holder peer.ID
 	}
+	type ownerGen struct {
+		gen   *generation
+		owner peer.ID
+	}
 	var (
 		fresh = make(map[key]receipt, len(c.GetReceipts()))
 		order []key
-		res   Result
+		// split is the split of each (generation, owner) in this batch;
+		// replace marks those that replace a recorded, unescrowed split.
+		split   = make(map[ownerGen]SplitID)
+		replace = make(map[ownerGen]bool)
+		res     Result
 	)
 	// Phase 1: check every receipt; the batch is all or nothing.
 	for i, r := range c.GetReceipts() {
@@ -401,11 +550,30 @@ func (l *Ledger) recordReceipts(now int64, c *pb.RecordReceipts) (Result, error)
 		if err := l.receiptParties(g, owner, holder); err != nil {
 			return Result{}, fmt.Errorf("receipt %d: %w", i, err)
 		}
+		sp := SplitID(r.GetSplit())
+		og := ownerGen{g, owner}
+		if prev, ok := split[og]; ok {
+			if prev != sp {
+				return Result{}, fmt.Errorf("receipt %d: %w: two splits for owner %s in one batch", i, ErrSplitMismatch, owner)
+			}
+		} else {
+			split[og] = sp
+			if recorded, ok := g.splits[owner]; ok && len(g.receipts[owner]) > 0 && recorded != sp {
+				// An owner that lost its split (it restarted) replaces it
+				// completely, and only while it is not escrowed with it:
+				// never a mix of two polynomials (escrowed means
+				// recoverable).
+				if g.escrowed(owner) {
+					return Result{}, fmt.Errorf("receipt %d: %w: generation %d owner %s", i, ErrSplitMismatch, g.num, owner)
+				}
+				replace[og] = true
+			}
+		}
 		digest := [DigestSize]byte(r.GetDigest())
 		k := key{g, owner, holder}
-		prev, seen := g.receipts[owner][holder]
-		if !seen {
-			prev, seen = fresh[k]
+		prev, seen := fresh[k]
+		if !seen && !replace[og] {
+			prev, seen = g.receipts[owner][holder]
 		}
 		if seen {
 			if prev.digest != digest {
@@ -415,13 +583,20 @@ func (l *Ledger) recordReceipts(now int64, c *pb.RecordReceipts) (Result, error)
 			res.Duplicates++
 			continue
 		}
-		if err := verifyReceipt(l.clusterID, g.num, owner, holder, r.GetDigest(), r.GetSignature()); err != nil {
+		if err := verifyReceipt(l.clusterID, g.num, owner, holder, sp, r.GetDigest(), r.GetSignature()); err != nil {
 			return Result{}, fmt.Errorf("receipt %d: %w", i, err)
 		}
 		fresh[k] = receipt{digest: digest, sig: bytes.Clone(r.GetSignature())}
 		order = append(order, k)
 	}
 	// Phase 2: record.
+	for og := range replace {
+		delete(og.gen.receipts, og.owner)
+		res.Replaced++
+	}
+	for og, sp := range split {
+		og.gen.splits[og.owner] = sp
+	}
 	touchedCurrent := false
 	for _, k := range order {
 		byHolder := k.gen.receipts[k.owner]
@@ -496,12 +671,12 @@ func (l *Ledger) receiptParties(g *generation, owner, holder peer.ID) error {
 
 // verifyReceipt checks holder's signature over ReceiptMessage with the public
 // key embedded in holder's peer ID.
-func verifyReceipt(clusterID string, gen uint64, owner, holder peer.ID, digest, sig []byte) error {
+func verifyReceipt(clusterID string, gen uint64, owner, holder peer.ID, split SplitID, digest, sig []byte) error {
 	pk, err := holder.ExtractPublicKey()
 	if err != nil {
 		return fmt.Errorf("%w: holder key: %v", ErrBadSignature, err)
 	}
-	ok, err := pk.Verify(ReceiptMessage(clusterID, gen, owner, holder, SplitID{}, digest), sig)
+	ok, err := pk.Verify(ReceiptMessage(clusterID, gen, owner, holder, split, digest), sig)
 	if err != nil || !ok {
 		return fmt.Errorf("%w: by holder %s", ErrBadSignature, holder)
 	}
@@ -549,7 +724,7 @@ func (l *Ledger) maybeCommit(now int64, g *generation, res *Result) {
 	l.retireEligible(now, res)
 }
 
-func (l *Ledger) abortGenerationCmd(now int64, c *pb.AbortGeneration) (Result, error) {
+func (l *Ledger) abortGenerationCmd(now int64, author peer.ID, c *pb.AbortGeneration) (Result, error) {
 	g := l.gen(c.GetGeneration())
 	if g == nil {
 		return Result{}, fmt.Errorf("%w: %d", ErrUnknownGeneration, c.GetGeneration())
@@ -557,8 +732,8 @@ func (l *Ledger) abortGenerationCmd(now int64, c *pb.AbortGeneration) (Result, e
 	if _, err := g.state.Next(EventAbort); err != nil {
 		return Result{}, err
 	}
-	if now < g.deadline {
-		return Result{}, fmt.Errorf("%w: generation %d deadline is %s", ErrDeadlineNotReached, g.num, fromNanos(g.deadline).Format("2006-01-02T15:04:05.000Z07:00"))
+	if err := g.abortAllowed(now, author, l.members[author].status); err != nil {
+		return Result{}, err
 	}
 	var res Result
 	for _, j := range g.joiners {
@@ -575,6 +750,31 @@ func (l *Ledger) abortGenerationCmd(now int64, c *pb.AbortGeneration) (Result, e
 	return res, nil
 }
 
+// abortAllowed says whether author may abort open generation g now: after
+// its deadline (G3); at any time if author is one of its joiners (it gives
+// up); or, for an active member, once JoinProgressTimeout has passed since
+// g opened and one of its joiners has recorded no receipt as owner (the
+// joiner disappeared: joins must not wedge for the whole deadline).
+func (g *generation) abortAllowed(now int64, author peer.ID, status MemberStatus) error {
+	if now >= g.deadline {
+		return nil
+	}
+	if status == StatusJoining {
+		if slices.Contains(g.joiners, author) {
+			return nil
+		}
+		return fmt.Errorf("%w: %s is not a joiner of generation %d", ErrUnauthorized, author, g.num)
+	}
+	if now-g.openedAt >= int64(JoinProgressTimeout) {
+		for _, j := range g.joiners {
+			if len(g.receipts[j]) == 0 {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%w: generation %d deadline is %s", ErrDeadlineNotReached, g.num, fromNanos(g.deadline).Format("2006-01-02T15:04:05.000Z07:00"))
+}
+
 // abort moves open g to aborted and deletes its receipts (G3). Joiners are
 // the caller's business.
 func (l *Ledger) abort(now int64, g *generation) {
@@ -584,6 +784,7 @@ func (l *Ledger) abort(now int64, g *generation) {
 	}
 	g.state, g.abortedAt = next, now
 	g.receipts = make(map[peer.ID]map[peer.ID]receipt)
+	g.splits = make(map[peer.ID]SplitID)
 }
 
 func (l *Ledger) retireGenerationCmd(now int64, c *pb.RetireGeneration) (Result, error) {
@@ -680,31 +881,111 @@ func (l *Ledger) retire(now int64, g *generation) {
 	}
 	g.state, g.retiredAt = next, now
 	g.receipts = make(map[peer.ID]map[peer.ID]receipt)
+	g.splits = make(map[peer.ID]SplitID)
 }
 
-func (l *Ledger) removeMember(now int64, c *pb.RemoveMember) (Result, error) {
+// leave is a member removing itself (R1): immediate.
+func (l *Ledger) leave(now int64, c *pb.RemoveMember) (Result, error) {
 	p := peer.ID(c.GetPeer())
-	// A lapsed member may be removed too: that revokes it for good (it
-	// could otherwise be invited again) and drops what it holds.
-	if m := l.members[p]; m == nil || m.status != StatusLapsed {
-		if err := l.memberErr(p); err != nil {
-			return Result{}, err
-		}
-	}
-	m := l.members[p]
-	if m.status == StatusActive && l.countActive() == 1 {
+	if m := l.members[p]; m.status == StatusActive && l.countActive() == 1 {
 		return Result{}, fmt.Errorf("%w: %s", ErrLastMember, p)
 	}
-	if c.GetDeadline() <= now {
-		return Result{}, fmt.Errorf("%w: deadline not after now", ErrBadDeadline)
-	}
+	return l.revoke(now, p, now+c.GetTimeout()), nil
+}
 
+// vote records author's vote on target (R2). A remove vote suspends target
+// at once (holders keep its envelopes and stop serving them); when the
+// remove votes of active members reach a majority of the active members
+// other than target, the removal is final, as a leave. A reinstate vote
+// counts toward lifting a suspension; a majority lifts it and clears every
+// vote. Each voter's newer vote replaces its older one.
+func (l *Ledger) vote(now int64, author peer.ID, c *pb.Vote) (Result, error) {
+	target := peer.ID(c.GetTarget())
+	if target == author {
+		return Result{}, fmt.Errorf("%w: %s", ErrSelfVote, target)
+	}
+	// Joining, active and lapsed members may be voted on (a lapsed one can
+	// be removed for good).
+	m := l.members[target]
+	switch {
+	case m == nil || m.status == StatusRejected:
+		return Result{}, fmt.Errorf("%w: %s", ErrNotMember, target)
+	case m.status == StatusRemoved:
+		return Result{}, fmt.Errorf("%w: %s", ErrMemberRemoved, target)
+	}
 	var res Result
+	if c.GetReinstate() {
+		if !m.suspended() {
+			return Result{}, fmt.Errorf("%w: %s", ErrNotSuspended, target)
+		}
+		delete(m.removeVotes, author)
+		m.reinstateVotes = addVote(m.reinstateVotes, author)
+		if l.countVotes(target, m.reinstateVotes) >= l.VotesNeeded(target) || len(m.removeVotes) == 0 {
+			m.removeVotes, m.reinstateVotes = nil, nil
+			res.Reinstated = target
+		}
+		return res, nil
+	}
+	if m.status == StatusActive && l.countActive() == 1 {
+		return Result{}, fmt.Errorf("%w: %s", ErrLastMember, target)
+	}
+	if !m.suspended() {
+		res.Suspended = target
+	}
+	delete(m.reinstateVotes, author)
+	m.removeVotes = addVote(m.removeVotes, author)
+	if l.countVotes(target, m.removeVotes) >= l.VotesNeeded(target) {
+		r := l.revoke(now, target, now+c.GetTimeout())
+		r.Suspended = res.Suspended
+		return r, nil
+	}
+	return res, nil
+}
+
+func addVote(set map[peer.ID]struct{}, p peer.ID) map[peer.ID]struct{} {
+	if set == nil {
+		set = make(map[peer.ID]struct{})
+	}
+	set[p] = struct{}{}
+	return set
+}
+
+// countVotes counts the votes in set cast by active members other than
+// target.
+func (l *Ledger) countVotes(target peer.ID, set map[peer.ID]struct{}) int {
+	n := 0
+	for v := range set {
+		if m := l.members[v]; v != target && m != nil && m.status == StatusActive {
+			n++
+		}
+	}
+	return n
+}
+
+// VotesNeeded is the number of votes that decide target's removal or
+// reinstatement: a majority of the active members other than target.
+func (l *Ledger) VotesNeeded(target peer.ID) int {
+	others := l.countActive()
+	if m := l.members[target]; m != nil && m.status == StatusActive {
+		others--
+	}
+	return others/2 + 1
+}
+
+// revoke removes p for good (R1): every receipt where it is owner or holder
+// is deleted (so no holder may serve its envelopes and it no longer counts
+// as a holder), its key-check value is dropped, an open generation that
+// contains it is aborted, and a generation without it is opened (if at
+// least 2 members remain).
+func (l *Ledger) revoke(now int64, p peer.ID, deadline int64) Result {
+	m := l.members[p]
+	res := Result{Removed: p}
 	m.status, m.removedAt = StatusRemoved, now
+	m.removeVotes, m.reinstateVotes = nil, nil
 	delete(l.keyChecks, p)
-	// R1: no holder may serve its envelopes, and it holds nothing for anyone.
 	for _, g := range l.gens {
 		delete(g.receipts, p)
+		delete(g.splits, p)
 		for _, byHolder := range g.receipts {
 			delete(byHolder, p)
 		}
@@ -716,10 +997,10 @@ func (l *Ledger) removeMember(now int64, c *pb.RemoveMember) (Result, error) {
 		// generation below.
 	}
 	if l.open() == nil {
-		res.Opened = l.openGeneration(now, c.GetDeadline())
+		res.Opened = l.openGeneration(now, deadline)
 	}
 	l.retireEligible(now, &res)
-	return res, nil
+	return res
 }
 
 func (l *Ledger) setAddrs(c *pb.SetAddrs) (Result, error) {

@@ -70,7 +70,7 @@ func TestTransitionTable(t *testing.T) {
 // joinWithDeadline invites and starts joiner through a generation.
 func joinWithDeadline(h *harness, issuer, joiner peer.ID, inv int, deadline time.Duration) Result {
 	h.tb.Helper()
-	h.must(NewAddInvite(inviteHash(inv), h.now.Add(time.Hour), issuer, h.tick()))
+	h.must(NewAddInvite(inviteHash(inv), invitePub(inv), h.now.Add(time.Hour), issuer, h.tick()))
 	return h.must(NewConsumeInvite(inviteHash(inv), joiner, testCluster, h.now.Add(deadline), h.tick()))
 }
 
@@ -297,14 +297,17 @@ func newRejectEnv(t *testing.T) *rejectEnv {
 	h.must(NewRemoveMember(env.r, h.now.Add(time.Hour), h.tick()))
 	g, _ := h.l.Open()
 	h.must(NewRecordReceipts(h.fullReceipts(g.Number, g.Members), h.tick()))
-	h.must(NewAddInvite(inviteHash(49), h.now.Add(time.Hour), env.a, h.tick()))
+	h.must(NewAddInvite(inviteHash(49), invitePub(49), h.now.Add(time.Hour), env.a, h.tick()))
 	h.must(NewConsumeInvite(inviteHash(49), env.d, testCluster, h.now.Add(time.Hour), h.tick()))
-	h.must(NewAddInvite(inviteHash(50), h.now.Add(time.Hour), env.a, h.tick()))
+	h.must(NewAddInvite(inviteHash(50), invitePub(50), h.now.Add(time.Hour), env.a, h.tick()))
 	return env
 }
 
 func rawCommand(mut func(c *pb.Command)) []byte {
-	c := &pb.Command{Version: 1, Now: t0.UnixNano(), Body: &pb.Command_OpenGeneration{OpenGeneration: &pb.OpenGeneration{Deadline: t0.Add(time.Hour).UnixNano()}}}
+	c := &pb.Command{
+		Version: CommandVersion, IssuedAt: t0.UnixNano(), Author: []byte(keyPool[0].id), Seq: 1, Signature: make([]byte, 64),
+		Body: &pb.Command_OpenGeneration{OpenGeneration: &pb.OpenGeneration{Timeout: int64(time.Hour)}},
+	}
 	mut(c)
 	b, _ := proto.Marshal(c)
 	return b
@@ -320,7 +323,9 @@ func TestRejections(t *testing.T) {
 	}
 	enc := func(f func(env *rejectEnv) *pb.Command) func(env *rejectEnv) []byte {
 		return func(env *rejectEnv) []byte {
-			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(f(env))
+			c := f(env)
+			env.h.sign(c, env.h.naturalAuthor(c))
+			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
 			if err != nil {
 				panic(err)
 			}
@@ -335,9 +340,9 @@ func TestRejections(t *testing.T) {
 		{"too large", nil, func(*rejectEnv) []byte { return make([]byte, MaxCommandSize+1) }, ErrCommandTooLarge},
 		{"malformed", nil, func(*rejectEnv) []byte { return []byte{0xff, 0xff, 0xff} }, ErrMalformedCommand},
 		{"version 0", nil, func(*rejectEnv) []byte { return rawCommand(func(c *pb.Command) { c.Version = 0 }) }, ErrUnsupportedVersion},
-		{"version 2", nil, func(*rejectEnv) []byte { return rawCommand(func(c *pb.Command) { c.Version = 2 }) }, ErrUnsupportedVersion},
+		{"version 1", nil, func(*rejectEnv) []byte { return rawCommand(func(c *pb.Command) { c.Version = 1 }) }, ErrUnsupportedVersion},
 		{"no body", nil, func(*rejectEnv) []byte { return rawCommand(func(c *pb.Command) { c.Body = nil }) }, ErrEmptyCommand},
-		{"no time", nil, func(*rejectEnv) []byte { return rawCommand(func(c *pb.Command) { c.Now = 0 }) }, ErrBadTime},
+		{"no time", nil, func(*rejectEnv) []byte { return rawCommand(func(c *pb.Command) { c.IssuedAt = 0 }) }, ErrBadTime},
 		{"bad cluster id", nil, enc(func(env *rejectEnv) *pb.Command {
 			return NewBootstrap("0123456789ABCDEF0123456789ABCDEF", env.a, env.h.tick())
 		}), ErrBadClusterID},
@@ -345,7 +350,7 @@ func TestRejections(t *testing.T) {
 			return NewSetAddrs(peer.ID("not a peer"), nil, env.h.tick())
 		}), ErrBadPeerID},
 		{"bad invite hash", nil, enc(func(env *rejectEnv) *pb.Command {
-			return NewAddInvite([]byte("short"), dl(env), env.a, env.h.tick())
+			return NewAddInvite([]byte("short"), invitePub(0), dl(env), env.a, env.h.tick())
 		}), ErrBadInviteHash},
 		{"bad digest", nil, enc(func(env *rejectEnv) *pb.Command {
 			r := sig(env, 3, env.a, env.b)
@@ -356,7 +361,7 @@ func TestRejections(t *testing.T) {
 		{"too many receipts", nil, enc(func(env *rejectEnv) *pb.Command {
 			rs := make([]Receipt, MaxReceiptsPerBatch+1)
 			for i := range rs {
-				rs[i] = Receipt{Generation: 3, Owner: env.a, Holder: env.b, Digest: make([]byte, 32), Signature: []byte{1}}
+				rs[i] = Receipt{Generation: 3, Owner: env.a, Holder: env.b, Split: testSplit, Digest: make([]byte, 32), Signature: []byte{1}}
 			}
 			return NewRecordReceipts(rs, env.h.tick())
 		}), ErrTooManyReceipts},
@@ -376,37 +381,37 @@ func TestRejections(t *testing.T) {
 		{"key check too long", nil, enc(func(env *rejectEnv) *pb.Command {
 			return NewRecordKeyCheck(env.a, make([]byte, MaxKeyCheckSize+1), env.h.tick())
 		}), ErrBadKeyCheck},
-		{"negative deadline", nil, enc(func(env *rejectEnv) *pb.Command {
+		{"negative timeout", nil, enc(func(env *rejectEnv) *pb.Command {
 			c := NewConsumeInvite(inviteHash(50), env.e, testCluster, time.Time{}, env.h.tick())
-			c.GetConsumeInvite().Deadline = -1
+			c.GetConsumeInvite().Timeout = -1
 			return c
-		}), ErrBadDeadline},
+		}), ErrBadTimeout},
 
 		// Bootstrap.
 		{"bootstrap twice", nil, enc(func(env *rejectEnv) *pb.Command { return NewBootstrap(testCluster, env.e, env.h.tick()) }), ErrAlreadyBootstrapped},
 
 		// AddInvite.
 		{"invite by stranger", nil, enc(func(env *rejectEnv) *pb.Command {
-			return NewAddInvite(inviteHash(60), dl(env), env.e, env.h.tick())
+			return NewAddInvite(inviteHash(60), invitePub(60), dl(env), env.e, env.h.tick())
 		}), ErrNotMember},
 		{"invite by joiner", nil, enc(func(env *rejectEnv) *pb.Command {
-			return NewAddInvite(inviteHash(60), dl(env), env.d, env.h.tick())
+			return NewAddInvite(inviteHash(60), invitePub(60), dl(env), env.d, env.h.tick())
 		}), ErrNotActive},
 		{"invite by removed", nil, enc(func(env *rejectEnv) *pb.Command {
-			return NewAddInvite(inviteHash(60), dl(env), env.r, env.h.tick())
+			return NewAddInvite(inviteHash(60), invitePub(60), dl(env), env.r, env.h.tick())
 		}), ErrMemberRemoved},
 		{"invite already expired", nil, enc(func(env *rejectEnv) *pb.Command {
-			return NewAddInvite(inviteHash(60), env.h.now, env.a, env.h.now)
+			return NewAddInvite(inviteHash(60), invitePub(60), env.h.now, env.a, env.h.now)
 		}), ErrInviteExpired},
 		{"duplicate invite", nil, enc(func(env *rejectEnv) *pb.Command {
-			return NewAddInvite(inviteHash(50), dl(env), env.a, env.h.tick())
+			return NewAddInvite(inviteHash(50), invitePub(50), dl(env), env.a, env.h.tick())
 		}), ErrDuplicateInvite},
 		{"too many invites", func(env *rejectEnv) {
 			for i := 1000; i < 1000+MaxLiveInvites-1; i++ {
-				env.h.must(NewAddInvite(inviteHash(i), dl(env), env.a, env.h.now))
+				env.h.must(NewAddInvite(inviteHash(i), invitePub(i), dl(env), env.a, env.h.now))
 			}
 		}, enc(func(env *rejectEnv) *pb.Command {
-			return NewAddInvite(inviteHash(60), dl(env), env.a, env.h.tick())
+			return NewAddInvite(inviteHash(60), invitePub(60), dl(env), env.a, env.h.tick())
 		}), ErrTooManyInvites},
 
 		// ConsumeInvite.
@@ -423,7 +428,7 @@ func TestRejections(t *testing.T) {
 			return NewConsumeInvite(inviteHash(50), env.e, testCluster, time.Time{}, env.h.now.Add(time.Hour))
 		}), ErrInviteExpired},
 		{"revoked invite", func(env *rejectEnv) {
-			env.h.must(NewAddInvite(inviteHash(62), dl(env), env.b, env.h.tick()))
+			env.h.must(NewAddInvite(inviteHash(62), invitePub(62), dl(env), env.b, env.h.tick()))
 			env.h.must(NewRemoveMember(env.b, dl(env), env.h.tick()))
 		}, enc(func(env *rejectEnv) *pb.Command {
 			return NewConsumeInvite(inviteHash(62), env.e, testCluster, time.Time{}, env.h.tick())
@@ -439,13 +444,13 @@ func TestRejections(t *testing.T) {
 		}), ErrMemberRemoved},
 		{"join deadline in the past", nil, enc(func(env *rejectEnv) *pb.Command {
 			return NewConsumeInvite(inviteHash(50), env.e, testCluster, env.h.now, env.h.now.Add(time.Second))
-		}), ErrBadDeadline},
+		}), ErrBadTimeout},
 
 		// OpenGeneration.
 		{"open while open", nil, enc(func(env *rejectEnv) *pb.Command { return NewOpenGeneration(dl(env), env.h.tick()) }), ErrGenerationOpen},
 		{"open with past deadline", func(env *rejectEnv) {
 			env.h.must(NewRecordReceipts(env.h.fullReceipts(3, []peer.ID{env.a, env.b, env.c, env.d}), env.h.tick()))
-		}, enc(func(env *rejectEnv) *pb.Command { return NewOpenGeneration(env.h.now, env.h.now.Add(time.Second)) }), ErrBadDeadline},
+		}, enc(func(env *rejectEnv) *pb.Command { return NewOpenGeneration(env.h.now, env.h.now.Add(time.Second)) }), ErrBadTimeout},
 
 		// RecordReceipts.
 		{"bad signature", nil, enc(func(env *rejectEnv) *pb.Command {
@@ -484,8 +489,8 @@ func TestRejections(t *testing.T) {
 			return NewRecordReceipts([]Receipt{sig(env, 3, env.a, env.b)}, env.h.now.Add(2*time.Hour))
 		}), ErrGenerationAborted},
 		{"receipt owner not in generation", func(env *rejectEnv) {
-			env.h.must(NewAddInvite(inviteHash(63), dl(env), env.a, env.h.tick()))
-			env.h.must(NewConsumeInvite(inviteHash(63), env.e, testCluster, time.Time{}, env.h.tick()))
+			env.h.must(NewAddInvite(inviteHash(63), invitePub(63), dl(env), env.a, env.h.tick()))
+			env.h.must(NewConsumeInvite(inviteHash(63), env.e, testCluster, dl(env), env.h.tick()))
 		}, enc(func(env *rejectEnv) *pb.Command {
 			return NewRecordReceipts([]Receipt{sig(env, 3, env.e, env.a)}, env.h.tick())
 		}), ErrOwnerNotInGeneration},
@@ -494,7 +499,7 @@ func TestRejections(t *testing.T) {
 		}), ErrHolderNotInGeneration},
 		{"receipt owner removed", nil, enc(func(env *rejectEnv) *pb.Command {
 			return NewRecordReceipts([]Receipt{sig(env, 3, env.r, env.a)}, env.h.tick())
-		}), ErrOwnerRemoved},
+		}), ErrMemberRemoved}, // the owner authors its receipts
 		{"receipt holder removed", nil, enc(func(env *rejectEnv) *pb.Command {
 			return NewRecordReceipts([]Receipt{sig(env, 3, env.a, env.r)}, env.h.tick())
 		}), ErrHolderRemoved},
@@ -529,7 +534,7 @@ func TestRejections(t *testing.T) {
 		// RemoveMember.
 		{"remove stranger", nil, enc(func(env *rejectEnv) *pb.Command { return NewRemoveMember(env.e, dl(env), env.h.tick()) }), ErrNotMember},
 		{"remove removed", nil, enc(func(env *rejectEnv) *pb.Command { return NewRemoveMember(env.r, dl(env), env.h.tick()) }), ErrMemberRemoved},
-		{"remove with past deadline", nil, enc(func(env *rejectEnv) *pb.Command { return NewRemoveMember(env.b, env.h.now, env.h.now) }), ErrBadDeadline},
+		{"remove with past deadline", nil, enc(func(env *rejectEnv) *pb.Command { return NewRemoveMember(env.b, env.h.now, env.h.now) }), ErrBadTimeout},
 		{"remove last active", func(env *rejectEnv) {
 			env.h.must(NewRemoveMember(env.b, dl(env), env.h.tick()))
 			env.h.must(NewRemoveMember(env.c, dl(env), env.h.tick()))
@@ -557,7 +562,12 @@ func TestRejections(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = env.h.l.Apply(c.cmd(env))
+			data := c.cmd(env)
+			stamp := env.h.now.UnixNano()
+			if d, derr := DecodeCommand(data); derr == nil {
+				stamp = d.GetIssuedAt() // the harness's leader stamps each command's issued_at
+			}
+			_, err = env.h.l.Apply(stamp, data)
 			if !errors.Is(err, c.want) {
 				t.Fatalf("err = %v, want %v", err, c.want)
 			}

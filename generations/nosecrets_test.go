@@ -27,7 +27,7 @@ func TestLedgerHoldsNoShares(t *testing.T) {
 	}
 	h.must(NewBootstrap(testCluster, ids[0], h.tick()))
 	for i := 1; i < len(ids); i++ {
-		h.must(NewAddInvite(inviteHash(i), h.now.Add(time.Hour), ids[0], h.tick()))
+		h.must(NewAddInvite(inviteHash(i), invitePub(i), h.now.Add(time.Hour), ids[0], h.tick()))
 		h.must(NewConsumeInvite(inviteHash(i), ids[i], testCluster, time.Time{}, h.tick()))
 	}
 	var secrets [][]byte
@@ -66,7 +66,10 @@ func TestLedgerHoldsNoShares(t *testing.T) {
 			t.Fatalf("generation %d did not commit", gen)
 		}
 	}
-	haystacks := append(snaps, h.log...)
+	haystacks := snaps
+	for _, e := range h.log {
+		haystacks = append(haystacks, e.cmd)
+	}
 	for _, s := range secrets {
 		needles := [][]byte{s, []byte(hex.EncodeToString(s)), []byte(base64.StdEncoding.EncodeToString(s))}
 		if len(s) > 16 {

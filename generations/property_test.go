@@ -31,7 +31,7 @@ func (c sigCache) receipt(tb testing.TB, gen uint64, owner, holder peer.ID) Rece
 		sig = signed(tb, testCluster, gen, owner, holder, d).Signature
 		c[k] = sig
 	}
-	return Receipt{Generation: gen, Owner: owner, Holder: holder, Digest: d, Signature: sig}
+	return Receipt{Generation: gen, Owner: owner, Holder: holder, Split: testSplit, Digest: d, Signature: sig}
 }
 
 type propRun struct {
@@ -47,6 +47,10 @@ type propRun struct {
 	offline map[peer.ID]bool
 	// snapBefore is the state before the step's last command.
 	snapBefore []byte
+	// applied lists log entries that applied (replay candidates); the
+	// counters count adversarial steps.
+	applied                      []stamped
+	adversarial, forged, replays int
 }
 
 func pick[T any](r *rand.Rand, xs []T) T { return xs[r.Intn(len(xs))] }
@@ -79,8 +83,8 @@ func (p *propRun) step() (*pb.Command, error) {
 			issuer = pick(r, act)
 		}
 		p.nextInv++
-		if _, err := h.apply(NewAddInvite(inviteHash(p.nextInv), now.Add(time.Duration(1+r.Intn(60))*time.Second), issuer, now)); err != nil {
-			return NewAddInvite(inviteHash(p.nextInv), now.Add(time.Second), issuer, now), err
+		if _, err := h.apply(NewAddInvite(inviteHash(p.nextInv), invitePub(p.nextInv), now.Add(time.Duration(1+r.Intn(60))*time.Second), issuer, now)); err != nil {
+			return NewAddInvite(inviteHash(p.nextInv), invitePub(p.nextInv), now.Add(time.Second), issuer, now), err
 		}
 		p.snapBefore, _ = l.Snapshot()
 		var dl time.Time
@@ -118,17 +122,18 @@ func (p *propRun) step() (*pb.Command, error) {
 		if len(online) == 0 {
 			online = g.Members
 		}
+		// Receipts are recorded by their owner, one owner per batch.
 		var rs []Receipt
+		o := pick(r, online)
 		if r.Intn(4) == 0 {
-			// One owner's whole push to the online members, as a node
+			// The owner's whole push to the online members, as a node
 			// does it: generations commit faster, so absences matter.
-			o := pick(r, online)
 			for _, hd := range online {
 				rs = append(rs, p.sigs.receipt(p.t, g.Number, o, hd))
 			}
 		}
 		for n := 1 + r.Intn(6); n > 0; n-- {
-			o, hd := pick(r, online), pick(r, online)
+			hd := pick(r, online)
 			if r.Intn(20) == 0 {
 				hd = pick(r, p.pool)
 			}
@@ -184,7 +189,46 @@ func (p *propRun) step() (*pb.Command, error) {
 	default:
 		cmd = NewSetAddrs(pick(r, p.pool), []string{fmt.Sprintf("/ip4/10.0.0.%d/tcp/4001", r.Intn(255))}, now)
 	}
+	// The adversary: sometimes the command comes from a random author (one
+	// that may not act for its subject), with a forged signature, or is a
+	// replay of an entry already in the log. None of those may ever apply
+	// unless the author really is allowed to send it.
+	switch k := r.Intn(100); {
+	case k < 6:
+		author := pick(r, p.pool)
+		natural := h.naturalAuthor(cmd)
+		_, err := h.applyAs(author, cmd)
+		if err == nil && author != natural && len(subjects(cmd)) > 0 {
+			p.t.Fatalf("%s applied with author %s acting for %s", KindOf(cmd), author, natural)
+		}
+		p.adversarial++
+		return cmd, err
+	case k < 9:
+		h.sign(cmd, h.naturalAuthor(cmd))
+		cmd.Signature[r.Intn(len(cmd.Signature))] ^= 0x20
+		_, err := h.applySigned(cmd)
+		if err == nil || !errors.Is(err, ErrBadCommandSignature) && !errors.Is(err, ErrBadSignature) && ErrorCode(err) == "" {
+			p.t.Fatalf("forged signature on %s: %v", KindOf(cmd), err)
+		}
+		if errors.Is(err, ErrBadCommandSignature) {
+			p.forged++
+		}
+		return cmd, err
+	case k < 12 && len(p.applied) > 0:
+		e := pick(r, p.applied)
+		_, err := h.l.Apply(max(e.now, h.now.UnixNano()), e.cmd)
+		if err == nil {
+			p.t.Fatal("a replayed command applied again")
+		}
+		if errors.Is(err, ErrReplay) {
+			p.replays++
+		}
+		return cmd, err
+	}
 	_, err := h.apply(cmd)
+	if err == nil && len(h.log) > 0 {
+		p.applied = append(p.applied, h.log[len(h.log)-1])
+	}
 	return cmd, err
 }
 
@@ -361,6 +405,7 @@ func TestPropertyRandomSequences(t *testing.T) {
 		applied, rejected, commits, aborts, retires, removals int
 		lapses, rejoins, setRetention                         int
 	}
+	var adversary struct{ adversarial, forged, replays int }
 	for seq := 0; seq < seqs; seq++ {
 		rng := rand.New(rand.NewSource(int64(seq)))
 		h := newHarness(t)
@@ -372,6 +417,7 @@ func TestPropertyRandomSequences(t *testing.T) {
 			t: t, rng: rng, h: h, pool: pool, sigs: sigs,
 			retired: map[uint64]bool{}, aborted: map[uint64]bool{}, offline: map[peer.ID]bool{},
 		}
+
 		h.must(NewBootstrapWithRetention(testCluster, pool[0], uint32(rng.Intn(4)), h.tick()))
 		for i := 0; i < steps; i++ {
 			before := currentEscrows(h.l)
@@ -430,11 +476,17 @@ func TestPropertyRandomSequences(t *testing.T) {
 		}
 		// Determinism: the same log gives the same bytes, from scratch and
 		// from a snapshot taken midway.
+		adversary.adversarial += p.adversarial
+		adversary.forged += p.forged
+		adversary.replays += p.replays
 		if seq%10 == 0 {
 			checkReplay(t, h.log)
 		}
 	}
-	t.Logf("%+v", stats)
+	t.Logf("%+v adversarial=%d forged=%d replays=%d", stats, adversary.adversarial, adversary.forged, adversary.replays)
+	if adversary.forged == 0 || adversary.replays == 0 || adversary.adversarial == 0 {
+		t.Fatal("the adversary never forged, replayed or spoke for another")
+	}
 	if stats.commits == 0 || stats.aborts == 0 || stats.retires == 0 || stats.removals == 0 ||
 		stats.lapses == 0 || stats.rejoins == 0 || stats.setRetention == 0 {
 		t.Fatalf("sequences do not exercise every transition: %+v", stats)
@@ -442,7 +494,7 @@ func TestPropertyRandomSequences(t *testing.T) {
 }
 
 // checkReplay replays log into fresh ledgers and compares snapshots.
-func checkReplay(t *testing.T, log [][]byte) {
+func checkReplay(t *testing.T, log []stamped) {
 	t.Helper()
 	want := replay(t, New(), log)
 	if got := replay(t, New(), log); !bytes.Equal(got, want) {
@@ -460,10 +512,10 @@ func checkReplay(t *testing.T, log [][]byte) {
 	}
 }
 
-func replay(t *testing.T, l *Ledger, log [][]byte) []byte {
+func replay(t *testing.T, l *Ledger, log []stamped) []byte {
 	t.Helper()
 	for _, e := range log {
-		_, _ = l.Apply(e) // rejected entries are part of the log too
+		_, _ = l.Apply(e.now, e.cmd) // rejected entries are part of the log too
 	}
 	b, err := l.Snapshot()
 	if err != nil {

@@ -32,11 +32,20 @@ type Member struct {
 	LapsedAt         time.Time
 	LapsedGeneration uint64
 	LapsedThrough    uint64
+	// Suspended: at least one member voted to remove it (R2); holders keep
+	// its envelopes but do not serve them. RemoveVotes and ReinstateVotes
+	// list the voters (sorted); VotesNeeded is a majority of the other
+	// active members, the count that decides either way.
+	Suspended      bool
+	RemoveVotes    []peer.ID
+	ReinstateVotes []peer.ID
+	VotesNeeded    int
 }
 
 // Invite is a copy of one invite record. The ledger knows only its hash.
 type Invite struct {
 	Hash      []byte
+	Key       []byte // Ed25519 public key seeded by the secret
 	ExpiresAt time.Time
 	Issuer    peer.ID
 	UsedBy    peer.ID // empty while unused
@@ -121,7 +130,16 @@ func (l *Ledger) memberCopy(p peer.ID) Member {
 		ID: p, Status: m.status, JoinedAt: fromNanos(m.joinedAt), AdmittedAt: fromNanos(m.admittedAt),
 		RemovedAt: fromNanos(m.removedAt), Addrs: slices.Clone(m.addrs), Reason: m.reason,
 		LapsedAt: fromNanos(m.lapsedAt), LapsedGeneration: m.lapsedGen, LapsedThrough: m.lapsedThrough,
+		Suspended: m.suspended(), RemoveVotes: nilIfEmpty(sortedKeys(m.removeVotes)),
+		ReinstateVotes: nilIfEmpty(sortedKeys(m.reinstateVotes)), VotesNeeded: l.VotesNeeded(p),
 	}
+}
+
+func nilIfEmpty(ps []peer.ID) []peer.ID {
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
 }
 
 // Invite looks an invite up by the SHA-256 hash of its secret.
@@ -134,7 +152,7 @@ func (l *Ledger) Invite(hash []byte) (Invite, bool) {
 		return Invite{}, false
 	}
 	return Invite{
-		Hash: bytes.Clone(hash), ExpiresAt: fromNanos(inv.expiresAt), Issuer: inv.issuer, UsedBy: inv.usedBy,
+		Hash: bytes.Clone(hash), Key: bytes.Clone(inv.key), ExpiresAt: fromNanos(inv.expiresAt), Issuer: inv.issuer, UsedBy: inv.usedBy,
 		UsedAt: fromNanos(inv.usedAt), CreatedAt: fromNanos(inv.createdAt),
 	}, true
 }
@@ -207,6 +225,9 @@ type Escrow struct {
 	Threshold  int       // t(g)
 	Holders    []peer.ID // sorted
 	Escrowed   bool      // Held >= Threshold
+	// Split is the owner's split every receipt counted here belongs to
+	// (zero when there is none).
+	Split SplitID
 }
 
 // Coverage is one owner's custody across generations (rule G6).
@@ -219,6 +240,10 @@ type Coverage struct {
 	SharesHeld int
 	Threshold  int
 	Holders    []peer.ID
+	Split      SplitID
+	// Suspended: a member voted to remove the owner (R2); no holder serves
+	// its envelopes until a majority reinstates it.
+	Suspended bool
 	// Behind is how many committed generations Generation is behind the
 	// current one (0 when the owner is escrowed in the current generation,
 	// or in none). When a commit would make it exceed
@@ -253,13 +278,16 @@ func (l *Ledger) Coverage(owner peer.ID) Coverage {
 			ec := e
 			c.Open = &ec
 		} else if e.Escrowed {
-			c.Generation, c.SharesHeld, c.Threshold, c.Holders = e.Generation, e.Held, e.Threshold, slices.Clone(e.Holders)
+			c.Generation, c.SharesHeld, c.Threshold, c.Holders, c.Split = e.Generation, e.Held, e.Threshold, slices.Clone(e.Holders), e.Split
 		}
 	}
 	if cur := l.current(); cur != nil && c.Generation != 0 {
 		c.Behind = l.behind(c.Generation, cur.num)
 	}
-	c.CanUnlock = !revoked && c.Generation != 0
+	if m := l.members[owner]; m != nil && m.suspended() {
+		c.Suspended = true
+	}
+	c.CanUnlock = !revoked && !c.Suspended && c.Generation != 0
 	return c
 }
 
@@ -284,6 +312,9 @@ func (g *generation) escrow(owner peer.ID) Escrow {
 	}
 	e.Held = len(e.Holders)
 	e.Escrowed = e.Held >= g.threshold
+	if e.Held > 0 {
+		e.Split = g.splits[owner]
+	}
 	return e
 }
 
@@ -413,6 +444,9 @@ func (l *Ledger) ServeAllowed(gen uint64, owner, holder peer.ID) error {
 	if m := l.members[owner]; m != nil && m.status == StatusLapsed {
 		return fmt.Errorf("%w: %s", ErrOwnerLapsed, owner)
 	}
+	if m := l.members[owner]; m != nil && m.suspended() {
+		return fmt.Errorf("%w: %s (%d of %d remove votes)", ErrOwnerSuspended, owner, l.countVotes(owner, m.removeVotes), l.VotesNeeded(owner))
+	}
 	if m := l.members[holder]; m != nil && m.status == StatusRemoved {
 		return fmt.Errorf("%w: %s", ErrHolderRemoved, holder)
 	}
@@ -429,6 +463,22 @@ func (l *Ledger) ServeAllowed(gen uint64, owner, holder peer.ID) error {
 	}
 	return nil
 }
+
+// Split returns the split owner's receipts in generation gen belong to.
+func (l *Ledger) Split(gen uint64, owner peer.ID) (SplitID, bool) {
+	g := l.gen(gen)
+	if g == nil || len(g.receipts[owner]) == 0 {
+		return SplitID{}, false
+	}
+	return g.splits[owner], true
+}
+
+// Now returns the ledger's clock: the newest leader stamp applied, the
+// zero time before any.
+func (l *Ledger) Now() time.Time { return fromNanos(l.lastNow) }
+
+// Seq returns author's last accepted sequence number, 0 if none.
+func (l *Ledger) Seq(author peer.ID) uint64 { return l.seqs[author] }
 
 // ReceiptDigest returns the envelope digest recorded for (gen, owner,
 // holder), so a holder or owner can check the envelope it has.

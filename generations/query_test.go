@@ -135,7 +135,7 @@ func TestDeterministicReplay(t *testing.T) {
 	}
 }
 
-func checkRestoreAt(t *testing.T, log [][]byte, at int) {
+func checkRestoreAt(t *testing.T, log []stamped, at int) {
 	t.Helper()
 	want := replay(t, New(), log)
 	snap := replay(t, New(), log[:at])
@@ -150,8 +150,13 @@ func checkRestoreAt(t *testing.T, log [][]byte, at int) {
 
 func TestZeroLedgerUsable(t *testing.T) {
 	var l Ledger
-	b, _ := EncodeCommand(NewBootstrap(testCluster, keys(t, 1)[0].id, t0))
-	if _, err := l.Apply(b); err != nil {
+	k := keys(t, 1)[0]
+	cmd := NewBootstrap(testCluster, k.id, t0)
+	if err := Sign(cmd, k.priv, testCluster, 1); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := EncodeCommand(cmd)
+	if _, err := l.Apply(t0.UnixNano(), b); err != nil {
 		t.Fatal(err)
 	}
 	if len(l.Members()) != 1 {

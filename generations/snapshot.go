@@ -16,7 +16,10 @@ import (
 // checks are sorted; no map order leaks). It holds no share or envelope
 // contents, only digests and signatures.
 func (l *Ledger) Snapshot() ([]byte, error) {
-	s := &pb.Snapshot{Version: SnapshotVersion, ClusterId: l.clusterID, MaxGenerationsBehind: l.maxBehind}
+	s := &pb.Snapshot{Version: SnapshotVersion, ClusterId: l.clusterID, MaxGenerationsBehind: l.maxBehind, LastNow: l.lastNow}
+	for _, a := range sortedKeys(l.seqs) {
+		s.Seqs = append(s.Seqs, &pb.AuthorSeq{Author: []byte(a), Seq: l.seqs[a]})
+	}
 	for _, p := range sortedKeys(l.members) {
 		m := l.members[p]
 		s.Members = append(s.Members, &pb.Member{
@@ -31,6 +34,8 @@ func (l *Ledger) Snapshot() ([]byte, error) {
 			LapsedAt:         m.lapsedAt,
 			LapsedGeneration: m.lapsedGen,
 			LapsedThrough:    m.lapsedThrough,
+			RemoveVotes:      peersToBytes(sortedKeys(m.removeVotes)),
+			ReinstateVotes:   peersToBytes(sortedKeys(m.reinstateVotes)),
 		})
 	}
 	hashes := make([][DigestSize]byte, 0, len(l.invites))
@@ -42,6 +47,7 @@ func (l *Ledger) Snapshot() ([]byte, error) {
 		inv := l.invites[h]
 		s.Invites = append(s.Invites, &pb.Invite{
 			Hash:      bytes.Clone(h[:]),
+			Key:       bytes.Clone(inv.key),
 			ExpiresAt: inv.expiresAt,
 			Issuer:    []byte(inv.issuer),
 			UsedBy:    []byte(inv.usedBy),
@@ -65,10 +71,12 @@ func (l *Ledger) Snapshot() ([]byte, error) {
 		}
 		for _, o := range sortedKeys(g.receipts) {
 			byHolder := g.receipts[o]
+			sp := g.splits[o]
 			for _, h := range sortedKeys(byHolder) {
 				r := byHolder[h]
 				pg.Receipts = append(pg.Receipts, &pb.StoredReceipt{
 					Owner: []byte(o), Holder: []byte(h), Digest: bytes.Clone(r.digest[:]), Signature: bytes.Clone(r.sig),
+					Split: bytes.Clone(sp[:]),
 				})
 			}
 		}
@@ -118,6 +126,23 @@ func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
 		return nil, fmt.Errorf("%w: %d", ErrBadRetention, n)
 	}
 	l.maxBehind = s.GetMaxGenerationsBehind()
+	if s.GetLastNow() < 0 {
+		return nil, fmt.Errorf("%w: last_now %d", ErrBadTime, s.GetLastNow())
+	}
+	l.lastNow = s.GetLastNow()
+	for i, as := range s.GetSeqs() {
+		if err := validPeer("author", as.GetAuthor()); err != nil {
+			return nil, fmt.Errorf("seq %d: %w", i, err)
+		}
+		a := peer.ID(as.GetAuthor())
+		if i > 0 && peer.ID(s.GetSeqs()[i-1].GetAuthor()) >= a {
+			return nil, fmt.Errorf("seqs not strictly sorted")
+		}
+		if as.GetSeq() == 0 {
+			return nil, fmt.Errorf("seq %d: zero", i)
+		}
+		l.seqs[a] = as.GetSeq()
+	}
 	for i, m := range s.GetMembers() {
 		if err := validPeer("member", m.GetPeer()); err != nil {
 			return nil, fmt.Errorf("member %d: %w", i, err)
@@ -133,10 +158,22 @@ func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
 		if err := validAddrs(m.GetAddrs()); err != nil {
 			return nil, fmt.Errorf("member %d: %w", i, err)
 		}
+		rv, err := voteSet("remove_votes", m.GetRemoveVotes())
+		if err != nil {
+			return nil, fmt.Errorf("member %d: %w", i, err)
+		}
+		iv, err := voteSet("reinstate_votes", m.GetReinstateVotes())
+		if err != nil {
+			return nil, fmt.Errorf("member %d: %w", i, err)
+		}
+		if len(iv) > 0 && len(rv) == 0 {
+			return nil, fmt.Errorf("member %d: reinstate votes without a suspension", i)
+		}
 		l.members[p] = &member{
 			status: st, joinedAt: m.GetJoinedAt(), admittedAt: m.GetAdmittedAt(), removedAt: m.GetRemovedAt(),
 			addrs: slices.Clone(m.GetAddrs()), reason: m.GetReason(),
 			lapsedAt: m.GetLapsedAt(), lapsedGen: m.GetLapsedGeneration(), lapsedThrough: m.GetLapsedThrough(),
+			removeVotes: rv, reinstateVotes: iv,
 		}
 	}
 	if l.clusterID != "" && l.countActive() == 0 {
@@ -158,7 +195,11 @@ func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
 				return nil, fmt.Errorf("invite %d: %w", i, err)
 			}
 		}
+		if len(inv.GetKey()) != InviteKeySize {
+			return nil, fmt.Errorf("invite %d: %w", i, ErrBadInviteKey)
+		}
 		l.invites[h] = &invite{
+			key:       bytes.Clone(inv.GetKey()),
 			expiresAt: inv.GetExpiresAt(), issuer: peer.ID(inv.GetIssuer()), usedBy: peer.ID(inv.GetUsedBy()),
 			usedAt: inv.GetUsedAt(), createdAt: inv.GetCreatedAt(),
 		}
@@ -219,6 +260,7 @@ func generationFromSnapshot(pg *pb.Generation, num uint64) (*generation, error) 
 		openedAt: pg.GetOpenedAt(), deadline: pg.GetDeadline(), committedAt: pg.GetCommittedAt(),
 		abortedAt: pg.GetAbortedAt(), retiredAt: pg.GetRetiredAt(),
 		receipts: make(map[peer.ID]map[peer.ID]receipt),
+		splits:   make(map[peer.ID]SplitID),
 	}
 	var err error
 	if g.members, err = sortedPeers("members", pg.GetMembers()); err != nil {
@@ -259,10 +301,17 @@ func generationFromSnapshot(pg *pb.Generation, num uint64) (*generation, error) 
 		if n := len(r.GetSignature()); n == 0 || n > MaxSignatureSize {
 			return nil, fmt.Errorf("receipt %d: %w", i, ErrBadSignature)
 		}
+		if err := validSplit(r.GetSplit()); err != nil {
+			return nil, fmt.Errorf("receipt %d: %w", i, err)
+		}
+		sp := SplitID(r.GetSplit())
 		byHolder := g.receipts[o]
 		if byHolder == nil {
 			byHolder = make(map[peer.ID]receipt)
 			g.receipts[o] = byHolder
+			g.splits[o] = sp
+		} else if g.splits[o] != sp {
+			return nil, fmt.Errorf("receipt %d: %w: two splits for one owner", i, ErrSplitMismatch)
 		}
 		if _, dup := byHolder[h]; dup {
 			return nil, fmt.Errorf("receipt %d: duplicate", i)
@@ -270,6 +319,19 @@ func generationFromSnapshot(pg *pb.Generation, num uint64) (*generation, error) 
 		byHolder[h] = receipt{digest: [DigestSize]byte(r.GetDigest()), sig: bytes.Clone(r.GetSignature())}
 	}
 	return g, nil
+}
+
+// voteSet decodes a sorted list of voters.
+func voteSet(what string, bs [][]byte) (map[peer.ID]struct{}, error) {
+	ps, err := sortedPeers(what, bs)
+	if err != nil || len(ps) == 0 {
+		return nil, err
+	}
+	set := make(map[peer.ID]struct{}, len(ps))
+	for _, p := range ps {
+		set[p] = struct{}{}
+	}
+	return set, nil
 }
 
 // sortedPeers decodes a strictly ascending list of peer IDs.

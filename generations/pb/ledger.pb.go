@@ -1,7 +1,7 @@
 // Custody ledger encodings: the Raft log command and the FSM snapshot.
 //
 // Both messages carry a version (rule S6). Peer IDs are the binary form of a
-// libp2p peer.ID. Times are unix nanoseconds stamped by the proposer; the
+// libp2p peer.ID. Times are unix nanoseconds stamped by the Raft leader; the
 // ledger never reads a clock.
 //
 // Regenerate with `go generate ./generations/pb` (needs protoc 3.21+ and
@@ -145,13 +145,25 @@ func (GenerationState) EnumDescriptor() ([]byte, []int) {
 	return file_ledger_proto_rawDescGZIP(), []int{1}
 }
 
-// Command is one Raft log entry.
+// Command is one ledger command, signed by its author (rule S7). It travels
+// inside a Raft log entry that the leader stamps with its own clock; that
+// stamp, not anything here, is the ledger's time.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// version must be 1.
+	// version must be 2.
 	Version uint32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	// now is the proposer's wall clock, unix nanoseconds (> 0).
-	Now int64 `protobuf:"varint,2,opt,name=now,proto3" json:"now,omitempty"`
+	// issued_at is the author's wall clock, unix nanoseconds (> 0). The ledger
+	// refuses a command whose issued_at is more than MaxClockSkew away from
+	// the leader's stamp, and uses it for nothing else.
+	IssuedAt int64 `protobuf:"varint,2,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	// author is the binary peer ID of the member (or joiner) the command acts
+	// for; seq is its per-author sequence number, strictly increasing.
+	Author []byte `protobuf:"bytes,3,opt,name=author,proto3" json:"author,omitempty"`
+	Seq    uint64 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
+	// signature is the author's Ed25519 signature (its libp2p identity key)
+	// over generations.SigHash: a domain string, the cluster ID and the
+	// deterministic encoding of this message with signature empty.
+	Signature []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
 	// Types that are valid to be assigned to Body:
 	//
 	//	*Command_Bootstrap
@@ -165,6 +177,7 @@ type Command struct {
 	//	*Command_SetAddrs
 	//	*Command_RecordKeyCheck
 	//	*Command_SetRetention
+	//	*Command_Vote
 	Body          isCommand_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -207,11 +220,32 @@ func (x *Command) GetVersion() uint32 {
 	return 0
 }
 
-func (x *Command) GetNow() int64 {
+func (x *Command) GetIssuedAt() int64 {
 	if x != nil {
-		return x.Now
+		return x.IssuedAt
 	}
 	return 0
+}
+
+func (x *Command) GetAuthor() []byte {
+	if x != nil {
+		return x.Author
+	}
+	return nil
+}
+
+func (x *Command) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Command) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
 }
 
 func (x *Command) GetBody() isCommand_Body {
@@ -320,6 +354,15 @@ func (x *Command) GetSetRetention() *SetRetention {
 	return nil
 }
 
+func (x *Command) GetVote() *Vote {
+	if x != nil {
+		if x, ok := x.Body.(*Command_Vote); ok {
+			return x.Vote
+		}
+	}
+	return nil
+}
+
 type isCommand_Body interface {
 	isCommand_Body()
 }
@@ -368,6 +411,10 @@ type Command_SetRetention struct {
 	SetRetention *SetRetention `protobuf:"bytes,20,opt,name=set_retention,json=setRetention,proto3,oneof"`
 }
 
+type Command_Vote struct {
+	Vote *Vote `protobuf:"bytes,21,opt,name=vote,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Body() {}
 
 func (*Command_AddInvite) isCommand_Body() {}
@@ -390,13 +437,15 @@ func (*Command_RecordKeyCheck) isCommand_Body() {}
 
 func (*Command_SetRetention) isCommand_Body() {}
 
+func (*Command_Vote) isCommand_Body() {}
+
 type Bootstrap struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Founder   []byte                 `protobuf:"bytes,2,opt,name=founder,proto3" json:"founder,omitempty"`
 	// max_generations_behind is the cluster's retention bound (see
-	// SetRetention). 0, as in every Bootstrap written before the field
-	// existed, means the default (generations.DefaultMaxGenerationsBehind).
+	// SetRetention). 0 means the default
+	// (generations.DefaultMaxGenerationsBehind).
 	MaxGenerationsBehind uint32 `protobuf:"varint,3,opt,name=max_generations_behind,json=maxGenerationsBehind,proto3" json:"max_generations_behind,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
@@ -455,11 +504,13 @@ func (x *Bootstrap) GetMaxGenerationsBehind() uint32 {
 
 type AddInvite struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// hash is the SHA-256 of the invite secret (32 bytes). The secret itself
-	// never enters the ledger (rule J1).
+	// hash is the SHA-256 of the invite secret (32 bytes); key is the Ed25519
+	// public key the secret seeds (generations.InviteKey). Neither reveals
+	// the secret, which never enters the ledger (rule J1).
 	Hash          []byte `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
 	ExpiresAt     int64  `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	Issuer        []byte `protobuf:"bytes,3,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Key           []byte `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,17 +566,27 @@ func (x *AddInvite) GetIssuer() []byte {
 	return nil
 }
 
+func (x *AddInvite) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 type ConsumeInvite struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Hash      []byte                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
 	Joiner    []byte                 `protobuf:"bytes,2,opt,name=joiner,proto3" json:"joiner,omitempty"`
 	ClusterId string                 `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	// deadline 0 admits the joiner at once; > 0 makes it a joiner of a
-	// generation that must commit by then.
-	Deadline int64 `protobuf:"varint,4,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	// The joiner's addresses, recorded as a SetAddrs would, so members can
-	// reach it as soon as the generation opens. Bounded like SetAddrs.
-	Addrs         []string `protobuf:"bytes,5,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	// timeout > 0 makes the joiner a joiner of a generation that must commit
+	// within timeout nanoseconds of the leader's stamp (bounded). 0 admits
+	// at once, and only while no generation was ever opened (bootstrap).
+	Timeout int64 `protobuf:"varint,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// The joiner's addresses, recorded as a SetAddrs would.
+	Addrs []string `protobuf:"bytes,5,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	// proof is the invite key's signature over generations.InviteProof:
+	// knowledge of the invite secret, checked by every node that applies it.
+	Proof         []byte `protobuf:"bytes,6,opt,name=proof,proto3" json:"proof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -581,9 +642,9 @@ func (x *ConsumeInvite) GetClusterId() string {
 	return ""
 }
 
-func (x *ConsumeInvite) GetDeadline() int64 {
+func (x *ConsumeInvite) GetTimeout() int64 {
 	if x != nil {
-		return x.Deadline
+		return x.Timeout
 	}
 	return 0
 }
@@ -595,9 +656,16 @@ func (x *ConsumeInvite) GetAddrs() []string {
 	return nil
 }
 
+func (x *ConsumeInvite) GetProof() []byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
 type OpenGeneration struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Deadline      int64                  `protobuf:"varint,1,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Timeout       int64                  `protobuf:"varint,1,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -632,20 +700,22 @@ func (*OpenGeneration) Descriptor() ([]byte, []int) {
 	return file_ledger_proto_rawDescGZIP(), []int{4}
 }
 
-func (x *OpenGeneration) GetDeadline() int64 {
+func (x *OpenGeneration) GetTimeout() int64 {
 	if x != nil {
-		return x.Deadline
+		return x.Timeout
 	}
 	return 0
 }
 
 type Receipt struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
-	Owner         []byte                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
-	Holder        []byte                 `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
-	Digest        []byte                 `protobuf:"bytes,4,opt,name=digest,proto3" json:"digest,omitempty"`
-	Signature     []byte                 `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Owner      []byte                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	Holder     []byte                 `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
+	Digest     []byte                 `protobuf:"bytes,4,opt,name=digest,proto3" json:"digest,omitempty"`
+	Signature  []byte                 `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	// split names the owner's Shamir split (16 bytes).
+	Split         []byte `protobuf:"bytes,6,opt,name=split,proto3" json:"split,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -711,6 +781,13 @@ func (x *Receipt) GetDigest() []byte {
 func (x *Receipt) GetSignature() []byte {
 	if x != nil {
 		return x.Signature
+	}
+	return nil
+}
+
+func (x *Receipt) GetSplit() []byte {
+	if x != nil {
+		return x.Split
 	}
 	return nil
 }
@@ -847,10 +924,11 @@ func (x *RetireGeneration) GetGeneration() uint64 {
 	return 0
 }
 
+// RemoveMember is a member leaving: only the member itself may send it.
 type RemoveMember struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Peer          []byte                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
-	Deadline      int64                  `protobuf:"varint,2,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Timeout       int64                  `protobuf:"varint,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -892,9 +970,9 @@ func (x *RemoveMember) GetPeer() []byte {
 	return nil
 }
 
-func (x *RemoveMember) GetDeadline() int64 {
+func (x *RemoveMember) GetTimeout() int64 {
 	if x != nil {
-		return x.Deadline
+		return x.Timeout
 	}
 	return 0
 }
@@ -1003,10 +1081,7 @@ func (x *RecordKeyCheck) GetValue() []byte {
 	return nil
 }
 
-// SetRetention changes the retention bound: a committed generation more than
-// max_generations_behind committed generations behind the current one is
-// retired, and an active member whose newest escrow it was becomes lapsed.
-// Only an active member may set it.
+// SetRetention changes the retention bound. Only an active member may set it.
 type SetRetention struct {
 	state                protoimpl.MessageState `protogen:"open.v1"`
 	MaxGenerationsBehind uint32                 `protobuf:"varint,1,opt,name=max_generations_behind,json=maxGenerationsBehind,proto3" json:"max_generations_behind,omitempty"`
@@ -1059,11 +1134,75 @@ func (x *SetRetention) GetBy() []byte {
 	return nil
 }
 
+// Vote is the author's vote to remove a member or to lift its suspension
+// (rule R2). The first remove vote suspends the target; a majority of the
+// other members makes the removal final (timeout bounds the generation
+// that opens then); a majority of reinstate votes lifts the suspension.
+type Vote struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Target        []byte                 `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	Reinstate     bool                   `protobuf:"varint,2,opt,name=reinstate,proto3" json:"reinstate,omitempty"`
+	Timeout       int64                  `protobuf:"varint,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Vote) Reset() {
+	*x = Vote{}
+	mi := &file_ledger_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Vote) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Vote) ProtoMessage() {}
+
+func (x *Vote) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Vote.ProtoReflect.Descriptor instead.
+func (*Vote) Descriptor() ([]byte, []int) {
+	return file_ledger_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Vote) GetTarget() []byte {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *Vote) GetReinstate() bool {
+	if x != nil {
+		return x.Reinstate
+	}
+	return false
+}
+
+func (x *Vote) GetTimeout() int64 {
+	if x != nil {
+		return x.Timeout
+	}
+	return 0
+}
+
 // Snapshot is the whole ledger state. Every repeated field is sorted so that
 // the encoding is byte-deterministic.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// version must be 1.
+	// version must be 2.
 	Version     uint32        `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	ClusterId   string        `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Members     []*Member     `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`                      // sorted by peer
@@ -1073,13 +1212,18 @@ type Snapshot struct {
 	// max_generations_behind is the retention bound; 0 (a snapshot written
 	// before the field existed, or an empty ledger) means the default.
 	MaxGenerationsBehind uint32 `protobuf:"varint,7,opt,name=max_generations_behind,json=maxGenerationsBehind,proto3" json:"max_generations_behind,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// last_now is the newest leader stamp applied: the ledger's clock never
+	// goes backwards.
+	LastNow int64 `protobuf:"varint,8,opt,name=last_now,json=lastNow,proto3" json:"last_now,omitempty"`
+	// seqs is every author's last accepted sequence number, sorted by author.
+	Seqs          []*AuthorSeq `protobuf:"bytes,9,rep,name=seqs,proto3" json:"seqs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ledger_proto_msgTypes[13]
+	mi := &file_ledger_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1235,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[13]
+	mi := &file_ledger_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1248,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{13}
+	return file_ledger_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Snapshot) GetVersion() uint32 {
@@ -1156,6 +1300,72 @@ func (x *Snapshot) GetMaxGenerationsBehind() uint32 {
 	return 0
 }
 
+func (x *Snapshot) GetLastNow() int64 {
+	if x != nil {
+		return x.LastNow
+	}
+	return 0
+}
+
+func (x *Snapshot) GetSeqs() []*AuthorSeq {
+	if x != nil {
+		return x.Seqs
+	}
+	return nil
+}
+
+type AuthorSeq struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Author        []byte                 `protobuf:"bytes,1,opt,name=author,proto3" json:"author,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorSeq) Reset() {
+	*x = AuthorSeq{}
+	mi := &file_ledger_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorSeq) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorSeq) ProtoMessage() {}
+
+func (x *AuthorSeq) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorSeq.ProtoReflect.Descriptor instead.
+func (*AuthorSeq) Descriptor() ([]byte, []int) {
+	return file_ledger_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AuthorSeq) GetAuthor() []byte {
+	if x != nil {
+		return x.Author
+	}
+	return nil
+}
+
+func (x *AuthorSeq) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type Member struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Peer       []byte                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
@@ -1172,13 +1382,17 @@ type Member struct {
 	LapsedAt         int64  `protobuf:"varint,8,opt,name=lapsed_at,json=lapsedAt,proto3" json:"lapsed_at,omitempty"`
 	LapsedGeneration uint64 `protobuf:"varint,9,opt,name=lapsed_generation,json=lapsedGeneration,proto3" json:"lapsed_generation,omitempty"`
 	LapsedThrough    uint64 `protobuf:"varint,10,opt,name=lapsed_through,json=lapsedThrough,proto3" json:"lapsed_through,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Removal votes (rule R2), sorted: a member with any remove vote is
+	// suspended.
+	RemoveVotes    [][]byte `protobuf:"bytes,11,rep,name=remove_votes,json=removeVotes,proto3" json:"remove_votes,omitempty"`
+	ReinstateVotes [][]byte `protobuf:"bytes,12,rep,name=reinstate_votes,json=reinstateVotes,proto3" json:"reinstate_votes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_ledger_proto_msgTypes[14]
+	mi := &file_ledger_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1404,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[14]
+	mi := &file_ledger_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1417,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{14}
+	return file_ledger_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Member) GetPeer() []byte {
@@ -1276,6 +1490,20 @@ func (x *Member) GetLapsedThrough() uint64 {
 	return 0
 }
 
+func (x *Member) GetRemoveVotes() [][]byte {
+	if x != nil {
+		return x.RemoveVotes
+	}
+	return nil
+}
+
+func (x *Member) GetReinstateVotes() [][]byte {
+	if x != nil {
+		return x.ReinstateVotes
+	}
+	return nil
+}
+
 type Invite struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Hash          []byte                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
@@ -1284,13 +1512,14 @@ type Invite struct {
 	UsedBy        []byte                 `protobuf:"bytes,4,opt,name=used_by,json=usedBy,proto3" json:"used_by,omitempty"`
 	UsedAt        int64                  `protobuf:"varint,5,opt,name=used_at,json=usedAt,proto3" json:"used_at,omitempty"`
 	CreatedAt     int64                  `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Key           []byte                 `protobuf:"bytes,7,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Invite) Reset() {
 	*x = Invite{}
-	mi := &file_ledger_proto_msgTypes[15]
+	mi := &file_ledger_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1531,7 @@ func (x *Invite) String() string {
 func (*Invite) ProtoMessage() {}
 
 func (x *Invite) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[15]
+	mi := &file_ledger_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1544,7 @@ func (x *Invite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invite.ProtoReflect.Descriptor instead.
 func (*Invite) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{15}
+	return file_ledger_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Invite) GetHash() []byte {
@@ -1360,6 +1589,13 @@ func (x *Invite) GetCreatedAt() int64 {
 	return 0
 }
 
+func (x *Invite) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 type Generation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Number        uint64                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
@@ -1380,7 +1616,7 @@ type Generation struct {
 
 func (x *Generation) Reset() {
 	*x = Generation{}
-	mi := &file_ledger_proto_msgTypes[16]
+	mi := &file_ledger_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1628,7 @@ func (x *Generation) String() string {
 func (*Generation) ProtoMessage() {}
 
 func (x *Generation) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[16]
+	mi := &file_ledger_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1641,7 @@ func (x *Generation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generation.ProtoReflect.Descriptor instead.
 func (*Generation) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{16}
+	return file_ledger_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Generation) GetNumber() uint64 {
@@ -1498,13 +1734,14 @@ type StoredReceipt struct {
 	Holder        []byte                 `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
 	Digest        []byte                 `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
 	Signature     []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	Split         []byte                 `protobuf:"bytes,5,opt,name=split,proto3" json:"split,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StoredReceipt) Reset() {
 	*x = StoredReceipt{}
-	mi := &file_ledger_proto_msgTypes[17]
+	mi := &file_ledger_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1753,7 @@ func (x *StoredReceipt) String() string {
 func (*StoredReceipt) ProtoMessage() {}
 
 func (x *StoredReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[17]
+	mi := &file_ledger_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1766,7 @@ func (x *StoredReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredReceipt.ProtoReflect.Descriptor instead.
 func (*StoredReceipt) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{17}
+	return file_ledger_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StoredReceipt) GetOwner() []byte {
@@ -1560,6 +1797,13 @@ func (x *StoredReceipt) GetSignature() []byte {
 	return nil
 }
 
+func (x *StoredReceipt) GetSplit() []byte {
+	if x != nil {
+		return x.Split
+	}
+	return nil
+}
+
 type KeyCheck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Owner         []byte                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
@@ -1570,7 +1814,7 @@ type KeyCheck struct {
 
 func (x *KeyCheck) Reset() {
 	*x = KeyCheck{}
-	mi := &file_ledger_proto_msgTypes[18]
+	mi := &file_ledger_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +1826,7 @@ func (x *KeyCheck) String() string {
 func (*KeyCheck) ProtoMessage() {}
 
 func (x *KeyCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_proto_msgTypes[18]
+	mi := &file_ledger_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +1839,7 @@ func (x *KeyCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyCheck.ProtoReflect.Descriptor instead.
 func (*KeyCheck) Descriptor() ([]byte, []int) {
-	return file_ledger_proto_rawDescGZIP(), []int{18}
+	return file_ledger_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeyCheck) GetOwner() []byte {
@@ -1616,10 +1860,13 @@ var File_ledger_proto protoreflect.FileDescriptor
 
 const file_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\fledger.proto\x12\x15p2pkey.generations.v1\"\x8d\a\n" +
+	"\fledger.proto\x12\x15p2pkey.generations.v1\"\x93\b\n" +
 	"\aCommand\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
-	"\x03now\x18\x02 \x01(\x03R\x03now\x12@\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
+	"\tissued_at\x18\x02 \x01(\x03R\bissuedAt\x12\x16\n" +
+	"\x06author\x18\x03 \x01(\fR\x06author\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\x12\x1c\n" +
+	"\tsignature\x18\x05 \x01(\fR\tsignature\x12@\n" +
 	"\tbootstrap\x18\n" +
 	" \x01(\v2 .p2pkey.generations.v1.BootstrapH\x00R\tbootstrap\x12A\n" +
 	"\n" +
@@ -1632,27 +1879,30 @@ const file_ledger_proto_rawDesc = "" +
 	"\rremove_member\x18\x11 \x01(\v2#.p2pkey.generations.v1.RemoveMemberH\x00R\fremoveMember\x12>\n" +
 	"\tset_addrs\x18\x12 \x01(\v2\x1f.p2pkey.generations.v1.SetAddrsH\x00R\bsetAddrs\x12Q\n" +
 	"\x10record_key_check\x18\x13 \x01(\v2%.p2pkey.generations.v1.RecordKeyCheckH\x00R\x0erecordKeyCheck\x12J\n" +
-	"\rset_retention\x18\x14 \x01(\v2#.p2pkey.generations.v1.SetRetentionH\x00R\fsetRetentionB\x06\n" +
+	"\rset_retention\x18\x14 \x01(\v2#.p2pkey.generations.v1.SetRetentionH\x00R\fsetRetention\x121\n" +
+	"\x04vote\x18\x15 \x01(\v2\x1b.p2pkey.generations.v1.VoteH\x00R\x04voteB\x06\n" +
 	"\x04body\"z\n" +
 	"\tBootstrap\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x18\n" +
 	"\afounder\x18\x02 \x01(\fR\afounder\x124\n" +
-	"\x16max_generations_behind\x18\x03 \x01(\rR\x14maxGenerationsBehind\"V\n" +
+	"\x16max_generations_behind\x18\x03 \x01(\rR\x14maxGenerationsBehind\"h\n" +
 	"\tAddInvite\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\x03R\texpiresAt\x12\x16\n" +
-	"\x06issuer\x18\x03 \x01(\fR\x06issuer\"\x8c\x01\n" +
+	"\x06issuer\x18\x03 \x01(\fR\x06issuer\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\fR\x03key\"\xa0\x01\n" +
 	"\rConsumeInvite\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x16\n" +
 	"\x06joiner\x18\x02 \x01(\fR\x06joiner\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x03 \x01(\tR\tclusterId\x12\x1a\n" +
-	"\bdeadline\x18\x04 \x01(\x03R\bdeadline\x12\x14\n" +
-	"\x05addrs\x18\x05 \x03(\tR\x05addrs\",\n" +
-	"\x0eOpenGeneration\x12\x1a\n" +
-	"\bdeadline\x18\x01 \x01(\x03R\bdeadline\"\x8d\x01\n" +
+	"cluster_id\x18\x03 \x01(\tR\tclusterId\x12\x18\n" +
+	"\atimeout\x18\x04 \x01(\x03R\atimeout\x12\x14\n" +
+	"\x05addrs\x18\x05 \x03(\tR\x05addrs\x12\x14\n" +
+	"\x05proof\x18\x06 \x01(\fR\x05proof\"*\n" +
+	"\x0eOpenGeneration\x12\x18\n" +
+	"\atimeout\x18\x01 \x01(\x03R\atimeout\"\xa3\x01\n" +
 	"\aReceipt\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1660,7 +1910,8 @@ const file_ledger_proto_rawDesc = "" +
 	"\x05owner\x18\x02 \x01(\fR\x05owner\x12\x16\n" +
 	"\x06holder\x18\x03 \x01(\fR\x06holder\x12\x16\n" +
 	"\x06digest\x18\x04 \x01(\fR\x06digest\x12\x1c\n" +
-	"\tsignature\x18\x05 \x01(\fR\tsignature\"L\n" +
+	"\tsignature\x18\x05 \x01(\fR\tsignature\x12\x14\n" +
+	"\x05split\x18\x06 \x01(\fR\x05split\"L\n" +
 	"\x0eRecordReceipts\x12:\n" +
 	"\breceipts\x18\x01 \x03(\v2\x1e.p2pkey.generations.v1.ReceiptR\breceipts\"1\n" +
 	"\x0fAbortGeneration\x12\x1e\n" +
@@ -1670,10 +1921,10 @@ const file_ledger_proto_rawDesc = "" +
 	"\x10RetireGeneration\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
-	"generation\">\n" +
+	"generation\"<\n" +
 	"\fRemoveMember\x12\x12\n" +
-	"\x04peer\x18\x01 \x01(\fR\x04peer\x12\x1a\n" +
-	"\bdeadline\x18\x02 \x01(\x03R\bdeadline\"4\n" +
+	"\x04peer\x18\x01 \x01(\fR\x04peer\x12\x18\n" +
+	"\atimeout\x18\x02 \x01(\x03R\atimeout\"4\n" +
 	"\bSetAddrs\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\fR\x04peer\x12\x14\n" +
 	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"<\n" +
@@ -1682,7 +1933,11 @@ const file_ledger_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\fR\x05value\"T\n" +
 	"\fSetRetention\x124\n" +
 	"\x16max_generations_behind\x18\x01 \x01(\rR\x14maxGenerationsBehind\x12\x0e\n" +
-	"\x02by\x18\x02 \x01(\fR\x02by\"\xf0\x02\n" +
+	"\x02by\x18\x02 \x01(\fR\x02by\"V\n" +
+	"\x04Vote\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\fR\x06target\x12\x1c\n" +
+	"\treinstate\x18\x02 \x01(\bR\treinstate\x12\x18\n" +
+	"\atimeout\x18\x03 \x01(\x03R\atimeout\"\xc1\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -1692,7 +1947,12 @@ const file_ledger_proto_rawDesc = "" +
 	"\vgenerations\x18\x05 \x03(\v2!.p2pkey.generations.v1.GenerationR\vgenerations\x12>\n" +
 	"\n" +
 	"key_checks\x18\x06 \x03(\v2\x1f.p2pkey.generations.v1.KeyCheckR\tkeyChecks\x124\n" +
-	"\x16max_generations_behind\x18\a \x01(\rR\x14maxGenerationsBehind\"\xd5\x02\n" +
+	"\x16max_generations_behind\x18\a \x01(\rR\x14maxGenerationsBehind\x12\x19\n" +
+	"\blast_now\x18\b \x01(\x03R\alastNow\x124\n" +
+	"\x04seqs\x18\t \x03(\v2 .p2pkey.generations.v1.AuthorSeqR\x04seqs\"5\n" +
+	"\tAuthorSeq\x12\x16\n" +
+	"\x06author\x18\x01 \x01(\fR\x06author\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"\xa1\x03\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\fR\x04peer\x12;\n" +
 	"\x06status\x18\x02 \x01(\x0e2#.p2pkey.generations.v1.MemberStatusR\x06status\x12\x1b\n" +
@@ -1706,7 +1966,9 @@ const file_ledger_proto_rawDesc = "" +
 	"\tlapsed_at\x18\b \x01(\x03R\blapsedAt\x12+\n" +
 	"\x11lapsed_generation\x18\t \x01(\x04R\x10lapsedGeneration\x12%\n" +
 	"\x0elapsed_through\x18\n" +
-	" \x01(\x04R\rlapsedThrough\"\xa4\x01\n" +
+	" \x01(\x04R\rlapsedThrough\x12!\n" +
+	"\fremove_votes\x18\v \x03(\fR\vremoveVotes\x12'\n" +
+	"\x0freinstate_votes\x18\f \x03(\fR\x0ereinstateVotes\"\xb6\x01\n" +
 	"\x06Invite\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x1d\n" +
 	"\n" +
@@ -1715,7 +1977,8 @@ const file_ledger_proto_rawDesc = "" +
 	"\aused_by\x18\x04 \x01(\fR\x06usedBy\x12\x17\n" +
 	"\aused_at\x18\x05 \x01(\x03R\x06usedAt\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x06 \x01(\x03R\tcreatedAt\"\xac\x03\n" +
+	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x10\n" +
+	"\x03key\x18\a \x01(\fR\x03key\"\xac\x03\n" +
 	"\n" +
 	"Generation\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x04R\x06number\x12<\n" +
@@ -1732,12 +1995,13 @@ const file_ledger_proto_rawDesc = "" +
 	" \x01(\x03R\tabortedAt\x12\x1d\n" +
 	"\n" +
 	"retired_at\x18\v \x01(\x03R\tretiredAt\x12@\n" +
-	"\breceipts\x18\f \x03(\v2$.p2pkey.generations.v1.StoredReceiptR\breceipts\"s\n" +
+	"\breceipts\x18\f \x03(\v2$.p2pkey.generations.v1.StoredReceiptR\breceipts\"\x89\x01\n" +
 	"\rStoredReceipt\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\fR\x05owner\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\fR\x06holder\x12\x16\n" +
 	"\x06digest\x18\x03 \x01(\fR\x06digest\x12\x1c\n" +
-	"\tsignature\x18\x04 \x01(\fR\tsignature\"6\n" +
+	"\tsignature\x18\x04 \x01(\fR\tsignature\x12\x14\n" +
+	"\x05split\x18\x05 \x01(\fR\x05split\"6\n" +
 	"\bKeyCheck\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\fR\x05owner\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value*\xb3\x01\n" +
@@ -1768,7 +2032,7 @@ func file_ledger_proto_rawDescGZIP() []byte {
 }
 
 var file_ledger_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_ledger_proto_goTypes = []any{
 	(MemberStatus)(0),        // 0: p2pkey.generations.v1.MemberStatus
 	(GenerationState)(0),     // 1: p2pkey.generations.v1.GenerationState
@@ -1785,12 +2049,14 @@ var file_ledger_proto_goTypes = []any{
 	(*SetAddrs)(nil),         // 12: p2pkey.generations.v1.SetAddrs
 	(*RecordKeyCheck)(nil),   // 13: p2pkey.generations.v1.RecordKeyCheck
 	(*SetRetention)(nil),     // 14: p2pkey.generations.v1.SetRetention
-	(*Snapshot)(nil),         // 15: p2pkey.generations.v1.Snapshot
-	(*Member)(nil),           // 16: p2pkey.generations.v1.Member
-	(*Invite)(nil),           // 17: p2pkey.generations.v1.Invite
-	(*Generation)(nil),       // 18: p2pkey.generations.v1.Generation
-	(*StoredReceipt)(nil),    // 19: p2pkey.generations.v1.StoredReceipt
-	(*KeyCheck)(nil),         // 20: p2pkey.generations.v1.KeyCheck
+	(*Vote)(nil),             // 15: p2pkey.generations.v1.Vote
+	(*Snapshot)(nil),         // 16: p2pkey.generations.v1.Snapshot
+	(*AuthorSeq)(nil),        // 17: p2pkey.generations.v1.AuthorSeq
+	(*Member)(nil),           // 18: p2pkey.generations.v1.Member
+	(*Invite)(nil),           // 19: p2pkey.generations.v1.Invite
+	(*Generation)(nil),       // 20: p2pkey.generations.v1.Generation
+	(*StoredReceipt)(nil),    // 21: p2pkey.generations.v1.StoredReceipt
+	(*KeyCheck)(nil),         // 22: p2pkey.generations.v1.KeyCheck
 }
 var file_ledger_proto_depIdxs = []int32{
 	3,  // 0: p2pkey.generations.v1.Command.bootstrap:type_name -> p2pkey.generations.v1.Bootstrap
@@ -1804,19 +2070,21 @@ var file_ledger_proto_depIdxs = []int32{
 	12, // 8: p2pkey.generations.v1.Command.set_addrs:type_name -> p2pkey.generations.v1.SetAddrs
 	13, // 9: p2pkey.generations.v1.Command.record_key_check:type_name -> p2pkey.generations.v1.RecordKeyCheck
 	14, // 10: p2pkey.generations.v1.Command.set_retention:type_name -> p2pkey.generations.v1.SetRetention
-	7,  // 11: p2pkey.generations.v1.RecordReceipts.receipts:type_name -> p2pkey.generations.v1.Receipt
-	16, // 12: p2pkey.generations.v1.Snapshot.members:type_name -> p2pkey.generations.v1.Member
-	17, // 13: p2pkey.generations.v1.Snapshot.invites:type_name -> p2pkey.generations.v1.Invite
-	18, // 14: p2pkey.generations.v1.Snapshot.generations:type_name -> p2pkey.generations.v1.Generation
-	20, // 15: p2pkey.generations.v1.Snapshot.key_checks:type_name -> p2pkey.generations.v1.KeyCheck
-	0,  // 16: p2pkey.generations.v1.Member.status:type_name -> p2pkey.generations.v1.MemberStatus
-	1,  // 17: p2pkey.generations.v1.Generation.state:type_name -> p2pkey.generations.v1.GenerationState
-	19, // 18: p2pkey.generations.v1.Generation.receipts:type_name -> p2pkey.generations.v1.StoredReceipt
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	15, // 11: p2pkey.generations.v1.Command.vote:type_name -> p2pkey.generations.v1.Vote
+	7,  // 12: p2pkey.generations.v1.RecordReceipts.receipts:type_name -> p2pkey.generations.v1.Receipt
+	18, // 13: p2pkey.generations.v1.Snapshot.members:type_name -> p2pkey.generations.v1.Member
+	19, // 14: p2pkey.generations.v1.Snapshot.invites:type_name -> p2pkey.generations.v1.Invite
+	20, // 15: p2pkey.generations.v1.Snapshot.generations:type_name -> p2pkey.generations.v1.Generation
+	22, // 16: p2pkey.generations.v1.Snapshot.key_checks:type_name -> p2pkey.generations.v1.KeyCheck
+	17, // 17: p2pkey.generations.v1.Snapshot.seqs:type_name -> p2pkey.generations.v1.AuthorSeq
+	0,  // 18: p2pkey.generations.v1.Member.status:type_name -> p2pkey.generations.v1.MemberStatus
+	1,  // 19: p2pkey.generations.v1.Generation.state:type_name -> p2pkey.generations.v1.GenerationState
+	21, // 20: p2pkey.generations.v1.Generation.receipts:type_name -> p2pkey.generations.v1.StoredReceipt
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ledger_proto_init() }
@@ -1836,6 +2104,7 @@ func file_ledger_proto_init() {
 		(*Command_SetAddrs)(nil),
 		(*Command_RecordKeyCheck)(nil),
 		(*Command_SetRetention)(nil),
+		(*Command_Vote)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1843,7 +2112,7 @@ func file_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ledger_proto_rawDesc), len(file_ledger_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
