@@ -47,7 +47,9 @@ func TestForgedCommandsRefused(t *testing.T) {
 				return NewAddInvite(inviteHash(70), invitePub(70), env.h.now.Add(50*365*24*time.Hour), env.b, env.h.tick())
 			}, nil, ErrInviteTTL},
 		{"addresses for the leader", func(env *authEnv) peer.ID { return env.c },
-			func(env *authEnv) *pb.Command { return NewSetAddrs(env.a, []string{"/ip4/6.6.6.6/tcp/1"}, env.h.tick()) },
+			func(env *authEnv) *pb.Command {
+				return NewSetAddrs(env.a, []string{"/ip4/6.6.6.6/tcp/1"}, env.h.tick())
+			},
 			nil, ErrNotAuthor},
 		{"retention in another's name", func(env *authEnv) peer.ID { return env.c },
 			func(env *authEnv) *pb.Command { return NewSetRetention(1, env.a, env.h.tick()) }, nil, ErrNotAuthor},
@@ -66,10 +68,14 @@ func TestForgedCommandsRefused(t *testing.T) {
 		{"reinstate a member that is not suspended", func(env *authEnv) peer.ID { return env.c },
 			func(env *authEnv) *pb.Command { return NewVote(env.a, true, dl(env), env.h.tick()) }, nil, ErrNotSuspended},
 		{"clock 2h ahead", func(env *authEnv) peer.ID { return env.c },
-			func(env *authEnv) *pb.Command { return NewOpenGeneration(env.h.now.Add(3*time.Hour), env.h.now.Add(2*time.Hour)) },
+			func(env *authEnv) *pb.Command {
+				return NewOpenGeneration(env.h.now.Add(3*time.Hour), env.h.now.Add(2*time.Hour))
+			},
 			func(env *authEnv) time.Time { return env.h.now }, ErrClockSkew},
 		{"clock 2h behind", func(env *authEnv) peer.ID { return env.c },
-			func(env *authEnv) *pb.Command { return NewOpenGeneration(env.h.now.Add(-time.Hour), env.h.now.Add(-2*time.Hour)) },
+			func(env *authEnv) *pb.Command {
+				return NewOpenGeneration(env.h.now.Add(-time.Hour), env.h.now.Add(-2*time.Hour))
+			},
 			func(env *authEnv) time.Time { return env.h.now }, ErrClockSkew},
 		{"deadline beyond the bound", func(env *authEnv) peer.ID { return env.c },
 			func(env *authEnv) *pb.Command { return NewOpenGeneration(env.h.now.Add(10*time.Hour), env.h.now) }, nil, ErrBadTimeout},
