@@ -16,17 +16,22 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/p2pkey/p2pkey/generations"
 	"github.com/p2pkey/p2pkey/shares/pb"
 )
 
 // EnvelopeVersion is the version of the envelope format and of its key
 // derivation. It is in the encoded envelope, the AEAD associated data and
 // the HKDF inputs (rule S6).
-const EnvelopeVersion = 1
+//
+// Version 2 binds the owner's split ID. Version 1 envelopes, which name no
+// split, are refused with ErrEnvelopeVersion: the ledger could not tell
+// their split from another one.
+const EnvelopeVersion = 2
 
 // envelopeDomain separates envelope keys and associated data from every
-// other use of an identity key.
-const envelopeDomain = "p2pkey/envelope/v1"
+// other use of an identity key. Its suffix follows EnvelopeVersion.
+const envelopeDomain = "p2pkey/envelope/v2"
 
 // Size limits.
 const (
@@ -44,13 +49,17 @@ const (
 )
 
 // Binding is what an envelope is bound to. Every field is covered by the
-// AEAD, so an envelope moved to another cluster, owner, generation or holder
-// does not open.
+// AEAD, so an envelope moved to another cluster, owner, generation, holder
+// or split does not open.
 type Binding struct {
 	ClusterID  string
 	Owner      peer.ID
 	Generation uint64
 	Holder     peer.ID
+	// Split names the Split of the owner's K that the share belongs to
+	// (NewSplitID draws one per split). Every envelope of one split carries
+	// the same ID; the zero ID is invalid.
+	Split generations.SplitID
 }
 
 // Validate checks that every field is present and well formed.
@@ -63,6 +72,26 @@ func (b Binding) Validate() error {
 	}
 	if err := validatePeerID(b.Holder); err != nil {
 		return fmt.Errorf("%w: holder: %w", ErrInvalidEnvelope, err)
+	}
+	if err := validateSplit(b.Split); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
+	}
+	return nil
+}
+
+// NewSplitID draws a fresh random split ID from crypto/rand. It is never
+// the zero ID.
+func NewSplitID() generations.SplitID {
+	var id generations.SplitID
+	for id == (generations.SplitID{}) {
+		_, _ = cryptoRand.Read(id[:]) // crypto/rand.Read never fails
+	}
+	return id
+}
+
+func validateSplit(id generations.SplitID) error {
+	if id == (generations.SplitID{}) {
+		return fmt.Errorf("%w: zero split ID", ErrZeroSplit)
 	}
 	return nil
 }
@@ -98,8 +127,9 @@ func validatePeerID(id peer.ID) error {
 //	u16 len(owner)     || owner (binary peer ID)
 //	u64 generation (big endian)
 //	u16 len(holder)    || holder (binary peer ID)
+//	16 bytes split
 func (b Binding) associatedData(version uint32) []byte {
-	a := make([]byte, 0, len(envelopeDomain)+1+4+3*2+len(b.ClusterID)+len(b.Owner)+8+len(b.Holder))
+	a := make([]byte, 0, len(envelopeDomain)+1+4+3*2+len(b.ClusterID)+len(b.Owner)+8+len(b.Holder)+generations.SplitSize)
 	a = append(a, envelopeDomain...)
 	a = append(a, 0)
 	a = binary.BigEndian.AppendUint32(a, version)
@@ -107,6 +137,7 @@ func (b Binding) associatedData(version uint32) []byte {
 	a = appendField(a, []byte(b.Owner))
 	a = binary.BigEndian.AppendUint64(a, b.Generation)
 	a = appendField(a, []byte(b.Holder))
+	a = append(a, b.Split[:]...)
 	return a
 }
 
@@ -118,14 +149,15 @@ func appendField(b, f []byte) []byte {
 // sealingKey derives the owner's envelope key for a cluster:
 //
 //	HKDF-SHA256(ikm  = owner's Ed25519 private key bytes (priv.Raw()),
-//	            salt = "p2pkey/envelope/v1",
-//	            info = "p2pkey/envelope/v1\x00" || u16 len(clusterID) || clusterID
+//	            salt = "p2pkey/envelope/v2",
+//	            info = "p2pkey/envelope/v2\x00" || u16 len(clusterID) || clusterID
 //	                   || u16 len(owner) || owner)
 //
 // Only the owner has the identity key, so only the owner can derive it. One
-// key serves every generation and holder of (cluster, owner); the random
-// 192-bit XChaCha20 nonce makes that safe, and the associated data binds
-// the generation and the holder. The caller must clear the key.
+// key serves every generation, holder and split of (cluster, owner); the
+// random 192-bit XChaCha20 nonce makes that safe, and the associated data
+// binds the generation, the holder and the split. The caller must clear the
+// key.
 func sealingKey(priv crypto.PrivKey, clusterID string, owner peer.ID) ([]byte, error) {
 	if priv == nil || priv.Type() != crypto_pb.KeyType_Ed25519 {
 		return nil, ErrKeyType
@@ -158,13 +190,22 @@ type Envelope struct {
 }
 
 // Seal seals share for b.Holder with the owner's identity key. b.Owner must
-// be owner's peer ID. rand supplies the nonce; nil means crypto/rand.
+// be owner's peer ID and b.Split the ID of the split the share comes from.
+// rand supplies the nonce; nil means crypto/rand.
+//
+// share must be exactly a share that Split returned: Seal refuses anything
+// else with ErrInvalidEnvelope, and a share of a threshold-1 split (which
+// would be K itself) with ErrThresholdTooLow, so no envelope ever holds K
+// whole (rule K1).
 func Seal(owner crypto.PrivKey, b Binding, share []byte, rand io.Reader) (*Envelope, error) {
 	if err := b.Validate(); err != nil {
 		return nil, err
 	}
 	if len(share) == 0 || len(share) > MaxShareSize {
 		return nil, fmt.Errorf("%w: share of %d bytes, want 1 to %d", ErrInvalidEnvelope, len(share), MaxShareSize)
+	}
+	if err := checkShare(share); err != nil {
+		return nil, err
 	}
 	if err := checkOwner(owner, b.Owner); err != nil {
 		return nil, err
@@ -238,7 +279,7 @@ func (e *Envelope) validate() error {
 		return fmt.Errorf("%w: nil", ErrInvalidEnvelope)
 	}
 	if e.Version != EnvelopeVersion {
-		return fmt.Errorf("%w: version %d, want %d", ErrInvalidEnvelope, e.Version, EnvelopeVersion)
+		return versionError(e.Version)
 	}
 	if err := e.Binding.Validate(); err != nil {
 		return err
@@ -267,6 +308,7 @@ func (e *Envelope) MarshalBinary() ([]byte, error) {
 		Holder:     []byte(e.Binding.Holder),
 		Nonce:      e.Nonce,
 		Ciphertext: e.Ciphertext,
+		Split:      e.Binding.Split[:],
 	}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
@@ -286,6 +328,12 @@ func ParseEnvelope(data []byte) (*Envelope, error) {
 	if err := proto.Unmarshal(data, &m); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
 	}
+	if m.GetVersion() != EnvelopeVersion {
+		return nil, versionError(m.GetVersion())
+	}
+	if n := len(m.GetSplit()); n != generations.SplitSize {
+		return nil, fmt.Errorf("%w: split ID of %d bytes, want %d", ErrInvalidEnvelope, n, generations.SplitSize)
+	}
 	e := &Envelope{
 		Version: m.GetVersion(),
 		Binding: Binding{
@@ -293,6 +341,7 @@ func ParseEnvelope(data []byte) (*Envelope, error) {
 			Owner:      peer.ID(m.GetOwner()),
 			Generation: m.GetGeneration(),
 			Holder:     peer.ID(m.GetHolder()),
+			Split:      generations.SplitID(m.GetSplit()),
 		},
 		Nonce:      m.GetNonce(),
 		Ciphertext: m.GetCiphertext(),
@@ -317,4 +366,13 @@ func Digest(env *Envelope) [32]byte {
 		return [32]byte{}
 	}
 	return sha256.Sum256(b)
+}
+
+// versionError is the refusal of an envelope of another version.
+func versionError(v uint32) error {
+	if v < EnvelopeVersion {
+		return fmt.Errorf("%w: %w: version %d names no split and is no longer accepted; this build reads version %d",
+			ErrInvalidEnvelope, ErrEnvelopeVersion, v, EnvelopeVersion)
+	}
+	return fmt.Errorf("%w: %w: version %d, this build reads version %d", ErrInvalidEnvelope, ErrEnvelopeVersion, v, EnvelopeVersion)
 }

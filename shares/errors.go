@@ -63,6 +63,21 @@ var (
 	ErrBadReceipt = errors.New("shares: invalid receipt signature")
 	// ErrKeyType: the identity key is not Ed25519.
 	ErrKeyType = errors.New("shares: identity key must be Ed25519")
+	// ErrThresholdTooLow: a split of fewer than two shares, or with a
+	// threshold below two, was asked for. Any single share of such a split
+	// is K itself, so it is never made, sealed or stored (rule K1).
+	ErrThresholdTooLow = errors.New("shares: threshold below 2: a single share would be K itself")
+	// ErrZeroSplit: a binding, receipt or push names the all-zero split ID,
+	// which is never valid (NewSplitID never returns it).
+	ErrZeroSplit = errors.New("shares: zero split ID")
+	// ErrEnvelopeVersion: an envelope of another version than
+	// EnvelopeVersion, for example a version 1 envelope, which names no
+	// split. It comes wrapped with ErrInvalidEnvelope.
+	ErrEnvelopeVersion = errors.New("shares: unsupported envelope version")
+	// ErrNotErased: envelopes were deleted from the store, but rewriting the
+	// store file to erase them from the disk failed. The next delete (or
+	// OpenStore) tries again.
+	ErrNotErased = errors.New("shares: deleted envelopes not yet erased from disk")
 )
 
 // wireErrors maps each wire code to its sentinel.

@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/p2pkey/p2pkey/generations"
 	"github.com/p2pkey/p2pkey/shares/pb"
 )
 
@@ -17,7 +18,7 @@ import (
 func fuzzEnvelope(f *testing.F) []byte {
 	priv, _, _ := crypto.GenerateEd25519Key(rand.Reader)
 	id, _ := peer.IDFromPrivateKey(priv)
-	env, err := Seal(priv, Binding{ClusterID: testCluster, Owner: id, Generation: 3, Holder: id}, []byte("share"), nil)
+	env, err := Seal(priv, Binding{ClusterID: testCluster, Owner: id, Generation: 3, Holder: id, Split: NewSplitID()}, shareOf([]byte("share")), nil)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -34,6 +35,9 @@ func framed(m proto.Message) []byte {
 func FuzzDecodeRequest(f *testing.F) {
 	env := fuzzEnvelope(f)
 	f.Add(framed(pushRequest(testCluster, 3, env)))
+	for _, v := range envelopeVariants(f, env) {
+		f.Add(framed(pushRequest(testCluster, 3, v)))
+	}
 	f.Add(framed(fetchRequest(testCluster, 3)))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Add([]byte{0x02, 0x08, 0x01})
@@ -87,9 +91,43 @@ func FuzzDecodeResponse(f *testing.F) {
 	})
 }
 
+// envelopeVariants returns encodings of raw's envelope with its split
+// field and version changed: the seeds that reach the split checks.
+func envelopeVariants(f *testing.F, raw []byte) [][]byte {
+	var m pb.Envelope
+	if err := proto.Unmarshal(raw, &m); err != nil {
+		f.Fatal(err)
+	}
+	var out [][]byte
+	for _, change := range []func(m *pb.Envelope){
+		func(m *pb.Envelope) { m.Split = nil },                                // no split
+		func(m *pb.Envelope) { m.Split = make([]byte, 16) },                   // zero split
+		func(m *pb.Envelope) { m.Split = m.Split[:15] },                       // short
+		func(m *pb.Envelope) { m.Split = append(bytes.Clone(m.Split), 0xaa) }, // long
+		func(m *pb.Envelope) { m.Version = 1; m.Split = nil },                 // a version 1 envelope
+		func(m *pb.Envelope) { m.Version = 3 },
+	} {
+		c := proto.Clone(&m).(*pb.Envelope)
+		change(c)
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	// The split field twice: decodes, but is not canonical.
+	out = append(out, append(append(bytes.Clone(raw), 0x42, 16), m.Split...))
+	return out
+}
+
 func FuzzDecodeEnvelope(f *testing.F) {
-	f.Add(fuzzEnvelope(f))
+	raw := fuzzEnvelope(f)
+	f.Add(raw)
+	for _, v := range envelopeVariants(f, raw) {
+		f.Add(v)
+	}
 	f.Add([]byte{0x08, 0x01})
+	f.Add([]byte{0x08, 0x02, 0x42, 0x10})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		env, err := ParseEnvelope(data)
@@ -105,6 +143,14 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		if err := env.Binding.Validate(); err != nil {
 			t.Fatalf("accepted an invalid binding: %v", err)
 		}
+		if env.Version != EnvelopeVersion || env.Binding.Split == (generations.SplitID{}) {
+			t.Fatalf("accepted version %d, split %x", env.Version, env.Binding.Split)
+		}
+		// The split travels in the encoding.
+		var m pb.Envelope
+		if err := proto.Unmarshal(data, &m); err != nil || !bytes.Equal(m.GetSplit(), env.Binding.Split[:]) {
+			t.Fatalf("split %x, encoded %x (err %v)", env.Binding.Split, m.GetSplit(), err)
+		}
 	})
 }
 
@@ -113,6 +159,9 @@ func FuzzDecodeStoreRecord(f *testing.F) {
 	raw := fuzzEnvelope(f)
 	env, _ := ParseEnvelope(raw)
 	f.Add(encodeKey(3, env.Binding.Owner), raw)
+	for _, v := range envelopeVariants(f, raw) {
+		f.Add(encodeKey(3, env.Binding.Owner), v)
+	}
 	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 1}, []byte{0x08, 0x01})
 	f.Fuzz(func(t *testing.T, k, v []byte) {
 		key, err := decodeKey(k)
@@ -128,6 +177,9 @@ func FuzzDecodeStoreRecord(f *testing.F) {
 		}
 		if env.Binding.Generation != key.Generation || env.Binding.Owner != key.Owner {
 			t.Fatal("value accepted under the wrong key")
+		}
+		if env.Binding.Split == (generations.SplitID{}) {
+			t.Fatal("value accepted with a zero split")
 		}
 	})
 }

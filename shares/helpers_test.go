@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/p2pkey/p2pkey/generations"
 	"github.com/p2pkey/p2pkey/shares/pb"
 )
 
@@ -103,6 +104,7 @@ type testNode struct {
 	h      host.Host
 	key    crypto.PrivKey
 	id     peer.ID
+	split  generations.SplitID // the split seal uses
 	store  *Store
 	path   string
 	policy *testPolicy
@@ -131,7 +133,7 @@ func newTestNode(t testing.TB, cluster string, opts ...Option) *testNode {
 		core = zapcore.NewTee(obsCore, zaptest.NewLogger(tt, zaptest.Level(zapcore.InfoLevel)).Core())
 	}
 	logger := &logging.ZapEventLogger{SugaredLogger: *zap.New(core).Sugar()}
-	n := &testNode{t: t, h: h, key: key, id: h.ID(), store: store, path: path,
+	n := &testNode{t: t, h: h, key: key, id: h.ID(), split: NewSplitID(), store: store, path: path,
 		policy: newTestPolicy(1, 2, 3), logs: logs, tracer: &testTracer{}}
 	opts = append([]Option{WithLogger(logger), WithTracer(n.tracer)}, opts...)
 	n.svc, err = NewService(h, store, key, cluster, n.policy, opts...)
@@ -155,14 +157,35 @@ func connect(t testing.TB, nodes ...*testNode) {
 	}
 }
 
-// seal seals share as n's envelope for holder in gen.
+// seal seals share (see shareOf) as n's envelope for holder in gen, in
+// n's split.
 func (n *testNode) seal(holder peer.ID, gen uint64, share []byte) *Envelope {
 	n.t.Helper()
-	env, err := Seal(n.key, Binding{ClusterID: n.svc.clusterID, Owner: n.id, Generation: gen, Holder: holder}, share, nil)
+	return n.sealSplit(holder, gen, share, n.split)
+}
+
+// sealSplit is seal for another split.
+func (n *testNode) sealSplit(holder peer.ID, gen uint64, share []byte, split generations.SplitID) *Envelope {
+	n.t.Helper()
+	env, err := Seal(n.key, Binding{ClusterID: n.svc.clusterID, Owner: n.id, Generation: gen, Holder: holder, Split: split}, shareOf(share), nil)
 	if err != nil {
 		n.t.Fatal(err)
 	}
 	return env
+}
+
+// testSplit is the split of the envelopes that tests seal outside a
+// testNode.
+var testSplit = NewSplitID()
+
+// shareOf returns s if it is shaped like a share Split makes, and
+// otherwise a share-shaped plaintext (Seal accepts nothing else) that holds
+// s, so tests can seal readable bytes.
+func shareOf(s []byte) []byte {
+	if len(s) >= 3 && s[0] == schemeShamir {
+		return s
+	}
+	return append(append([]byte{schemeShamir}, s...), 0x01)
 }
 
 // refusedLog waits until n has logged a refusal of peer from with the

@@ -7,6 +7,8 @@ import (
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"golang.org/x/time/rate"
+
+	"github.com/p2pkey/p2pkey/generations"
 )
 
 // Defaults of the service options.
@@ -31,12 +33,34 @@ type Tracer interface {
 	Served(op string, remote peer.ID, gen uint64)
 }
 
+// SplitDecision decides a push for (gen, owner) that names another split
+// than the envelope this holder already stores for (gen, owner): stored is
+// the split of the stored envelope, pushed the split of the new one. It
+// returns nil to replace the stored envelope with the pushed one (the old
+// one is then deleted and erased from the disk before the receipt is sent),
+// or an error to refuse the push. A refusal crosses the wire as
+// ErrDuplicate, unless it wraps another of this package's wire sentinels;
+// its text is sent to the owner, so it must not hold secrets.
+//
+// It is called from stream handlers (and from Push to this node itself),
+// after the Policy allowed the push, and must not block for long.
+type SplitDecision func(owner peer.ID, gen uint64, stored, pushed generations.SplitID) error
+
+// RefuseNewSplit is the default SplitDecision: the first split stored for
+// (generation, owner) stays, and a push of another split is refused with
+// ErrDuplicate.
+func RefuseNewSplit(owner peer.ID, gen uint64, stored, pushed generations.SplitID) error {
+	return fmt.Errorf("%w: generation %d, owner %s: this holder keeps split %x, refuses split %x",
+		ErrDuplicate, gen, owner, stored[:], pushed[:])
+}
+
 type config struct {
 	timeout    time.Duration
 	fetchRate  rate.Limit
 	fetchBurst int
 	log        *logging.ZapEventLogger
 	tracer     Tracer
+	splits     SplitDecision
 }
 
 func defaultConfig() config {
@@ -45,6 +69,7 @@ func defaultConfig() config {
 		fetchRate:  DefaultFetchRate,
 		fetchBurst: DefaultFetchBurst,
 		log:        logging.Logger("p2pkey/shares"),
+		splits:     RefuseNewSplit,
 	}
 }
 
@@ -82,6 +107,20 @@ func WithLogger(l *logging.ZapEventLogger) Option {
 			return fmt.Errorf("shares: nil logger")
 		}
 		c.log = l
+		return nil
+	}
+}
+
+// WithSplitDecision sets how the holder decides a push whose split differs
+// from the split it stores for the same (generation, owner). The default,
+// RefuseNewSplit, refuses it. The node decides from the custody ledger, for
+// example replacing a split of which the ledger recorded no receipt.
+func WithSplitDecision(d SplitDecision) Option {
+	return func(c *config) error {
+		if d == nil {
+			return fmt.Errorf("shares: nil split decision")
+		}
+		c.splits = d
 		return nil
 	}
 }

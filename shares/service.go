@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"github.com/p2pkey/p2pkey/p2p"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/zap"
 
+	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares/pb"
 )
 
@@ -222,19 +222,64 @@ func (s *Service) servePush(remote peer.ID, req *request) (*pb.Response, error) 
 // store1 stores env as the only envelope of its (generation, owner) and
 // signs the receipt. Storing the same bytes again signs the same receipt
 // (Ed25519 signatures are deterministic), so a retried push is idempotent.
+// Another envelope of the same split is a duplicate; one of another split
+// goes to the SplitDecision, which may have it replace the stored one.
 func (s *Service) store1(env *Envelope, digest [32]byte) ([]byte, error) {
 	b := env.Binding
-	if err := s.store.Put(b.Generation, b.Owner, env); err != nil {
-		if errors.Is(err, ErrExists) {
-			return nil, fmt.Errorf("%w: generation %d, owner %s", ErrDuplicate, b.Generation, b.Owner)
+	err := s.store.Put(b.Generation, b.Owner, env)
+	if errors.Is(err, ErrExists) {
+		err = s.replace(env)
+	}
+	if err != nil {
+		if codeOf(err) != pb.Response_INTERNAL {
+			return nil, err
 		}
 		return nil, fmt.Errorf("%w: store: %w", ErrInternal, err)
 	}
-	sig, err := SignReceipt(s.self, s.clusterID, b.Generation, b.Owner, digest)
+	sig, err := SignReceipt(s.self, s.clusterID, b.Generation, b.Owner, b.Split, digest)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInternal, err)
 	}
 	return sig, nil
+}
+
+// replace handles a push for a (generation, owner) that already has another
+// envelope: same split, it is a duplicate (rule S2); another split, the
+// SplitDecision says whether the new one replaces the old.
+func (s *Service) replace(env *Envelope) error {
+	b := env.Binding
+	old, err := s.store.Get(b.Generation, b.Owner)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		// Deleted in between: store it as the first one.
+		if err := s.store.Put(b.Generation, b.Owner, env); err != nil {
+			if errors.Is(err, ErrExists) {
+				return fmt.Errorf("%w: generation %d, owner %s: concurrent pushes", ErrDuplicate, b.Generation, b.Owner)
+			}
+			return err
+		}
+		return nil
+	case err != nil:
+		return err
+	}
+	if old.Binding.Split == b.Split {
+		return fmt.Errorf("%w: generation %d, owner %s, split %x", ErrDuplicate, b.Generation, b.Owner, b.Split[:])
+	}
+	if err := s.cfg.splits(b.Owner, b.Generation, old.Binding.Split, b.Split); err != nil {
+		if c := codeOf(err); c == pb.Response_INTERNAL && !errors.Is(err, ErrInternal) {
+			return fmt.Errorf("%w: %w", ErrDuplicate, err)
+		}
+		return err
+	}
+	if err := s.store.Replace(b.Generation, b.Owner, old, env); err != nil {
+		if errors.Is(err, ErrExists) {
+			return fmt.Errorf("%w: generation %d, owner %s: concurrent pushes", ErrDuplicate, b.Generation, b.Owner)
+		}
+		return err
+	}
+	s.log.Infow("envelope replaced by another split", "owner", b.Owner, "generation", b.Generation,
+		"stored_split", fmt.Sprintf("%x", old.Binding.Split[:]), "split", fmt.Sprintf("%x", b.Split[:]))
+	return nil
 }
 
 // serveFetch returns the caller's own envelope. The store is keyed by the
@@ -285,9 +330,10 @@ func (s *Service) served(op string, remote peer.ID, gen uint64) {
 
 // Push sends env to holder and returns the holder's receipt, after
 // checking the receipt's signature against the holder's peer ID and its
-// digest against env. env must be sealed by this node, for this cluster and
-// for holder. Pushing to this node itself stores env in the local store
-// and signs the receipt locally, without asking the policy.
+// digest and split against env. env must be sealed by this node, for this
+// cluster and for holder. Pushing to this node itself stores env in the
+// local store and signs the receipt locally, without asking the Policy (the
+// SplitDecision still decides a change of split).
 func (s *Service) Push(ctx context.Context, holder peer.ID, env *Envelope) (*Receipt, error) {
 	raw, err := env.MarshalBinary()
 	if err != nil {
@@ -321,7 +367,7 @@ func (s *Service) Push(ctx context.Context, holder peer.ID, env *Envelope) (*Rec
 		}
 		sig = resp.GetReceiptSignature()
 	}
-	r := &Receipt{Generation: b.Generation, Owner: s.selfID, Holder: holder, Digest: digest, Signature: sig}
+	r := &Receipt{Generation: b.Generation, Owner: s.selfID, Holder: holder, Split: b.Split, Digest: digest, Signature: sig}
 	if err := r.Verify(s.clusterID); err != nil {
 		return nil, fmt.Errorf("%w: receipt from %s: %w", ErrBadResponse, holder, err)
 	}
@@ -330,7 +376,9 @@ func (s *Service) Push(ctx context.Context, holder peer.ID, env *Envelope) (*Rec
 
 // Fetch asks holder for this node's envelope of generation gen, and checks
 // that it is bound to (this cluster, this node, gen, holder). It does not
-// open it. Fetching from this node itself reads the local store.
+// open it. The envelope's Binding.Split says which split it belongs to:
+// combine only shares of one split. Fetching from this node itself reads
+// the local store.
 func (s *Service) Fetch(ctx context.Context, holder peer.ID, gen uint64) (*Envelope, error) {
 	var env *Envelope
 	if holder == s.selfID {
@@ -347,8 +395,8 @@ func (s *Service) Fetch(ctx context.Context, holder peer.ID, gen uint64) (*Envel
 			return nil, fmt.Errorf("%w: envelope from %s: %w", ErrBadResponse, holder, err)
 		}
 	}
-	want := Binding{ClusterID: s.clusterID, Owner: s.selfID, Generation: gen, Holder: holder}
-	if env.Binding != want {
+	got := env.Binding
+	if got.ClusterID != s.clusterID || got.Owner != s.selfID || got.Generation != gen || got.Holder != holder {
 		return nil, fmt.Errorf("%w: envelope from %s is bound to another (cluster, owner, generation, holder)", ErrBadResponse, holder)
 	}
 	return env, nil

@@ -42,11 +42,14 @@ func TestPushFetchUnlock(t *testing.T) {
 		if err != nil {
 			t.Fatalf("push to %d: %v", i, err)
 		}
-		if r.Generation != 1 || r.Owner != owner.id || r.Holder != holder.id || r.Digest != Digest(env) {
+		if r.Generation != 1 || r.Owner != owner.id || r.Holder != holder.id || r.Digest != Digest(env) || r.Split != owner.split {
 			t.Fatalf("receipt %d: %+v", i, r)
 		}
-		if err := VerifyReceipt(testCluster, 1, owner.id, holder.id, Digest(env), r.Signature); err != nil {
+		if err := VerifyReceipt(testCluster, 1, owner.id, holder.id, owner.split, Digest(env), r.Signature); err != nil {
 			t.Fatalf("receipt %d: %v", i, err)
+		}
+		if err := VerifyReceipt(testCluster, 1, owner.id, holder.id, NewSplitID(), Digest(env), r.Signature); !errors.Is(err, ErrBadReceipt) {
+			t.Fatalf("receipt %d verifies for another split: %v", i, err)
 		}
 		stored, err := holder.store.Get(1, owner.id)
 		if err != nil || Digest(stored) != Digest(env) {
@@ -64,7 +67,7 @@ func TestPushFetchUnlock(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b.Holder != holder.id || b.Generation != 1 {
+		if b.Holder != holder.id || b.Generation != 1 || b.Split != owner.split {
 			t.Fatalf("binding %+v", b)
 		}
 		got = append(got, share)
@@ -257,7 +260,7 @@ func TestWrongCluster(t *testing.T) {
 	// An envelope for another cluster inside a request for this one.
 	c := newTestNode(t, testCluster)
 	connect(t, c, b)
-	other, err := Seal(c.key, Binding{ClusterID: "ffffffffffffffffffffffffffffffff", Owner: c.id, Generation: 1, Holder: b.id}, []byte("s"), nil)
+	other, err := Seal(c.key, Binding{ClusterID: "ffffffffffffffffffffffffffffffff", Owner: c.id, Generation: 1, Holder: b.id, Split: c.split}, shareOf([]byte("s")), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +410,12 @@ func TestClientRefusesBadResponses(t *testing.T) {
 	env := a.seal(b.id, 1, []byte("share"))
 	d := Digest(env)
 	liarKey, _ := newKey(t)
-	wrongSig, _ := SignReceipt(liarKey, testCluster, 1, a.id, d)
+	wrongSig, _ := SignReceipt(liarKey, testCluster, 1, a.id, a.split, d)
+	// b's own key, but over another split than the envelope's.
+	splitSig, err := SignReceipt(b.key, testCluster, 1, a.id, NewSplitID(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
 	otherEnv, _ := b.seal2(a, 2).MarshalBinary()
 
 	for name, c := range map[string]struct {
@@ -417,6 +425,9 @@ func TestClientRefusesBadResponses(t *testing.T) {
 	}{
 		"receipt signed by another key": {func(*pb.Request) []byte {
 			return frame(&pb.Response{Version: 1, ClusterId: testCluster, Code: pb.Response_OK, Digest: d[:], ReceiptSignature: wrongSig})
+		}, false, ErrBadResponse},
+		"receipt for another split": {func(*pb.Request) []byte {
+			return frame(&pb.Response{Version: 1, ClusterId: testCluster, Code: pb.Response_OK, Digest: d[:], ReceiptSignature: splitSig})
 		}, false, ErrBadResponse},
 		"receipt for another digest": {func(*pb.Request) []byte {
 			return frame(&pb.Response{Version: 1, ClusterId: testCluster, Code: pb.Response_OK, Digest: make([]byte, 32), ReceiptSignature: wrongSig})

@@ -26,7 +26,7 @@ func openTestStore(t testing.TB) (*Store, string) {
 
 func sealFor(t testing.TB, key crypto.PrivKey, owner, holder peer.ID, gen uint64, share []byte) *Envelope {
 	t.Helper()
-	env, err := Seal(key, Binding{ClusterID: testCluster, Owner: owner, Generation: gen, Holder: holder}, share, nil)
+	env, err := Seal(key, Binding{ClusterID: testCluster, Owner: owner, Generation: gen, Holder: holder, Split: testSplit}, shareOf(share), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -108,15 +108,19 @@ func (Response_Code) EnumDescriptor() ([]byte, []int) {
 // The encoding of an Envelope is canonical: package shares refuses any
 // byte string that does not re-encode to itself, so the SHA-256 of the bytes
 // a holder stored is the same digest the owner computed.
+//
+// Version 2 added split; package shares refuses version 1 (an envelope that
+// does not name its split cannot be counted by the ledger).
 type Envelope struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"` // 2
 	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Owner         []byte                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"` // binary peer ID
 	Generation    uint64                 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
 	Holder        []byte                 `protobuf:"bytes,5,opt,name=holder,proto3" json:"holder,omitempty"`         // binary peer ID
 	Nonce         []byte                 `protobuf:"bytes,6,opt,name=nonce,proto3" json:"nonce,omitempty"`           // 24 bytes (XChaCha20-Poly1305)
 	Ciphertext    []byte                 `protobuf:"bytes,7,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"` // sealed share, with the 16-byte tag
+	Split         []byte                 `protobuf:"bytes,8,opt,name=split,proto3" json:"split,omitempty"`           // 16 bytes, never all zero: the owner's split ID
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -196,6 +200,13 @@ func (x *Envelope) GetNonce() []byte {
 func (x *Envelope) GetCiphertext() []byte {
 	if x != nil {
 		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *Envelope) GetSplit() []byte {
+	if x != nil {
+		return x.Split
 	}
 	return nil
 }
@@ -503,7 +514,7 @@ var File_shares_proto protoreflect.FileDescriptor
 
 const file_shares_proto_rawDesc = "" +
 	"\n" +
-	"\fshares.proto\x12\x10p2pkey.shares.v1\"\xc7\x01\n" +
+	"\fshares.proto\x12\x10p2pkey.shares.v1\"\xdd\x01\n" +
 	"\bEnvelope\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -516,7 +527,8 @@ const file_shares_proto_rawDesc = "" +
 	"\x05nonce\x18\x06 \x01(\fR\x05nonce\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\a \x01(\fR\n" +
-	"ciphertext\"\xc5\x02\n" +
+	"ciphertext\x12\x14\n" +
+	"\x05split\x18\b \x01(\fR\x05split\"\xc5\x02\n" +
 	"\aRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x124\n" +
 	"\x04push\x18\x02 \x01(\v2\x1e.p2pkey.shares.v1.Request.PushH\x00R\x04push\x127\n" +
