@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -24,8 +25,9 @@ const (
 )
 
 type controlServer struct {
-	srv *http.Server
-	ln  net.Listener
+	srv  *http.Server
+	ln   net.Listener
+	path string
 }
 
 // InviteResponse is the body of POST /v1/invite.
@@ -46,7 +48,11 @@ type KeyResponse struct {
 	Key     []byte `json:"key"`
 }
 
-const codeLocked = "locked"
+// Codes of the lock errors, which are not ledger sentinels.
+const (
+	codeLocked     = "locked"
+	codeUnescrowed = "unescrowed"
+)
 
 // apiError is the body of every failed control request.
 type apiError struct {
@@ -59,12 +65,8 @@ func (n *Node) serveControl() (*controlServer, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := listenControl(path, nil)
 	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, err
 	}
 	mux := http.NewServeMux()
@@ -84,8 +86,12 @@ func (n *Node) serveControl() (*controlServer, error) {
 		var ttl time.Duration
 		if req.TTL != "" {
 			d, err := time.ParseDuration(req.TTL)
-			if err != nil || d <= 0 {
-				writeErr(w, http.StatusBadRequest, fmt.Errorf("ttl %q: want a positive duration such as 30m or 24h", req.TTL))
+			if err != nil {
+				writeErr(w, http.StatusBadRequest, fmt.Errorf("ttl %q: want a duration such as 30m or 24h", req.TTL))
+				return
+			}
+			if err := inviteTTLBounds(d); err != nil {
+				writeErr(w, http.StatusBadRequest, err)
 				return
 			}
 			ttl = d
@@ -99,26 +105,10 @@ func (n *Node) serveControl() (*controlServer, error) {
 		writeJSON(w, http.StatusOK, InviteResponse{Invite: tok, ExpiresAt: inv.ExpiresAt})
 	})
 	mux.HandleFunc("POST /v1/remove", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			PeerID string `json:"peer_id"`
-		}
-		if !readJSON(w, r, &req) {
-			return
-		}
-		id, err := peer.Decode(req.PeerID)
-		if err != nil {
-			writeErr(w, http.StatusBadRequest, fmt.Errorf("peer ID %q: %w", req.PeerID, err))
-			return
-		}
-		if _, err := n.Remove(r.Context(), id); err != nil {
-			status := http.StatusConflict
-			if errors.Is(err, ErrUnknownMember) {
-				status = http.StatusNotFound
-			}
-			writeErr(w, status, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"removed": id.String()})
+		serveVote(w, r, n.Remove)
+	})
+	mux.HandleFunc("POST /v1/reinstate", func(w http.ResponseWriter, r *http.Request) {
+		serveVote(w, r, n.Reinstate)
 	})
 	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, r *http.Request) {
 		if err := n.Leave(r.Context()); err != nil {
@@ -134,11 +124,7 @@ func (n *Node) serveControl() (*controlServer, error) {
 			return
 		}
 		k, err := n.Key(r.Context(), req.Purpose, req.Wait)
-		switch {
-		case errors.Is(err, ErrLocked):
-			writeJSON(w, http.StatusLocked, apiError{Error: err.Error(), Code: codeLocked})
-			return
-		case err != nil:
+		if err != nil {
 			writeErr(w, http.StatusBadRequest, err)
 			return
 		}
@@ -162,7 +148,7 @@ func (n *Node) serveControl() (*controlServer, error) {
 	}
 	go srv.Serve(ln)
 	log.Infow("control API listening", "socket", path)
-	return &controlServer{srv: srv, ln: ln}, nil
+	return &controlServer{srv: srv, ln: ln, path: path}, nil
 }
 
 // removeStaleSocket removes a socket file left by a crashed daemon, but
@@ -191,6 +177,94 @@ func (c *controlServer) close() {
 	defer cancel()
 	c.srv.Shutdown(ctx)
 	c.ln.Close()
+	os.Remove(c.path)
+}
+
+// serveVote records this node's removal or reinstatement vote (rule R2) and
+// answers with the VoteResult.
+func serveVote(w http.ResponseWriter, r *http.Request, vote func(context.Context, peer.ID) (VoteResult, error)) {
+	var req struct {
+		PeerID string `json:"peer_id"`
+	}
+	if !readJSON(w, r, &req) {
+		return
+	}
+	id, err := peer.Decode(req.PeerID)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("peer ID %q: %w", req.PeerID, err))
+		return
+	}
+	res, err := vote(r.Context(), id)
+	if err != nil {
+		status := http.StatusConflict
+		if errors.Is(err, ErrUnknownMember) {
+			status = http.StatusNotFound
+		}
+		writeErr(w, status, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// listenControl creates the control socket at path such that it is never
+// reachable with a mode wider than 0600 (rule S5), whatever the umask.
+//
+// bind(2) gives a new socket the mode 0777 less the umask, and a socket's
+// mode cannot be set before it exists, so a socket created at path and then
+// chmod-ed is open to others for a moment under a permissive umask. Setting
+// the umask instead (syscall.Umask) changes it for the whole process: other
+// goroutines, another node in the same process or the embedding program,
+// could create files under it or restore their own umask in the middle, so
+// it is not race-free. Instead the socket is bound inside a fresh 0700
+// directory next to path, which no other user can enter, made 0600 there,
+// and renamed into place; rename(2) is atomic, so path is either absent (or
+// the old file) or this socket at mode 0600. The listener keeps working
+// after the rename: a unix socket is bound to its inode.
+//
+// bound, if not nil, is called with the socket's temporary path right after
+// the bind and before the chmod (tests look at it there).
+func listenControl(path string, bound func(tmp string)) (*net.UnixListener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".ctl")
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	// MkdirTemp asks for 0700; a umask can only narrow that, and a narrower
+	// one (say 0777) would keep this process out of its own directory.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	tmp := filepath.Join(dir, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	// The path it was bound to goes away with dir; close removes path.
+	ln.SetUnlinkOnClose(false)
+	if bound != nil {
+		bound(tmp)
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// inviteTTLBounds reports whether ttl is an allowed invite lifetime: at
+// least MinInviteTTL and at most MaxInviteTTL.
+func inviteTTLBounds(ttl time.Duration) error {
+	switch {
+	case ttl < MinInviteTTL:
+		return fmt.Errorf("invite TTL %v is too short: it must be at least %v", ttl, MinInviteTTL)
+	case ttl > MaxInviteTTL:
+		return fmt.Errorf("invite TTL %v is over the cap of %v (7 days): a long-lived invite is a standing credential", ttl, MaxInviteTTL)
+	}
+	return nil
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
@@ -217,8 +291,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
+// writeErr answers with err's text unchanged. A lock error (ErrLocked,
+// ErrUnescrowed) is 423 Locked whatever the handler chose, so every command
+// that needs K can tell it apart and exit 3.
 func writeErr(w http.ResponseWriter, status int, err error) {
-	writeJSON(w, status, apiError{Error: err.Error(), Code: generations.ErrorCode(err)})
+	switch {
+	case errors.Is(err, ErrUnescrowed):
+		writeJSON(w, http.StatusLocked, apiError{Error: err.Error(), Code: codeUnescrowed})
+	case errors.Is(err, ErrLocked):
+		writeJSON(w, http.StatusLocked, apiError{Error: err.Error(), Code: codeLocked})
+	default:
+		writeJSON(w, status, apiError{Error: err.Error(), Code: generations.ErrorCode(err)})
+	}
 }
 
 // Client talks to a running daemon's control API.
@@ -251,9 +335,13 @@ type APIError struct {
 func (e *APIError) Error() string { return e.Message }
 
 // Unwrap lets errors.Is match the ledger sentinel the code names.
+// A lock error matches ErrLocked, and an unescrowed one ErrUnescrowed too.
 func (e *APIError) Unwrap() error {
-	if e.Code == codeLocked {
+	switch e.Code {
+	case codeLocked:
 		return ErrLocked
+	case codeUnescrowed:
+		return ErrUnescrowed
 	}
 	return generations.ErrorByCode(e.Code)
 }
@@ -303,6 +391,14 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return st, err
 }
 
+// StatusJSON fetches the daemon's status as the JSON it sent, with any
+// field this client's Status type does not know yet.
+func (c *Client) StatusJSON(ctx context.Context) (json.RawMessage, error) {
+	var raw json.RawMessage
+	err := c.do(ctx, http.MethodGet, "/status", nil, &raw)
+	return raw, err
+}
+
 // Members fetches the member table.
 func (c *Client) Members(ctx context.Context) ([]MemberStatus, error) {
 	var ms []MemberStatus
@@ -321,9 +417,19 @@ func (c *Client) Invite(ctx context.Context, ttl time.Duration) (InviteResponse,
 	return out, err
 }
 
-// Remove revokes a member.
-func (c *Client) Remove(ctx context.Context, p peer.ID) error {
-	return c.do(ctx, http.MethodPost, "/remove", map[string]string{"peer_id": p.String()}, nil)
+// Remove records the daemon's vote to remove p (rule R2) and returns the
+// votes so far: the first suspends p, a majority makes the removal final.
+func (c *Client) Remove(ctx context.Context, p peer.ID) (VoteResult, error) {
+	var out VoteResult
+	err := c.do(ctx, http.MethodPost, "/remove", map[string]string{"peer_id": p.String()}, &out)
+	return out, err
+}
+
+// Reinstate records the daemon's vote to lift p's suspension (rule R2).
+func (c *Client) Reinstate(ctx context.Context, p peer.ID) (VoteResult, error) {
+	var out VoteResult
+	err := c.do(ctx, http.MethodPost, "/reinstate", map[string]string{"peer_id": p.String()}, &out)
+	return out, err
 }
 
 // Leave makes the daemon leave the cluster.

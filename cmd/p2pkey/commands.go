@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	logging "github.com/ipfs/go-log/v2"
-	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/node"
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/spf13/cobra"
@@ -43,6 +41,9 @@ The default listen addresses are TCP and QUIC on port 4001, IPv4 and IPv6.`,
 			if _, err := os.Stat(configPath(g.dataDir)); err == nil {
 				return fmt.Errorf("%s is already initialised (refusing to overwrite)", g.dataDir)
 			}
+			if err := secureDataDir(cmd, g.dataDir); err != nil {
+				return err
+			}
 			id, err := node.Init(g.dataDir)
 			if err != nil {
 				return err
@@ -67,20 +68,27 @@ The default listen addresses are TCP and QUIC on port 4001, IPv4 and IPv6.`,
 
 func newDaemonCmd(g *globals) *cobra.Command {
 	var bootstrap bool
-	var join string
+	var join, joinFile string
 	var heartbeat time.Duration
 	var relays []string
 	var natPortMap, noMDNS, noRelayService bool
 	var reachability string
 	var maxBehind uint32
 	cmd := &cobra.Command{
-		Use:   "daemon [--bootstrap | --join INVITE]",
+		Use:   "daemon [--bootstrap | --join-file FILE | --join -]",
 		Short: "Run the node in the foreground",
 		Long: `daemon runs the node until it receives SIGINT or SIGTERM.
 
-The first time, pass --bootstrap to create a new cluster, or --join with an
-invite from a member to join one. After that, restart with neither: the node
-resumes from the Raft state in its data directory.
+The first time, pass --bootstrap to create a new cluster, or an invite from a
+member to join one: --join-file FILE reads it from a file, --join - from stdin
+(one line). --join INVITE still works, but the invite is then visible to every
+local user in the process list (ps) for as long as the daemon runs, so it
+prints a warning. After that, restart with none of them: the node resumes from
+the Raft state in its data directory.
+
+The data directory must belong to the user the daemon runs as. If group or
+others can reach it, or its identity.key, the daemon tightens them to 0700 and
+0600 and says so.
 
 Behind NAT, the node punches holes (DCUtR) where it can and otherwise uses a
 member that relays for it: one named by --relay, in config.json, or in the
@@ -90,16 +98,21 @@ strangers. On a LAN, members find each other with mDNS.
 Logs go to stderr. Set GOLOG_LOG_LEVEL to change the level, for example
 GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 		Example: `  p2pkey daemon --bootstrap
-  p2pkey daemon --join "$(cat invite.txt)"
+  p2pkey daemon --join-file invite.txt
+  ssh member p2pkey invite | p2pkey daemon --join -
   p2pkey daemon --relay /ip4/203.0.113.7/udp/4001/quic-v1/p2p/12D3KooW...
   p2pkey daemon`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if bootstrap && join != "" {
-				return &statusError{code: exitUsage, err: errors.New("--bootstrap and --join are mutually exclusive")}
+			token, err := readInvite(cmd, bootstrap, join, joinFile)
+			if err != nil {
+				return err
 			}
 			fc, err := readFileConfig(g.dataDir)
 			if err != nil {
+				return err
+			}
+			if err := secureDataDir(cmd, g.dataDir); err != nil {
 				return err
 			}
 			if os.Getenv("GOLOG_LOG_LEVEL") == "" {
@@ -107,7 +120,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			}
 			cfg := node.DefaultConfig(g.dataDir)
 			cfg.ListenAddrs, cfg.AnnounceAddrs = fc.Listen, fc.Announce
-			cfg.Bootstrap, cfg.Join = bootstrap, join
+			cfg.Bootstrap, cfg.Join = bootstrap, token
 			cfg.Relays = append(append([]string(nil), fc.Relays...), relays...)
 			cfg.NATPortMap = natPortMap || fc.NATPortMap
 			cfg.MDNS = !noMDNS
@@ -147,7 +160,8 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 		},
 	}
 	cmd.Flags().BoolVar(&bootstrap, "bootstrap", false, "create a new cluster with this node as its first member")
-	cmd.Flags().StringVar(&join, "join", "", "join a cluster with this invite")
+	cmd.Flags().StringVar(&join, "join", "", "join a cluster with this invite; - reads it from stdin (an invite given here shows in ps)")
+	cmd.Flags().StringVar(&joinFile, "join-file", "", "join a cluster with the invite in this file")
 	cmd.Flags().StringArrayVar(&relays, "relay", nil, "multiaddr (with /p2p/ID) of a member that relays for this node behind NAT (repeatable)")
 	cmd.Flags().BoolVar(&natPortMap, "nat-portmap", false, "ask the LAN's router for a port mapping (UPnP, NAT-PMP)")
 	cmd.Flags().BoolVar(&noMDNS, "no-mdns", false, "do not look for members on the local network with mDNS")
@@ -167,14 +181,14 @@ func newInviteCmd(g *globals) *cobra.Command {
 		Long: `invite asks the running daemon for a single-use invite and prints it on
 stdout. The invite carries the cluster ID, a secret and the addresses of live
 members. Only a hash of the secret is recorded in the cluster's ledger. It
-expires after --ttl.`,
+expires after --ttl: at least 1m, at most 168h (7 days), 1h by default.`,
 		Example: `  p2pkey invite
   p2pkey invite --ttl 10m > invite.txt
   p2pkey invite --json | jq -r .invite`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if ttl < 0 {
-				return &statusError{code: exitUsage, err: errors.New("--ttl must be positive")}
+			if err := checkTTL(ttl); err != nil {
+				return err
 			}
 			ctx, cancel := reqCtx(cmd, 30*time.Second)
 			defer cancel()
@@ -190,7 +204,7 @@ expires after --ttl.`,
 			return nil
 		},
 	}
-	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the invite stays valid")
+	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the invite stays valid (1m to 168h)")
 	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 	return cmd
 }
@@ -213,12 +227,17 @@ peer_id, status, escrow_generation, shares_held, threshold.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := reqCtx(cmd, 10*time.Second)
 			defer cancel()
-			st, err := g.client().Status(ctx)
+			raw, err := g.client().StatusJSON(ctx)
 			if err != nil {
 				return err
 			}
 			if g.jsonOut {
-				return printJSON(cmd.OutOrStdout(), st)
+				// As the daemon sent it: fields this CLI does not know yet too.
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			st, votes, err := decodeStatus(raw)
+			if err != nil {
+				return err
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "peer:        %s\n", st.PeerID)
@@ -247,8 +266,12 @@ peer_id, status, escrow_generation, shares_held, threshold.`,
 			if o := st.Generation.Open; o != nil {
 				open = fmt.Sprintf("%d (%d members, threshold %d, deadline %s)", o.Number, o.Members, o.Threshold, o.Deadline.Format(time.RFC3339))
 			}
-			fmt.Fprintf(w, "generation:  current %s, open %s\n\n", cur, open)
-			printMembers(w, st.Members, st.PeerID)
+			fmt.Fprintf(w, "generation:  current %s, open %s\n", cur, open)
+			if warn := clusterWarning(st); warn != "" {
+				fmt.Fprintf(w, "warning:     %s\n", warn)
+			}
+			fmt.Fprintln(w)
+			printMembers(w, st.Members, votes, st.PeerID)
 			return nil
 		},
 	}
@@ -256,7 +279,7 @@ peer_id, status, escrow_generation, shares_held, threshold.`,
 	return cmd
 }
 
-func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberStatus, self string) {
+func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberStatus, votes map[string]memberVotes, self string) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tSTATUS\tVOTER\tCONNECTION\tESCROW GEN\tSHARES HELD\tNOTE")
 	for _, m := range ms {
@@ -272,6 +295,9 @@ func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberSta
 		note := m.Reason
 		if m.CatchingUp {
 			note = fmt.Sprintf("catching up (%d generations behind)", m.Behind)
+		}
+		if v := votes[m.PeerID].note(m.Status); v != "" {
+			note = strings.TrimPrefix(note+"; "+v, "; ")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", id, m.Status, m.Voter, m.Connection, gen, held, note)
 	}
@@ -289,71 +315,36 @@ func newMembersCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "members [--json]",
 		Short: "List the cluster's members",
-		Long:  `members lists every member the ledger knows, with its status (joining, active, removed, rejected), whether it votes in Raft, how this node reaches it, and its share coverage.`,
+		Long: `members lists every member the ledger knows, with its status (joining, active,
+suspended, removed, rejected), whether it votes in Raft, how this node reaches
+it, its share coverage, and the remove and reinstate votes cast about it.`,
 		Example: `  p2pkey members
   p2pkey members --json | jq -r '.[] | select(.status=="active") | .peer_id'`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := reqCtx(cmd, 10*time.Second)
 			defer cancel()
-			st, err := g.client().Status(ctx)
+			raw, err := g.client().StatusJSON(ctx)
 			if err != nil {
 				return err
 			}
 			if g.jsonOut {
-				return printJSON(cmd.OutOrStdout(), st.Members)
+				var full struct {
+					Members json.RawMessage `json:"members"`
+				}
+				if err := json.Unmarshal(raw, &full); err != nil {
+					return fmt.Errorf("status from the daemon: %w", err)
+				}
+				return printJSON(cmd.OutOrStdout(), full.Members)
 			}
-			printMembers(cmd.OutOrStdout(), st.Members, st.PeerID)
+			st, votes, err := decodeStatus(raw)
+			if err != nil {
+				return err
+			}
+			printMembers(cmd.OutOrStdout(), st.Members, votes, st.PeerID)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 	return cmd
-}
-
-func newRemoveCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "remove PEER_ID",
-		Short: "Revoke a member",
-		Long: `remove revokes a member at once (rule R1): the ledger marks it removed, holders
-stop serving its shares, and the leader takes it out of the Raft configuration.
-A removed node can never rejoin with the same identity.`,
-		Example: `  p2pkey remove 12D3KooWQ...`,
-		Args:    usageArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := peer.Decode(args[0])
-			if err != nil {
-				return &statusError{code: exitUsage, err: fmt.Errorf("%q is not a peer ID: %w", args[0], err)}
-			}
-			ctx, cancel := reqCtx(cmd, time.Minute)
-			defer cancel()
-			if err := g.client().Remove(ctx, id); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", id)
-			return nil
-		},
-	}
-	return cmd
-}
-
-func newLeaveCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "leave",
-		Short: "Take this node out of the cluster",
-		Long: `leave removes this node from the cluster, exactly as 'remove' would from
-another member, and the daemon exits. The node's key can no longer be unlocked
-by the cluster afterwards.`,
-		Example: `  p2pkey leave`,
-		Args:    usageArgs(0),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := reqCtx(cmd, time.Minute)
-			defer cancel()
-			if err := g.client().Leave(ctx); err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), "left the cluster")
-			return nil
-		},
-	}
 }

@@ -37,9 +37,9 @@ the unix socket DATA/p2pkey.sock.
 
 Exit status: 0 success, 1 error, 2 usage error, 3 the node is locked.`,
 		Example: `  p2pkey init
-  p2pkey daemon --bootstrap          # first node of a new cluster
-  p2pkey invite --ttl 30m            # on a member: print an invite
-  p2pkey daemon --join p2pkey-invite-v1:...   # on the new machine
+  p2pkey daemon --bootstrap              # first node of a new cluster
+  p2pkey invite --ttl 30m > invite.txt   # on a member: print an invite
+  p2pkey daemon --join-file invite.txt   # on the new machine
   p2pkey status`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -73,6 +73,7 @@ Exit status: 0 success, 1 error, 2 usage error, 3 the node is locked.`,
 		newStatusCmd(g),
 		newMembersCmd(g),
 		newRemoveCmd(g),
+		newReinstateCmd(g),
 		newLeaveCmd(g),
 		newWaitCmd(g),
 		newKeyCmd(g),
