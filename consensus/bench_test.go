@@ -77,6 +77,7 @@ func benchRaftConfig(id raft.ServerID, l hclog.Logger) *raft.Config {
 	rc.SnapshotThreshold = 1 << 40
 	rc.SnapshotInterval = 24 * time.Hour
 	rc.NoLegacyTelemetry = true
+	rc.BatchApplyCh = true // as consensus.New sets it
 	return rc
 }
 
@@ -89,6 +90,9 @@ type benchNode struct {
 	trans  *raft.NetworkTransport
 	store  *raftboltdb.BoltStore
 	raft   *raft.Raft
+	fsm    *fsm
+	// stamp stamps entries as consensus.Consensus does when this node leads.
+	stamp *stamper
 }
 
 // benchCluster is three Raft servers on one transport kind.
@@ -96,7 +100,7 @@ type benchCluster struct {
 	b      testing.TB
 	inmem  bool // raft.InmemStore instead of bolt: no fsync on the path
 	nodes  []*benchNode
-	leader atomic.Pointer[raft.Raft]
+	leader atomic.Pointer[benchNode]
 }
 
 // newBenchCluster starts a bootstrapped three-node cluster on the given
@@ -131,22 +135,14 @@ func newBenchCluster(b testing.TB, kind string, inmem bool) *benchCluster {
 	for _, nd := range cl.nodes {
 		switch kind {
 		case transportP2PKey:
-			// The same gate as Consensus.admit: the latest configuration, or
-			// the cluster's peers while unconfigured (AllowUnconfigured). The
-			// Raft pointer is atomic because the gate can run before NewRaft
-			// returns.
+			// The same admission as Consensus: the stream gate (the latest
+			// configuration, or the cluster's peers while unconfigured) and
+			// the check of every RPC (its header names its sender, a
+			// voter). The Raft pointer is atomic because the gate can run
+			// before NewRaft returns.
 			var rp atomic.Pointer[raft.Raft]
-			nd.stream = newStreamLayer(nd.host, func(p peer.ID) bool {
-				r := rp.Load()
-				if r == nil {
-					return false
-				}
-				servers := r.GetConfiguration().Configuration().Servers
-				if len(servers) == 0 {
-					return members[p]
-				}
-				return slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == raft.ServerID(p.String()) })
-			})
+			adm := &admission{raft: rp.Load, allowUnconfigured: func(p peer.ID) bool { return members[p] }}
+			nd.stream = newStreamLayer(nd.host, adm.stream, adm.rpc)
 			nd.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 				ServerAddressProvider: addrProvider{},
 				Logger:                newHCLogger(log, "self", string(nd.id)).Named("transport"),
@@ -218,7 +214,9 @@ func (cl *benchCluster) startRaft(nd *benchNode) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r, err := raft.NewRaft(benchRaftConfig(nd.id, hl), &fsm{sm: &listSM{}}, logs, stable, snaps, nd.trans)
+	nd.fsm = &fsm{sm: &listSM{}}
+	nd.stamp = &stamper{now: time.Now, floor: nd.fsm.maxStamp.Load}
+	r, err := raft.NewRaft(benchRaftConfig(nd.id, hl), nd.fsm, logs, stable, snaps, nd.trans)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -227,23 +225,23 @@ func (cl *benchCluster) startRaft(nd *benchNode) {
 
 // waitLeader waits until every node names the same leader, records it as
 // the one to apply on, and returns it.
-func (cl *benchCluster) waitLeader() *raft.Raft {
+func (cl *benchCluster) waitLeader() *benchNode {
 	cl.b.Helper()
-	r, err := cl.findLeader(30 * time.Second)
+	nd, err := cl.findLeader(30 * time.Second)
 	if err != nil {
 		cl.b.Fatal(err)
 	}
-	return r
+	return nd
 }
 
 // findLeader is waitLeader without Fatal, for use off the benchmark's
 // goroutine.
-func (cl *benchCluster) findLeader(timeout time.Duration) (*raft.Raft, error) {
+func (cl *benchCluster) findLeader(timeout time.Duration) (*benchNode, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		if r := cl.agreedLeader(); r != nil {
-			cl.leader.Store(r)
-			return r, nil
+		if nd := cl.agreedLeader(); nd != nil {
+			cl.leader.Store(nd)
+			return nd, nil
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("no agreed leader after %v", timeout)
@@ -252,7 +250,7 @@ func (cl *benchCluster) findLeader(timeout time.Duration) (*raft.Raft, error) {
 	}
 }
 
-func (cl *benchCluster) agreedLeader() *raft.Raft {
+func (cl *benchCluster) agreedLeader() *benchNode {
 	var id raft.ServerID
 	for _, nd := range cl.nodes {
 		_, lid := nd.raft.LeaderWithID()
@@ -263,7 +261,7 @@ func (cl *benchCluster) agreedLeader() *raft.Raft {
 	}
 	for _, nd := range cl.nodes {
 		if nd.id == id && nd.raft.State() == raft.Leader {
-			return nd.raft
+			return nd
 		}
 	}
 	return nil
@@ -356,10 +354,11 @@ func (cl *benchCluster) openRaftStreams() int {
 	return n
 }
 
-// benchApply commits cmd through the leader's Raft and checks both error
-// channels (the future's and the FSM's response).
-func benchApply(r *raft.Raft, cmd []byte) error {
-	f := r.Apply(cmd, benchRPCTimeout)
+// benchApply commits cmd through the leader's Raft, in an entry stamped as
+// consensus.Consensus stamps it, and checks both error channels (the
+// future's and the FSM's response).
+func benchApply(nd *benchNode, cmd []byte) error {
+	f := nd.stamp.apply(nd.raft, cmd, benchRPCTimeout)
 	if err := f.Error(); err != nil {
 		return err
 	}
@@ -398,7 +397,7 @@ func benchCommit(b *testing.B, inmem bool) {
 	for _, kind := range benchTransports {
 		b.Run(kind, func(b *testing.B) {
 			cl := newBenchCluster(b, kind, inmem)
-			cmd := EncodeEntry(bytes.Repeat([]byte{'x'}, benchCommandBytes))
+			cmd := bytes.Repeat([]byte{'x'}, benchCommandBytes)
 			for range 200 { // warm up: pipelines, pools, caches
 				if err := cl.apply(cmd); err != nil {
 					b.Fatal(err)
@@ -477,7 +476,7 @@ func BenchmarkIdleCluster(b *testing.B) {
 			runtime.GC()
 			baseGoroutines := runtime.NumGoroutine()
 			cl := newBenchCluster(b, kind, false)
-			cmd := EncodeEntry(bytes.Repeat([]byte{'x'}, benchCommandBytes))
+			cmd := bytes.Repeat([]byte{'x'}, benchCommandBytes)
 			for range 10 { // a few commits so replication runs in pipeline mode
 				if err := cl.apply(cmd); err != nil {
 					b.Fatal(err)

@@ -27,7 +27,28 @@ var (
 	ErrNoLeader   = errors.New("consensus: no leader is known")
 	ErrClosed     = errors.New("consensus: closed")
 	ErrNotAllowed = errors.New("consensus: peer is not in the Raft configuration")
+	// ErrMaybeApplied means a command reached a leader that did not say
+	// what became of it (it timed out, its stream was reset, or it lost
+	// its leadership), so it may have been applied. Apply retries such a
+	// command against the leader of the moment until its context ends; it
+	// returns ErrMaybeApplied when the context ends first, and wraps it
+	// around the error of a retry that failed (the ledger refusing the
+	// retry as a replay of a command it already applied looks like that).
+	// The caller must then look at the replicated state to learn the
+	// outcome. A retry that succeeds returns no error: that attempt was
+	// the one applied.
+	ErrMaybeApplied = errors.New("consensus: the command may have been applied")
+	// ErrCommandTooLarge refuses a command longer than MaxCommandSize.
+	ErrCommandTooLarge = errors.New("consensus: command too large")
+	// ErrBehind means this node has not applied what the leader confirmed
+	// committed before the caller's context ended (see Fresh).
+	ErrBehind = errors.New("consensus: this node has not caught up with the leader")
 )
+
+// MaxCommandSize bounds one state-machine command. It must be at least the
+// state machine's own bound (generations.MaxCommandSize, 1 MiB, checked by a
+// test); the forward protocol's messages are bounded by it.
+const MaxCommandSize = 1 << 20
 
 // ErrorCodec turns state-machine errors into stable codes and back, so that an
 // error returned by the leader keeps its identity (errors.Is) when a command
@@ -52,18 +73,30 @@ type Config struct {
 	// AllowUnconfigured admits Raft streams from peers while this node has no
 	// Raft configuration yet (a joiner waiting for its first AppendEntries).
 	AllowUnconfigured func(peer.ID) bool
-	// AllowMember admits peers outside this node's Raft configuration that
-	// the node knows, by its replicated state, to be members. A node that is
-	// catching up holds an old configuration, and the current leader may not
-	// be in it; without this it would refuse that leader forever. The
-	// leader also takes forwarded commands from such members: a joiner
-	// records its receipts before it is added to Raft. Strangers and
-	// removed members are in neither, so rule S1 holds.
+	// AllowMember names the peers the node knows, by its replicated state,
+	// to be active members. They may send AppendEntries and InstallSnapshot
+	// although this node's configuration does not list them as voters: a
+	// node that is catching up holds an old configuration, and the current
+	// leader may be a non-voter in it or absent from it; without this the
+	// node would refuse that leader for as long as it leads. Such a peer
+	// may therefore act as a leader toward this node (see DESIGN.md, "What
+	// the transport leaves open"); it should name active members only, not
+	// joiners. The leader also answers their read-index requests and, if
+	// AllowForward is nil, takes their forwarded commands.
 	AllowMember func(peer.ID) bool
-	// Deny, if set, refuses Raft streams from the peers it names even when
-	// they are servers: a block list, and the seam where tests partition
-	// Raft without touching the rest of the host.
+	// AllowForward admits forwarded commands from peers outside the Raft
+	// configuration: a joiner records its receipts before it is added to
+	// Raft. If nil, AllowMember decides. Unlike AllowMember it grants no
+	// Raft RPC.
+	AllowForward func(peer.ID) bool
+	// Deny, if set, refuses Raft streams and RPCs from the peers it names
+	// even when they are voters, and the leader refuses their forwarded
+	// commands and read-index requests: a block list, and the seam where
+	// tests partition a node without touching the rest of the host.
 	Deny func(peer.ID) bool
+	// Now is the leader's clock, stamped into every entry it appends
+	// (rule S7). If nil, time.Now.
+	Now func() time.Time
 	// Errors maps state-machine errors to codes across forwarding.
 	Errors ErrorCodec
 
@@ -87,10 +120,23 @@ type Consensus struct {
 	// goroutines from before NewRaft returns.
 	ready     atomic.Pointer[raft.Raft]
 	fsm       *fsm
+	adm       *admission
 	stream    *streamLayer
 	transport *raft.NetworkTransport
 	store     *raftboltdb.BoltStore
+	logs      raft.LogStore
 	forward   *forwarder
+	// attemptTimeout bounds one forward or read-index round trip to the
+	// leader, so that a leader that stopped answering is given up soon
+	// after the cluster elects another (see forwardAttemptTimeout).
+	attemptTimeout time.Duration
+
+	stamp *stamper
+
+	// localReads and remoteReads coalesce concurrent Fresh calls (and
+	// read-index requests from followers) into rounds; see readRounds.
+	localReads  *readRounds
+	remoteReads *readRounds
 
 	// appliedCh is closed and replaced whenever the FSM applies a command,
 	// so WaitApplied wakes at once instead of polling.
@@ -119,6 +165,12 @@ func New(cfg Config) (*Consensus, error) {
 	if cfg.MaxPool == 0 {
 		cfg.MaxPool = defaultMaxPool
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.AllowForward == nil {
+		cfg.AllowForward = cfg.AllowMember
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -144,9 +196,11 @@ func New(cfg Config) (*Consensus, error) {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
 
-	c := &Consensus{cfg: cfg, store: store, appliedCh: make(chan struct{}), nudge: make(chan struct{}, 1), done: make(chan struct{}), nudgeDone: make(chan struct{})}
+	c := &Consensus{cfg: cfg, store: store, logs: logs, appliedCh: make(chan struct{}), nudge: make(chan struct{}, 1), done: make(chan struct{}), nudgeDone: make(chan struct{})}
 	c.fsm = &fsm{sm: cfg.StateMachine, applied: c.onApplied}
-	c.stream = newStreamLayer(cfg.Host, c.admit)
+	c.stamp = &stamper{now: cfg.Now, floor: c.fsm.maxStamp.Load}
+	c.adm = &admission{raft: c.ready.Load, allowUnconfigured: cfg.AllowUnconfigured, allowMember: cfg.AllowMember, deny: cfg.Deny}
+	c.stream = newStreamLayer(cfg.Host, c.adm.stream, c.adm.rpc)
 	c.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: addrProvider{},
 		Logger:                hl.Named("transport"),
@@ -177,6 +231,13 @@ func New(cfg Config) (*Consensus, error) {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}
 	rc.NoLegacyTelemetry = true
+	// A buffered apply channel lets applyLocal hand an entry to Raft
+	// without waiting for the leader loop while it holds stampMu, so
+	// concurrent commands still commit in groups. Its cost, per raft's
+	// documentation: an entry queued in the buffer may be appended after
+	// Apply's timeout.
+	rc.BatchApplyCh = true
+	c.attemptTimeout = forwardAttemptTimeout(rc.ElectionTimeout)
 	if err := raft.ValidateConfig(rc); err != nil {
 		c.closeTransport()
 		store.Close()
@@ -190,6 +251,8 @@ func New(cfg Config) (*Consensus, error) {
 	}
 	c.raft = r
 	c.ready.Store(r)
+	c.localReads = newReadRounds(c.readIndexLocal, c.attemptTimeout)
+	c.remoteReads = newReadRounds(c.readIndexRemote, c.attemptTimeout)
 	c.forward = newForwarder(c)
 	go c.nudgeLoop()
 	return c, nil
@@ -262,27 +325,6 @@ func (c *Consensus) closeTransport() {
 	c.stream.Close()
 }
 
-// admit is the S1 gate: a peer may open a Raft stream only if it is a server
-// in the latest Raft configuration, or, while this node has none yet, if
-// AllowUnconfigured admits it.
-func (c *Consensus) admit(p peer.ID) bool {
-	r := c.ready.Load()
-	if r == nil || (c.cfg.Deny != nil && c.cfg.Deny(p)) {
-		return false
-	}
-	servers := r.GetConfiguration().Configuration().Servers
-	if len(servers) == 0 {
-		return c.cfg.AllowUnconfigured != nil && c.cfg.AllowUnconfigured(p)
-	}
-	id := raft.ServerID(p.String())
-	for _, s := range servers {
-		if s.ID == id {
-			return true
-		}
-	}
-	return c.cfg.AllowMember != nil && c.cfg.AllowMember(p)
-}
-
 // InConfiguration reports whether p is a server in the latest configuration.
 func (c *Consensus) InConfiguration(p peer.ID) bool {
 	id := raft.ServerID(p.String())
@@ -294,12 +336,27 @@ func (c *Consensus) InConfiguration(p peer.ID) bool {
 	return false
 }
 
-// ResetStreams resets every Raft stream p has open to this node. Call it
-// after Deny starts refusing p, so pooled streams stop too.
+// ResetStreams resets every Raft stream p has open to this node. Every RPC
+// is checked against Deny and the allow-lists as it arrives, so this is not
+// needed for safety; it frees p's pooled streams and makes p notice at once.
 func (c *Consensus) ResetStreams(p peer.ID) int { return c.stream.resetPeer(p) }
+
+// Recheck resets the pooled Raft streams of every peer the S1 gate would no
+// longer admit, and returns how many it reset. Call it after dropping peers
+// from the lists behind AllowUnconfigured or AllowMember (a joiner whose join
+// was decided). Nothing in consensus caches an admission: even without
+// Recheck, such a peer's next RPC is refused.
+func (c *Consensus) Recheck() int {
+	return c.stream.resetWhere(func(p peer.ID) bool { return !c.adm.stream(p) })
+}
 
 // RefusedStreams reports how many Raft streams the S1 gate refused.
 func (c *Consensus) RefusedStreams() uint64 { return c.stream.Refused() }
+
+// RefusedRPCs reports how many Raft RPCs on admitted streams were refused
+// (rule S8): they named a peer other than their sender, or came from a peer
+// that may not send them.
+func (c *Consensus) RefusedRPCs() uint64 { return c.stream.RefusedRPCs() }
 
 // HasState reports whether dir already holds Raft state, so a restart needs
 // neither bootstrap nor join.
@@ -392,31 +449,79 @@ func (c *Consensus) Apply(ctx context.Context, cmd []byte) ([]byte, error) {
 }
 
 // ApplyIndex is Apply that also returns the log index of the entry.
+//
+// It tries until ctx ends: on the leader it applies locally; on a follower it
+// forwards to the leader Raft knows (or the leader hint). When there is no
+// leader, or the one asked is no longer the leader, or it does not answer
+// within one attempt (see forwardAttemptTimeout), or the follower learns of a
+// newer leader while it waits, it tries again with the leader of the moment.
+// An attempt whose outcome is unknown makes the final error ErrMaybeApplied
+// unless a later attempt succeeds.
 func (c *Consensus) ApplyIndex(ctx context.Context, cmd []byte) ([]byte, uint64, error) {
+	if len(cmd) > MaxCommandSize {
+		return nil, 0, fmt.Errorf("%w: %d bytes, at most %d", ErrCommandTooLarge, len(cmd), MaxCommandSize)
+	}
+	var maybe error // the first attempt whose outcome is unknown
 	for {
+		var (
+			res []byte
+			idx uint64
+			err error
+			try bool
+		)
 		if c.IsLeader() {
-			res, idx, err := c.applyLocal(ctx, cmd)
-			if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
-				return res, idx, err
-			}
-		} else if leader := c.forwardTo(); leader != "" {
-			res, idx, err := c.forward.send(ctx, leader, cmd)
-			if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) {
+			res, idx, err = c.applyLocal(ctx, cmd)
+			try = true
+		} else if leader := c.forwardTo(); leader != "" && leader != c.ID() {
+			res, idx, err = c.forward.send(ctx, leader, cmd)
+			try = true
+		}
+		if try {
+			switch {
+			case errors.Is(err, ErrMaybeApplied), errors.Is(err, raft.ErrLeadershipLost):
+				if maybe == nil {
+					maybe = err
+				}
+			case errors.Is(err, raft.ErrNotLeader), errors.Is(err, ErrNotLeader), errors.Is(err, ErrNoLeader):
+				// Nothing was appended: try again.
+			case maybe != nil && err != nil:
+				return res, idx, fmt.Errorf("%w (%v), and a retry failed: %w", ErrMaybeApplied, maybe, err)
+			default:
 				return res, idx, err
 			}
 		}
 		// No usable leader right now: wait for one, bounded by ctx.
 		select {
 		case <-ctx.Done():
+			if maybe != nil {
+				return nil, 0, fmt.Errorf("%w (%v), and no leader answered a retry: %w", ErrMaybeApplied, maybe, ctx.Err())
+			}
 			return nil, 0, fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(retryInterval):
 		}
 	}
 }
 
+// retryInterval is how long ApplyIndex and Fresh wait between attempts when
+// no leader could take one.
+const retryInterval = 50 * time.Millisecond
+
+// forwardAttemptTimeout bounds one round trip to the leader: 3 election
+// timeouts, within [2 s, 10 s]. A leader that stops answering (paused,
+// partitioned) is replaced by an election within about 2 election timeouts,
+// so the retry goes to its successor soon after; ApplyIndex and Fresh also
+// give up an attempt as soon as Raft names a different leader.
+func forwardAttemptTimeout(election time.Duration) time.Duration {
+	return min(max(3*election, 2*time.Second), 10*time.Second)
+}
+
 // applyLocal applies on this node, which must be the leader. It is the one
-// place that merges ApplyFuture.Error() and the FSM's response (STYLE 7).
+// place that merges ApplyFuture.Error() and the FSM's response (STYLE 7), and
+// the one place that stamps the leader's clock into an entry (rule S7).
 func (c *Consensus) applyLocal(ctx context.Context, cmd []byte) ([]byte, uint64, error) {
+	if len(cmd) > MaxCommandSize {
+		return nil, 0, fmt.Errorf("%w: %d bytes, at most %d", ErrCommandTooLarge, len(cmd), MaxCommandSize)
+	}
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -424,7 +529,7 @@ func (c *Consensus) applyLocal(ctx context.Context, cmd []byte) ([]byte, uint64,
 			return nil, 0, ctx.Err()
 		}
 	}
-	f := c.raft.Apply(EncodeEntry(cmd), timeout)
+	f := c.stamp.apply(c.raft, cmd, timeout)
 	if err := f.Error(); err != nil {
 		return nil, 0, err
 	}
@@ -433,6 +538,32 @@ func (c *Consensus) applyLocal(ctx context.Context, cmd []byte) ([]byte, uint64,
 		return nil, f.Index(), fmt.Errorf("consensus: unexpected FSM response %T", f.Response())
 	}
 	return r.result, f.Index(), r.err
+}
+
+// stamper stamps the leader's clock into the entries it appends (rule S7).
+type stamper struct {
+	now func() time.Time
+	// floor is the highest stamp this node has applied.
+	floor func() int64
+
+	// mu orders stamping with appending: the stamp is taken and the entry
+	// handed to Raft under it, so log order is stamp order.
+	mu   sync.Mutex
+	last int64
+}
+
+// apply hands cmd to Raft in an entry stamped with the leader's clock. The
+// stamp is max(previous stamp + 1, highest stamp applied + 1, now): it never
+// goes backwards on this node, whoever proposed the command, and it starts
+// above what earlier leaders stamped, as far as this node has applied their
+// entries. With BatchApplyCh the enqueue does not wait for the leader loop,
+// so the lock is held briefly and concurrent commands still commit in groups.
+func (s *stamper) apply(r *raft.Raft, cmd []byte, timeout time.Duration) raft.ApplyFuture {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	stamp := max(s.last+1, s.floor()+1, s.now().UnixNano())
+	s.last = stamp
+	return r.Apply(EncodeEntry(stamp, cmd), timeout)
 }
 
 // forwardTo is the leader Raft knows, or else the leader hint.

@@ -113,7 +113,7 @@ func TestStrangerCannotDeposeLeader(t *testing.T) {
 	defer stranger.Close()
 	// The stranger speaks real Raft: hashicorp/raft's own transport over an
 	// ungated stream layer on the same protocol ID.
-	sl := newStreamLayer(stranger, func(peer.ID) bool { return true })
+	sl := newStreamLayer(stranger, func(peer.ID) bool { return true }, nil)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: addrProvider{}, Stream: sl, MaxPool: 1, Timeout: 2 * time.Second,
 		Logger: newHCLogger(log),

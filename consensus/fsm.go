@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,16 @@ import (
 // a panic into an error in case it does.
 type StateMachine interface {
 	// Apply applies one command and returns an opaque result for the caller.
+	//
+	// now is the time the leader stamped into the entry when it appended it,
+	// in unix nanoseconds (rule S7); proposers cannot set it. It is 0 for a
+	// version 1 entry, written before entries were stamped. Within one
+	// leader's tenure stamps strictly increase in log order, and a new
+	// leader starts above the highest stamp it has applied, but a leader
+	// whose clock is behind, or that had not applied every committed entry
+	// when it was elected, can stamp below an earlier leader's entries. The
+	// state machine must therefore keep its own clock monotonic (treat a
+	// stamp below its latest as its latest), not trust now to be.
 	Apply(now int64, cmd []byte) ([]byte, error)
 	// Snapshot returns the whole state as bytes. It is called with the bridge's
 	// lock held, so no Apply runs concurrently.
@@ -29,7 +40,14 @@ type StateMachine interface {
 // envelope (rule S6), so the framing can change without touching the state
 // machine's encoding.
 const (
+	// entryVersion1 is a command without a time stamp, written before the
+	// leader stamped entries. It is still applied, with now = 0.
 	entryVersion1 byte = 1
+	// entryVersion2 is the leader's time stamp (unix nanoseconds, 8 bytes
+	// big-endian, rule S7) followed by the command.
+	entryVersion2 byte = 2
+	// entryHeaderV2 is the length of a version 2 entry before its command.
+	entryHeaderV2 = 1 + 8
 
 	snapshotMagic = "p2pkey-snapshot\x00"
 	snapshotV1    = 1
@@ -41,15 +59,39 @@ const (
 // Errors from the FSM bridge.
 var (
 	ErrEntryVersion      = errors.New("consensus: unsupported log entry version")
+	ErrEntryFormat       = errors.New("consensus: malformed log entry")
 	ErrSnapshotFormat    = errors.New("consensus: unrecognised snapshot format")
 	ErrStateMachinePanic = errors.New("consensus: state machine panicked")
 )
 
-// EncodeEntry wraps a state-machine command in the log entry envelope.
-func EncodeEntry(cmd []byte) []byte {
-	b := make([]byte, 0, 1+len(cmd))
-	b = append(b, entryVersion1)
+// EncodeEntry wraps a state-machine command in the log entry envelope
+// (version 2): the leader's time stamp now, in unix nanoseconds, then the
+// command. Only the leader calls it, for every command it appends (rule S7).
+func EncodeEntry(now int64, cmd []byte) []byte {
+	b := make([]byte, entryHeaderV2, entryHeaderV2+len(cmd))
+	b[0] = entryVersion2
+	binary.BigEndian.PutUint64(b[1:], uint64(now))
 	return append(b, cmd...)
+}
+
+// DecodeEntry opens a log entry envelope: the leader's time stamp (0 for a
+// version 1 entry, which has none) and the command. An unknown version is
+// ErrEntryVersion, a truncated entry ErrEntryFormat; both are deterministic,
+// so every node refuses the same entries.
+func DecodeEntry(data []byte) (now int64, cmd []byte, err error) {
+	if len(data) == 0 {
+		return 0, nil, ErrEntryFormat
+	}
+	switch data[0] {
+	case entryVersion1:
+		return 0, data[1:], nil
+	case entryVersion2:
+		if len(data) < entryHeaderV2 {
+			return 0, nil, fmt.Errorf("%w: %d bytes, shorter than its time stamp", ErrEntryFormat, len(data))
+		}
+		return int64(binary.BigEndian.Uint64(data[1:])), data[entryHeaderV2:], nil
+	}
+	return 0, nil, fmt.Errorf("%w: %d", ErrEntryVersion, data[0])
 }
 
 // applyResult is what the bridge returns from raft.FSM.Apply.
@@ -66,6 +108,9 @@ type fsm struct {
 	applied func(index uint64)
 	// lastIndex is the index of the last command applied.
 	lastIndex atomic.Uint64
+	// maxStamp is the highest leader time stamp applied since start (a
+	// snapshot does not carry it). The leader seeds its next stamp with it.
+	maxStamp atomic.Int64
 }
 
 func (f *fsm) Apply(l *raft.Log) any {
@@ -81,8 +126,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 }
 
 func (f *fsm) applyEntry(data []byte) (res []byte, err error) {
-	if len(data) == 0 || data[0] != entryVersion1 {
-		return nil, ErrEntryVersion
+	now, cmd, err := DecodeEntry(data)
+	if err != nil {
+		return nil, err
+	}
+	if now > f.maxStamp.Load() {
+		f.maxStamp.Store(now) // only the FSM goroutine stores
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -91,7 +140,7 @@ func (f *fsm) applyEntry(data []byte) (res []byte, err error) {
 			res, err = nil, fmt.Errorf("%w: %v", ErrStateMachinePanic, r)
 		}
 	}()
-	return f.sm.Apply(0, data[1:])
+	return f.sm.Apply(now, cmd)
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {

@@ -2,22 +2,42 @@ package consensus
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"testing"
 
+	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/consensus/pb"
 	"google.golang.org/protobuf/encoding/protodelim"
 )
 
 func FuzzDecodeForwardRequest(f *testing.F) {
-	var buf bytes.Buffer
-	protodelim.MarshalTo(&buf, &pb.ForwardRequest{Version: 1, ClusterId: "c", Command: []byte("x")})
-	f.Add(buf.Bytes())
+	for _, req := range []*pb.ForwardRequest{
+		{Version: 1, ClusterId: "c", Command: []byte("x")},
+		{Version: 2, ClusterId: "c", Kind: pb.Kind_KIND_READ_INDEX},
+		{Version: 1, ClusterId: "c", Kind: pb.Kind_KIND_READ_INDEX},
+		{Version: 2, Kind: 7},
+	} {
+		var buf bytes.Buffer
+		protodelim.MarshalTo(&buf, req)
+		f.Add(buf.Bytes())
+	}
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		req, err := DecodeForwardRequest(bytes.NewReader(data))
-		if err == nil && req.GetVersion() != forwardVersion {
-			t.Fatalf("accepted version %d", req.GetVersion())
+		if err != nil {
+			if !errors.Is(err, ErrBadForward) && !errors.Is(err, errNoAnswer) {
+				t.Fatalf("error %v is neither malformed nor no answer", err)
+			}
+			return
+		}
+		switch {
+		case req.GetVersion() == 1 && req.GetKind() == pb.Kind_KIND_COMMAND:
+		case req.GetVersion() == 2 && (req.GetKind() == pb.Kind_KIND_COMMAND || req.GetKind() == pb.Kind_KIND_READ_INDEX):
+		default:
+			t.Fatalf("accepted version %d kind %d", req.GetVersion(), req.GetKind())
 		}
 	})
 }
@@ -27,28 +47,154 @@ func FuzzDecodeForwardResponse(f *testing.F) {
 	protodelim.MarshalTo(&buf, &pb.ForwardResponse{Version: 1, ErrorCode: "x", Index: 3})
 	f.Add(buf.Bytes())
 	f.Fuzz(func(t *testing.T, data []byte) {
-		DecodeForwardResponse(bytes.NewReader(data))
+		resp, err := DecodeForwardResponse(bytes.NewReader(data))
+		if err == nil && resp.GetVersion() != 1 && resp.GetVersion() != 2 {
+			t.Fatalf("accepted version %d", resp.GetVersion())
+		}
 	})
 }
 
 // FuzzFSMBridge feeds arbitrary log entries and snapshots to the FSM bridge:
-// it must never panic, and a refused entry must not change the state.
+// it must never panic, a refused entry must not change the state, and an
+// accepted one reaches the state machine with the stamp it carries.
 func FuzzFSMBridge(f *testing.F) {
 	f.Add([]byte{entryVersion1, 'o', 'k'}, []byte(snapshotMagic+"\x01"))
-	f.Add([]byte{2, 'x'}, []byte("junk"))
-	f.Add([]byte{entryVersion1, 'p', 'a', 'n', 'i', 'c'}, []byte{})
+	f.Add(EncodeEntry(1234, []byte("ok")), []byte("junk"))
+	f.Add([]byte{entryVersion2, 0, 0}, []byte{})
+	f.Add([]byte{3, 'x'}, []byte("junk"))
+	f.Add(EncodeEntry(-1, []byte("panic")), []byte{})
 	f.Fuzz(func(t *testing.T, entry, snap []byte) {
-		sm := &listSM{}
+		sm := &stampSM{}
 		b := &fsm{sm: sm}
-		before := sm.Len()
 		res := b.Apply(&raft.Log{Type: raft.LogCommand, Data: entry})
-		if r, ok := res.(applyResult); !ok {
+		r, ok := res.(applyResult)
+		if !ok {
 			t.Fatalf("Apply returned %T", res)
-		} else if r.err != nil && sm.Len() != before {
-			t.Fatalf("refused entry changed the state")
+		}
+		now, cmd, derr := DecodeEntry(entry)
+		switch {
+		case derr != nil:
+			if !errors.Is(r.err, ErrEntryVersion) && !errors.Is(r.err, ErrEntryFormat) {
+				t.Fatalf("entry %x: DecodeEntry says %v, Apply %v", entry, derr, r.err)
+			}
+			if len(sm.stamps) != 0 {
+				t.Fatal("a refused entry reached the state machine")
+			}
+		case len(sm.stamps) != 1 || sm.stamps[0] != now || !bytes.Equal(sm.cmds[0], cmd):
+			t.Fatalf("entry %x: state machine saw %v %q, want %d %q", entry, sm.stamps, sm.cmds, now, cmd)
 		}
 		b.Restore(nopCloser{bytes.NewReader(snap)})
 	})
+}
+
+// stampSM records what Apply is given.
+type stampSM struct {
+	stamps []int64
+	cmds   [][]byte
+}
+
+func (s *stampSM) Apply(now int64, cmd []byte) ([]byte, error) {
+	s.stamps = append(s.stamps, now)
+	s.cmds = append(s.cmds, append([]byte(nil), cmd...))
+	return nil, nil
+}
+func (s *stampSM) Snapshot() ([]byte, error) { return nil, nil }
+func (s *stampSM) Restore([]byte) error      { return nil }
+
+// FuzzRPCGuard feeds arbitrary bytes to the guard of an accepted Raft stream.
+// It must never panic, and every RPC it hands on must decode, with
+// hashicorp's own handle, to a request that names the stream's peer in every
+// identity field and passes the check.
+func FuzzRPCGuard(f *testing.F) {
+	const remote = peer.ID("remote")
+	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(remote.String()), Addr: []byte(remote.String())}
+	other := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("someone"), Addr: []byte(remote.String())}
+	f.Add(frame(f, rpcAppendEntries, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 2, Leader: hdr.Addr, Entries: []*raft.Log{{Index: 1, Data: []byte("x")}}}))
+	f.Add(append(frame(f, rpcInstallSnapshot, &raft.InstallSnapshotRequest{RPCHeader: hdr, Leader: hdr.Addr, Size: 3}), "abc"...))
+	f.Add(frame(f, rpcRequestVote, &raft.RequestVoteRequest{RPCHeader: other, Term: 9}))
+	f.Add(frame(f, rpcTimeoutNow, &raft.TimeoutNowRequest{RPCHeader: hdr}))
+	f.Add([]byte{9, 1, 2, 3})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		check := func(p peer.ID, in *rpcInfo) error {
+			if in.typ == rpcRequestVote {
+				return errNotVoter // some RPCs are refused by policy
+			}
+			return (&admission{raft: func() *raft.Raft { return nil }}).identity(p, in)
+		}
+		g := newRPCGuard(bytes.NewReader(data), remote, check, func(*rpcInfo, error) {})
+		r := &guardedHandler{g: g}
+		for r.next(t) {
+		}
+	})
+}
+
+// guardedHandler reads from a guard the way NetworkTransport.handleConn does:
+// a type byte, then the request with a zero MsgpackHandle.
+type guardedHandler struct {
+	g   *rpcGuard
+	dec *codec.Decoder
+}
+
+func (h *guardedHandler) next(t *testing.T) bool {
+	if h.dec == nil {
+		h.dec = codec.NewDecoder(readerOnly{h.g}, &codec.MsgpackHandle{})
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(readerOnly{h.g}, b[:]); err != nil {
+		return false
+	}
+	var hdr raft.RPCHeader
+	var named []byte
+	switch b[0] {
+	case rpcAppendEntries:
+		var req raft.AppendEntriesRequest
+		if err := h.dec.Decode(&req); err != nil {
+			t.Fatalf("handed on an AppendEntries that does not decode: %v", err)
+		}
+		hdr, named = req.RPCHeader, req.Leader
+	case rpcInstallSnapshot:
+		var req raft.InstallSnapshotRequest
+		if err := h.dec.Decode(&req); err != nil {
+			t.Fatalf("handed on an InstallSnapshot that does not decode: %v", err)
+		}
+		hdr, named = req.RPCHeader, req.Leader
+		io.CopyN(io.Discard, readerOnly{h.g}, max(req.Size, 0))
+	case rpcTimeoutNow:
+		var req raft.TimeoutNowRequest
+		if err := h.dec.Decode(&req); err != nil {
+			t.Fatalf("handed on a TimeoutNow that does not decode: %v", err)
+		}
+		hdr = req.RPCHeader
+	case rpcRequestPreVote:
+		var req raft.RequestPreVoteRequest
+		if err := h.dec.Decode(&req); err != nil {
+			t.Fatalf("handed on a RequestPreVote that does not decode: %v", err)
+		}
+		hdr = req.RPCHeader
+	default:
+		t.Fatalf("handed on RPC type %d", b[0])
+	}
+	want := h.g.remote.String()
+	if string(hdr.ID) != want || string(hdr.Addr) != want || (len(named) > 0 && string(named) != want) {
+		t.Fatalf("handed on an RPC naming %q/%q/%q, not %q", hdr.ID, hdr.Addr, named, want)
+	}
+	return true
+}
+
+// readerOnly hides the guard's other methods, as bufio would.
+type readerOnly struct{ r io.Reader }
+
+func (r readerOnly) Read(p []byte) (int, error) { return r.r.Read(p) }
+
+// frame encodes one RPC as NetworkTransport sends it.
+func frame(t testing.TB, typ uint8, req any) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	buf.WriteByte(typ)
+	if err := codec.NewEncoder(&buf, &codec.MsgpackHandle{}).Encode(req); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 type nopCloser struct{ *bytes.Reader }

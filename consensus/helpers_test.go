@@ -15,16 +15,23 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// listSM is a StateMachine for tests: it appends every command to a list and
-// refuses commands that start with "bad".
+// listSM is a StateMachine for tests: it appends every command to a list,
+// with the time stamp it was applied with. It refuses commands that start
+// with "bad", panics on "panic", and refuses a command that starts with
+// "once" if it has applied the same bytes before (as the ledger refuses a
+// replayed signed command).
 type listSM struct {
 	mu      sync.Mutex
 	entries [][]byte
+	stamps  []int64
 }
 
-var errBad = errors.New("test: bad command")
+var (
+	errBad    = errors.New("test: bad command")
+	errReplay = errors.New("test: replayed command")
+)
 
-func (s *listSM) Apply(_ int64, cmd []byte) ([]byte, error) {
+func (s *listSM) Apply(now int64, cmd []byte) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if bytes.HasPrefix(cmd, []byte("bad")) {
@@ -33,8 +40,36 @@ func (s *listSM) Apply(_ int64, cmd []byte) ([]byte, error) {
 	if bytes.HasPrefix(cmd, []byte("panic")) {
 		panic("test panic")
 	}
+	if bytes.HasPrefix(cmd, []byte("once")) {
+		for _, e := range s.entries {
+			if bytes.Equal(e, cmd) {
+				return nil, errReplay
+			}
+		}
+	}
 	s.entries = append(s.entries, append([]byte(nil), cmd...))
+	s.stamps = append(s.stamps, now)
 	return binary.BigEndian.AppendUint64(nil, uint64(len(s.entries))), nil
+}
+
+// Stamps returns the time stamps of the applied commands, in log order.
+func (s *listSM) Stamps() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]int64(nil), s.stamps...)
+}
+
+// Count returns how many times cmd was applied.
+func (s *listSM) Count(cmd string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.entries {
+		if string(e) == cmd {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *listSM) Snapshot() ([]byte, error) {
@@ -62,6 +97,7 @@ func (s *listSM) Restore(data []byte) error {
 			return errors.New("short snapshot")
 		}
 		s.entries = append(s.entries, data[:n])
+		s.stamps = append(s.stamps, 0)
 		data = data[n:]
 	}
 	return nil
@@ -76,15 +112,21 @@ func (s *listSM) Len() int {
 type testCodec struct{}
 
 func (testCodec) Code(err error) string {
-	if errors.Is(err, errBad) {
+	switch {
+	case errors.Is(err, errBad):
 		return "test.bad"
+	case errors.Is(err, errReplay):
+		return "test.replay"
 	}
 	return ""
 }
 
 func (testCodec) Error(code string) error {
-	if code == "test.bad" {
+	switch code {
+	case "test.bad":
 		return errBad
+	case "test.replay":
+		return errReplay
 	}
 	return nil
 }
@@ -111,6 +153,9 @@ type cluster struct {
 
 	mu      sync.Mutex
 	members map[peer.ID]bool // members outside the Raft configuration
+	// denied[{at, from}] makes node at refuse Raft and forward requests
+	// from peer from (Config.Deny): a one-way partition.
+	denied map[[2]peer.ID]bool
 }
 
 func newHost(t testing.TB) host.Host {
@@ -145,7 +190,7 @@ func newCluster(t testing.TB, n int) *cluster { return newClusterWith(t, n, nil)
 // newClusterWith is newCluster with every node's Config edited by edit.
 func newClusterWith(t testing.TB, n int, edit func(*Config)) *cluster {
 	t.Helper()
-	cl := &cluster{t: t, edit: edit, members: map[peer.ID]bool{}}
+	cl := &cluster{t: t, edit: edit, members: map[peer.ID]bool{}, denied: map[[2]peer.ID]bool{}}
 	for i := 0; i < n; i++ {
 		cl.nodes = append(cl.nodes, &testNode{dir: t.TempDir(), host: newHost(t), sm: &listSM{}})
 	}
@@ -189,6 +234,8 @@ func newClusterWith(t testing.TB, n int, edit func(*Config)) *cluster {
 func (cl *cluster) start(nd *testNode) {
 	cl.t.Helper()
 	cfg := fastConfig(nd)
+	self := nd.host.ID()
+	cfg.Deny = func(p peer.ID) bool { return cl.isDenied(self, p) }
 	if cl.edit != nil {
 		cl.edit(&cfg)
 	}
@@ -219,6 +266,49 @@ func (cl *cluster) addMember(p peer.ID) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	cl.members[p] = true
+}
+
+func (cl *cluster) isDenied(at, from peer.ID) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.denied[[2]peer.ID{at, from}]
+}
+
+// block makes node at refuse Raft and forward requests from node from, and
+// resets the Raft streams from has open to at.
+func (cl *cluster) block(at, from *testNode) {
+	cl.mu.Lock()
+	cl.denied[[2]peer.ID{at.host.ID(), from.host.ID()}] = true
+	cl.mu.Unlock()
+	at.c.ResetStreams(from.host.ID())
+}
+
+// partition cuts nd off from every other node, both ways.
+func (cl *cluster) partition(nd *testNode) {
+	for _, o := range cl.live() {
+		if o != nd {
+			cl.block(nd, o)
+			cl.block(o, nd)
+		}
+	}
+}
+
+// heal lifts every block.
+func (cl *cluster) heal() {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	clear(cl.denied)
+}
+
+// followers returns the live nodes other than the leader.
+func (cl *cluster) followers(leader peer.ID) []*testNode {
+	var out []*testNode
+	for _, nd := range cl.live() {
+		if nd.host.ID() != leader {
+			out = append(out, nd)
+		}
+	}
+	return out
 }
 
 func (cl *cluster) close() {

@@ -34,10 +34,14 @@ type gate func(peer.ID) bool
 
 // streamLayer implements raft.StreamLayer over libp2p streams. Unlike
 // go-libp2p-raft's, it refuses streams from peers the gate does not admit
-// before Raft reads a byte, and it dials over limited (relayed) connections.
+// before Raft reads a byte, checks every RPC on an admitted stream against the
+// stream's authenticated peer before Raft reads it (rpcGuard), and dials over
+// limited (relayed) connections.
 type streamLayer struct {
-	host    host.Host
-	allow   gate
+	host  host.Host
+	allow gate
+	// check, if set, is asked about every RPC on an accepted stream.
+	check   rpcCheck
 	streams chan network.Stream
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -45,14 +49,16 @@ type streamLayer struct {
 	refusedLog *rate.Limiter
 	mu         sync.Mutex
 	refused    uint64
+	refusedRPC uint64
 	accepted   map[*streamConn]struct{}
 }
 
-func newStreamLayer(h host.Host, allow gate) *streamLayer {
+func newStreamLayer(h host.Host, allow gate, check rpcCheck) *streamLayer {
 	ctx, cancel := context.WithCancel(context.Background())
 	sl := &streamLayer{
 		host:       h,
 		allow:      allow,
+		check:      check,
 		streams:    make(chan network.Stream),
 		ctx:        ctx,
 		cancel:     cancel,
@@ -95,6 +101,28 @@ func (sl *streamLayer) Refused() uint64 {
 	return sl.refused
 }
 
+// RefusedRPCs reports how many RPCs the guard has refused on admitted streams.
+func (sl *streamLayer) RefusedRPCs() uint64 {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	return sl.refusedRPC
+}
+
+// refuseRPC counts and logs an RPC the guard refused, and resets its stream.
+func (sl *streamLayer) refuseRPC(c *streamConn, in *rpcInfo, err error) {
+	sl.mu.Lock()
+	sl.refusedRPC++
+	n := sl.refusedRPC
+	sl.mu.Unlock()
+	if sl.refusedLog.Allow() {
+		log.Warnw("refused Raft RPC", "peer", c.Conn().RemotePeer(), "rpc", in.kind(),
+			"header_id", string(in.header.ID), "header_addr", string(in.header.Addr), "named", string(in.named),
+			"reason", err, "refused_rpcs_total", n)
+	}
+	c.Stream.Reset()
+	c.forget()
+}
+
 // Dial opens a Raft stream to the peer whose ID is address.
 func (sl *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	pid, err := peer.Decode(string(address))
@@ -108,6 +136,10 @@ func (sl *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (
 	if err != nil {
 		return nil, err
 	}
+	if err := s.Scope().SetService(raftServiceName); err != nil {
+		s.Reset()
+		return nil, err
+	}
 	return &streamConn{Stream: s}, nil
 }
 
@@ -116,6 +148,9 @@ func (sl *streamLayer) Accept() (net.Conn, error) {
 	select {
 	case s := <-sl.streams:
 		c := &streamConn{Stream: s, layer: sl}
+		if sl.check != nil {
+			c.guard = newRPCGuard(s, s.Conn().RemotePeer(), sl.check, func(in *rpcInfo, err error) { sl.refuseRPC(c, in, err) })
+		}
 		sl.mu.Lock()
 		sl.accepted[c] = struct{}{}
 		sl.mu.Unlock()
@@ -138,10 +173,15 @@ func (sl *streamLayer) Addr() net.Addr { return peerAddr(sl.host.ID()) }
 // resetPeer resets every accepted Raft stream from p, so that a gate change
 // takes effect on pooled streams too.
 func (sl *streamLayer) resetPeer(p peer.ID) int {
+	return sl.resetWhere(func(q peer.ID) bool { return q == p })
+}
+
+// resetWhere resets every accepted Raft stream whose peer drop names.
+func (sl *streamLayer) resetWhere(drop func(peer.ID) bool) int {
 	sl.mu.Lock()
 	var victims []*streamConn
 	for c := range sl.accepted {
-		if c.Conn().RemotePeer() == p {
+		if drop(c.Conn().RemotePeer()) {
 			victims = append(victims, c)
 		}
 	}
@@ -157,6 +197,16 @@ func (sl *streamLayer) resetPeer(p peer.ID) int {
 type streamConn struct {
 	network.Stream
 	layer *streamLayer // set on accepted streams
+	guard *rpcGuard    // set on accepted streams when the layer checks RPCs
+}
+
+// Read reads through the guard on accepted streams, so Raft reads only RPCs
+// the guard has checked.
+func (c *streamConn) Read(p []byte) (int, error) {
+	if c.guard != nil {
+		return c.guard.Read(p)
+	}
+	return c.Stream.Read(p)
 }
 
 func (c *streamConn) forget() {

@@ -21,13 +21,68 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// ForwardRequest carries one command from a follower to the leader over
+// Kind says what a ForwardRequest asks of the leader.
+type Kind int32
+
+const (
+	// A command to apply. Version 1 requests are always commands.
+	Kind_KIND_COMMAND Kind = 0
+	// The leader's commit index, confirmed by a round of heartbeats after the
+	// request arrived (a read index). Version 2 only.
+	Kind_KIND_READ_INDEX Kind = 1
+)
+
+// Enum value maps for Kind.
+var (
+	Kind_name = map[int32]string{
+		0: "KIND_COMMAND",
+		1: "KIND_READ_INDEX",
+	}
+	Kind_value = map[string]int32{
+		"KIND_COMMAND":    0,
+		"KIND_READ_INDEX": 1,
+	}
+)
+
+func (x Kind) Enum() *Kind {
+	p := new(Kind)
+	*p = x
+	return p
+}
+
+func (x Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_forward_proto_enumTypes[0].Descriptor()
+}
+
+func (Kind) Type() protoreflect.EnumType {
+	return &file_forward_proto_enumTypes[0]
+}
+
+func (x Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Kind.Descriptor instead.
+func (Kind) EnumDescriptor() ([]byte, []int) {
+	return file_forward_proto_rawDescGZIP(), []int{0}
+}
+
+// ForwardRequest carries one request from a follower to the leader over
 // /p2pkey/forward/1.0.0.
+//
+// Version 1: a command; kind must be KIND_COMMAND. Version 2: kind says what
+// is asked. A leader that knows only version 1 refuses a version 2 request
+// rather than misread it as a command.
 type ForwardRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`                     // must be 1
-	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"` // the sender's cluster; refused if it differs
-	Command       []byte                 `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"`                      // opaque to consensus: the state machine decodes it
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`                         // 1 or 2
+	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`     // the sender's cluster; refused if it differs
+	Command       []byte                 `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"`                          // opaque to consensus: the state machine decodes it
+	Kind          Kind                   `protobuf:"varint,4,opt,name=kind,proto3,enum=p2pkey.consensus.v1.Kind" json:"kind,omitempty"` // version 2: what is asked
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -83,15 +138,25 @@ func (x *ForwardRequest) GetCommand() []byte {
 	return nil
 }
 
+func (x *ForwardRequest) GetKind() Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return Kind_KIND_COMMAND
+}
+
 // ForwardResponse is the leader's answer: the state machine's result, or the
-// error (Raft's or the state machine's) as a stable code and a message.
+// error (Raft's or the state machine's) as a stable code and a message. Its
+// version is the request's, or 1 when the request was refused unread.
 type ForwardResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Result        []byte                 `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
-	ErrorCode     string                 `protobuf:"bytes,3,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	ErrorMessage  string                 `protobuf:"bytes,4,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
-	Index         uint64                 `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"` // the log index the command was applied at
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Version      uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Result       []byte                 `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	ErrorCode    string                 `protobuf:"bytes,3,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorMessage string                 `protobuf:"bytes,4,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// KIND_COMMAND: the log index the command was applied at.
+	// KIND_READ_INDEX: the leader's confirmed commit index.
+	Index         uint64 `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -165,19 +230,23 @@ var File_forward_proto protoreflect.FileDescriptor
 
 const file_forward_proto_rawDesc = "" +
 	"\n" +
-	"\rforward.proto\x12\x13p2pkey.consensus.v1\"c\n" +
+	"\rforward.proto\x12\x13p2pkey.consensus.v1\"\x92\x01\n" +
 	"\x0eForwardRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x18\n" +
-	"\acommand\x18\x03 \x01(\fR\acommand\"\x9d\x01\n" +
+	"\acommand\x18\x03 \x01(\fR\acommand\x12-\n" +
+	"\x04kind\x18\x04 \x01(\x0e2\x19.p2pkey.consensus.v1.KindR\x04kind\"\x9d\x01\n" +
 	"\x0fForwardResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x16\n" +
 	"\x06result\x18\x02 \x01(\fR\x06result\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x03 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\x12\x14\n" +
-	"\x05index\x18\x05 \x01(\x04R\x05indexB'Z%github.com/p2pkey/p2pkey/consensus/pbb\x06proto3"
+	"\x05index\x18\x05 \x01(\x04R\x05index*-\n" +
+	"\x04Kind\x12\x10\n" +
+	"\fKIND_COMMAND\x10\x00\x12\x13\n" +
+	"\x0fKIND_READ_INDEX\x10\x01B'Z%github.com/p2pkey/p2pkey/consensus/pbb\x06proto3"
 
 var (
 	file_forward_proto_rawDescOnce sync.Once
@@ -191,17 +260,20 @@ func file_forward_proto_rawDescGZIP() []byte {
 	return file_forward_proto_rawDescData
 }
 
+var file_forward_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_forward_proto_goTypes = []any{
-	(*ForwardRequest)(nil),  // 0: p2pkey.consensus.v1.ForwardRequest
-	(*ForwardResponse)(nil), // 1: p2pkey.consensus.v1.ForwardResponse
+	(Kind)(0),               // 0: p2pkey.consensus.v1.Kind
+	(*ForwardRequest)(nil),  // 1: p2pkey.consensus.v1.ForwardRequest
+	(*ForwardResponse)(nil), // 2: p2pkey.consensus.v1.ForwardResponse
 }
 var file_forward_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	0, // 0: p2pkey.consensus.v1.ForwardRequest.kind:type_name -> p2pkey.consensus.v1.Kind
+	1, // [1:1] is the sub-list for method output_type
+	1, // [1:1] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_forward_proto_init() }
@@ -214,13 +286,14 @@ func file_forward_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forward_proto_rawDesc), len(file_forward_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_forward_proto_goTypes,
 		DependencyIndexes: file_forward_proto_depIdxs,
+		EnumInfos:         file_forward_proto_enumTypes,
 		MessageInfos:      file_forward_proto_msgTypes,
 	}.Build()
 	File_forward_proto = out.File
