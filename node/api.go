@@ -16,8 +16,11 @@ import (
 // InviteTTL when ttl is 0). Only the hash of its secret is recorded in the
 // ledger. The token carries the cluster ID and the addresses of live members.
 func (n *Node) Invite(ctx context.Context, ttl time.Duration) (string, error) {
-	if ttl <= 0 {
+	if ttl == 0 {
 		ttl = n.cfg.InviteTTL
+	}
+	if ttl < MinInviteTTL || ttl > MaxInviteTTL {
+		return "", fmt.Errorf("%w: an invite lives %s to %s, not %s", ErrBadInviteTTL, MinInviteTTL, MaxInviteTTL, ttl)
 	}
 	clusterID := n.ClusterID()
 	if clusterID == "" {
@@ -29,7 +32,11 @@ func (n *Node) Invite(ctx context.Context, ttl time.Duration) (string, error) {
 		return "", err
 	}
 	inv.Relays = n.inviteRelays()
-	if err := n.apply(ctx, generations.NewAddInvite(inv.Hash(), inv.ExpiresAt, n.host.ID(), now)); err != nil {
+	pub, _, err := inv.Key()
+	if err != nil {
+		return "", err
+	}
+	if err := n.apply(ctx, generations.NewAddInvite(inv.Hash(), pub, inv.ExpiresAt, n.host.ID(), now)); err != nil {
 		return "", fmt.Errorf("record invite: %w", err)
 	}
 	log.Infow("issued invite", "expires", inv.ExpiresAt.Format(time.RFC3339))
@@ -138,6 +145,9 @@ func (n *Node) Reinstate(ctx context.Context, p peer.ID) (VoteResult, error) {
 	return n.vote(ctx, p, false)
 }
 
+// ErrBadInviteTTL: an invite lifetime outside MinInviteTTL..MaxInviteTTL.
+var ErrBadInviteTTL = errors.New("invite lifetime out of bounds")
+
 // Leave removes this node from the cluster at once (rule R1) and waits until
 // it is out of the Raft configuration. The node should be closed afterwards.
 func (n *Node) Leave(ctx context.Context) error {
@@ -197,16 +207,48 @@ func (n *Node) WaitReady(ctx context.Context) error {
 	}
 }
 
-// vote is a placeholder until removal votes land in the ledger: it removes
-// at once.
+// vote records this node's vote on p and reports the ledger's view after
+// it. A vote that makes a removal final waits until p is out of the Raft
+// configuration.
 func (n *Node) vote(ctx context.Context, p peer.ID, remove bool) (VoteResult, error) {
-	if !remove {
-		return VoteResult{}, errors.New("reinstate: not supported yet")
-	}
 	now := time.Now()
-	if err := n.apply(ctx, generations.NewRemoveMember(p, now.Add(n.cfg.GenerationTimeout), now)); err != nil {
+	if err := n.apply(ctx, generations.NewVote(p, !remove, now.Add(n.cfg.GenerationTimeout), now)); err != nil {
 		return VoteResult{}, err
 	}
+	vr := VoteResult{Target: p, Kind: "remove"}
+	if !remove {
+		vr.Kind = "reinstate"
+	}
+	n.view(func(l *generations.Ledger) {
+		m, _ := l.Member(p)
+		vr.Needed = m.VotesNeeded
+		vr.Status = memberStatusName(m)
+		switch {
+		case remove && m.Status == generations.StatusRemoved:
+			vr.Final, vr.Votes = true, vr.Needed
+		case remove:
+			vr.Votes = len(m.RemoveVotes)
+		case !m.Suspended:
+			vr.Final, vr.Votes = true, vr.Needed
+		default:
+			vr.Votes = len(m.ReinstateVotes)
+		}
+	})
 	n.pokeReconciler()
-	return VoteResult{Target: p, Kind: "remove", Votes: 1, Needed: 1, Final: true, Status: "removed"}, n.waitOutOfRaft(ctx, p)
+	if remove && vr.Final {
+		return vr, n.waitOutOfRaft(ctx, p)
+	}
+	return vr, nil
+}
+
+// memberStatusName is a member's status as operators see it: "suspended"
+// for an active or joining member with remove votes against it.
+func memberStatusName(m generations.Member) string {
+	if m.Suspended && m.Status != generations.StatusRemoved {
+		return "suspended"
+	}
+	if m.Status == generations.StatusUnknown {
+		return "unknown"
+	}
+	return m.Status.String()
 }

@@ -40,6 +40,9 @@ const auditFetchTimeout = 5 * time.Second
 // auditGrace is how long a holder may stay unreachable before an audit
 // opens a repair generation for it.
 func (n *Node) auditGrace() time.Duration {
+	if n.cfg.AuditGrace > 0 {
+		return n.cfg.AuditGrace
+	}
 	return defaultAuditGrace
 }
 

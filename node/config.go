@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/p2pkey/p2pkey/generations"
 	"os"
 	"path/filepath"
 	"time"
@@ -52,8 +53,13 @@ type Config struct {
 	// InviteTTL is the default lifetime of an invite.
 	InviteTTL time.Duration
 	// GenerationTimeout is the deadline given to a generation opened by a
-	// join or a removal.
+	// join or a removal (generations.MinGenerationTimeout to
+	// generations.MaxGenerationTimeout).
 	GenerationTimeout time.Duration
+	// AuditGrace is how long a holder must stay unreachable before an audit
+	// re-shares around it (a holder that is only down is not lost). Zero
+	// means an hour.
+	AuditGrace time.Duration
 
 	// MaxGenerationsBehind bounds, for a new cluster, how many committed
 	// generations an absent member's old escrow is kept for before it lapses
@@ -137,6 +143,15 @@ func (c Config) Validate() error {
 			return fmt.Errorf("node: %s must be positive", name)
 		}
 	}
+	if c.GenerationTimeout < generations.MinGenerationTimeout || c.GenerationTimeout > generations.MaxGenerationTimeout {
+		return fmt.Errorf("node: GenerationTimeout %s: want %s to %s", c.GenerationTimeout, generations.MinGenerationTimeout, generations.MaxGenerationTimeout)
+	}
+	if c.InviteTTL < MinInviteTTL || c.InviteTTL > MaxInviteTTL {
+		return fmt.Errorf("node: InviteTTL %s: want %s to %s", c.InviteTTL, MinInviteTTL, MaxInviteTTL)
+	}
+	if c.AuditGrace < 0 {
+		return fmt.Errorf("node: AuditGrace must not be negative")
+	}
 	if c.ControlSocket && len(c.SocketPath()) > 100 {
 		return fmt.Errorf("node: control socket path %q is too long for a unix socket; use a shorter data directory", c.SocketPath())
 	}
@@ -167,6 +182,11 @@ func (c Config) sharesPath() string  { return filepath.Join(c.DataDir, "shares.d
 func (c Config) clusterPath() string { return filepath.Join(c.DataDir, "cluster.json") }
 func (c Config) hintPath() string    { return filepath.Join(c.DataDir, "unlock.json") }
 func (c Config) removedPath() string { return filepath.Join(c.DataDir, "removed.json") }
+
+// joiningPath holds the invite a joiner consumed, mode 0600, from the join
+// request until it is admitted or refused, so that a joiner killed mid-join
+// resumes with its own consumed invite.
+func (c Config) joiningPath() string { return filepath.Join(c.DataDir, "joining.invite") }
 
 // clusterFile records which cluster this data directory belongs to, so a
 // restarted node can serve and fetch shares before its ledger catches up.

@@ -202,9 +202,7 @@ func TestRemovedNodeStaysLocked(t *testing.T) {
 	cfgC.Bootstrap, cfgC.Join = false, ""
 	c.Close() // offline: it will not see its own removal in the ledger
 
-	if _, err := a.Remove(ctxT(t, 20*time.Second), cfgC.identityPeer(t)); err != nil {
-		t.Fatal(err)
-	}
+	removeByMajority(t, cfgC.identityPeer(t), a, b)
 	c = startNode(t, cfgC)
 	waitFor(t, "the removed node to learn it was removed", 20*time.Second, func() bool {
 		_, p := c.Lock()

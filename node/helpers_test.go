@@ -109,3 +109,19 @@ func activeIDs(n *Node) []peer.ID {
 	n.view(func(l *generations.Ledger) { out = l.Active() })
 	return out
 }
+
+// removeByMajority has voters vote to remove victim until the removal is
+// final (rule R2: a majority of the other members).
+func removeByMajority(t testing.TB, victim peer.ID, voters ...*Node) {
+	t.Helper()
+	for _, v := range voters {
+		vr, err := v.Remove(ctxT(t, 20*time.Second), victim)
+		if err != nil {
+			t.Fatalf("%s votes to remove %s: %v", v.ID(), victim, err)
+		}
+		if vr.Final {
+			return
+		}
+	}
+	t.Fatalf("%d votes did not remove %s", len(voters), victim)
+}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/p2pkey/p2pkey/generations"
 	"github.com/p2pkey/p2pkey/node/pb"
 	"google.golang.org/protobuf/proto"
 )
@@ -36,6 +38,13 @@ type Invite struct {
 func (i Invite) Hash() []byte {
 	h := sha256.Sum256(i.Secret)
 	return h[:]
+}
+
+// Key returns the Ed25519 key pair the secret seeds: the ledger stores the
+// public half, and the joiner proves it holds the invite by signing its
+// join with the private half (generations.InviteKey).
+func (i Invite) Key() (ed25519.PublicKey, ed25519.PrivateKey, error) {
+	return generations.InviteKey(i.Secret)
 }
 
 func newInvite(clusterID string, ttl time.Duration, addrs []string, now time.Time) (Invite, error) {

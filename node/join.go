@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/p2pkey/p2pkey/generations"
+	gpb "github.com/p2pkey/p2pkey/generations/pb"
 	"github.com/p2pkey/p2pkey/node/pb"
 	"github.com/p2pkey/p2pkey/p2p"
 	"golang.org/x/time/rate"
@@ -21,14 +23,14 @@ import (
 )
 
 // JoinProtocol is where a joiner presents its invite.
-const JoinProtocol protocol.ID = "/p2pkey/join/1.0.0"
+const JoinProtocol protocol.ID = "/p2pkey/join/2.0.0"
 
 const (
 	joinServiceName = "p2pkey.join"
 	// MaxJoinMessageSize bounds a join request or response.
 	MaxJoinMessageSize = 64 << 10
 	joinStreamTimeout  = 30 * time.Second
-	joinVersion        = 1
+	joinVersion        = 2
 )
 
 // Join error codes that are not ledger errors.
@@ -56,8 +58,8 @@ func DecodeJoinRequest(r io.Reader) (*pb.JoinRequest, error) {
 	if m.GetVersion() != joinVersion {
 		return nil, fmt.Errorf("%w: join request version %d", ErrBadInvite, m.GetVersion())
 	}
-	if len(m.GetSecret()) != 32 {
-		return nil, fmt.Errorf("%w: secret has %d bytes", ErrBadInvite, len(m.GetSecret()))
+	if len(m.GetCommand()) == 0 {
+		return nil, fmt.Errorf("%w: no signed join command", ErrBadInvite)
 	}
 	return m, nil
 }
@@ -106,7 +108,7 @@ func (js *joinService) handle(s network.Stream) {
 	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
 
 	resp := &pb.JoinResponse{ClusterId: js.n.ClusterID()}
-	if !js.global.Allow() || !js.perPeer.Allow(remote, time.Now()) {
+	if !js.perPeer.Allow(remote, time.Now()) {
 		log.Warnw("join refused: rate limited", "peer", remote)
 		resp.ErrorCode, resp.ErrorMessage = codeRateLimited, ErrJoinRateLimit.Error()
 		js.reply(s, resp)
@@ -131,19 +133,43 @@ func (js *joinService) handle(s network.Stream) {
 		js.reply(s, resp)
 		return
 	}
-	inv := Invite{Secret: req.GetSecret()}
+	// The joiner signed its own ConsumeInvite and proved it holds the
+	// invite secret (the secret never leaves it). Check it against this
+	// node's ledger before proposing anything: a join with a wrong, used or
+	// expired invite costs no Raft entry (rule S10).
+	cmd, err := generations.DecodeCommand(req.GetCommand())
+	if err == nil && (generations.KindOf(cmd) != generations.KindConsumeInvite || peer.ID(cmd.GetAuthor()) != remote) {
+		err = fmt.Errorf("%w: the join command must be the joiner's own ConsumeInvite", ErrBadInvite)
+	}
+	if err == nil {
+		js.n.view(func(l *generations.Ledger) { err = l.CheckJoin(cmd, time.Now()) })
+	}
+	if err != nil {
+		if resumed := js.resume(remote, cmd, err, resp); resumed {
+			js.reply(s, resp)
+			return
+		}
+		log.Infow("join refused before proposing", "peer", remote, "err", err)
+		resp.ErrorCode, resp.ErrorMessage = generations.ErrorCode(err), err.Error()
+		if resp.ErrorCode == "" {
+			resp.ErrorCode = codeBadRequest
+		}
+		js.reply(s, resp)
+		return
+	}
+	if !js.global.Allow() {
+		log.Warnw("join refused: too many proven joins at once", "peer", remote)
+		resp.ErrorCode, resp.ErrorMessage = codeRateLimited, ErrJoinRateLimit.Error()
+		js.reply(s, resp)
+		return
+	}
 	ctx, cancel := context.WithTimeout(js.n.ctx, joinStreamTimeout-5*time.Second)
 	defer cancel()
 	// The joiner is admitted only when the generation opened for it commits
-	// (rules J2-J4); the deadline bounds the attempt (J5).
-	now := time.Now()
-	// The joiner's addresses go in with the invite, so members can reach it
-	// as soon as the generation opens.
-	addrs := joinerAddrs(req.GetAddrs(), remote)
-	cmd := generations.NewConsumeInviteWithAddrs(inv.Hash(), remote, resp.ClusterId, addrs, now.Add(js.n.cfg.GenerationTimeout), now)
-	// The leader's answer says which generation opened for the joiner, so
-	// the joiner is told without waiting for this node's ledger to apply it.
-	opened, err := js.n.applyResult(ctx, cmd)
+	// (rules J2-J4); the deadline bounds the attempt (J5). The leader's
+	// answer says which generation opened for the joiner, so the joiner is
+	// told without waiting for this node's ledger to apply it.
+	opened, _, err := js.n.cons.ApplyIndex(ctx, req.GetCommand())
 	if err != nil {
 		log.Warnw("join refused", "peer", remote, "err", err)
 		resp.ErrorCode, resp.ErrorMessage = generations.ErrorCode(err), err.Error()
@@ -179,11 +205,35 @@ func (js *joinService) reply(s network.Stream, resp *pb.JoinResponse) {
 
 // join presents the invite to the members it names, one after another, and
 // then waits until this node is a voter that sees itself as an active member.
-func (n *Node) join(ctx context.Context, inv Invite) error {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.JoinTimeout)
+func (n *Node) join(ctx context.Context, inv Invite) (err error) {
+	// The join as a whole is bounded by JoinTimeout while it waits for a
+	// member to take the invite and for its generation to open, and then by
+	// that generation's own deadline: a joiner queued behind another
+	// generation does not count the queue against its own.
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Once join returns, the ledger knows the generation (or the join failed).
 	defer n.joinGen.Store(nil)
+	// The members named by the invite and the join response were allowed
+	// to reach this node's Raft while it had no configuration; once the
+	// join is decided, only the configuration and the ledger decide.
+	defer func() {
+		n.mu.Lock()
+		clear(n.allowed)
+		n.mu.Unlock()
+	}()
+	// Keep the invite until the join is decided, so a joiner killed now
+	// resumes with it (the ledger has it as used by this node).
+	if werr := writeFileAtomic(n.cfg.joiningPath(), []byte(inv.Encode()+"\n"), 0o600); werr != nil {
+		return fmt.Errorf("keep the invite for a resumed join: %w", werr)
+	}
+	defer func() {
+		if err == nil || errors.Is(err, ErrJoinRejected) || errors.Is(err, ErrJoinRefused) {
+			os.Remove(n.cfg.joiningPath())
+		}
+	}()
+	reqCtx, reqCancel := context.WithTimeout(ctx, n.cfg.JoinTimeout)
+	defer reqCancel()
 	infos, err := addrInfos(inv.Addrs)
 	if err != nil {
 		return err
@@ -200,7 +250,7 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 	// joiner exchanges shares with all of them as soon as its generation
 	// opens, and connection set-up (a Noise handshake each way) would
 	// otherwise sit on that path.
-	n.dialAll(ctx, infos)
+	n.dialAll(reqCtx, infos)
 
 	var lastErr error = ErrJoinNoResponse
 	var resp *pb.JoinResponse
@@ -208,7 +258,7 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 		if ai.ID == n.host.ID() {
 			continue
 		}
-		resp, err = n.requestJoin(ctx, ai, inv)
+		resp, err = n.requestJoin(reqCtx, ai, inv)
 		if err == nil {
 			break
 		}
@@ -250,17 +300,24 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 	log.Infow("invite accepted; sharing keys with the new generation", "cluster", resp.GetClusterId(), "generation", resp.GetGeneration())
 
 	// Wait until our generation commits (we become active) and the leader
-	// promotes us, or until it aborts (we are rejected, rule J5).
+	// promotes us, or until it aborts (we are rejected, rule J5). While the
+	// joiner is queued (its generation has not opened), JoinTimeout bounds
+	// the wait; once it has, the generation's deadline does (plus slack for
+	// the abort to reach this node).
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	lastReport := time.Now()
+	queuedUntil := time.Now().Add(n.cfg.JoinTimeout)
 	for {
 		var me generations.Member
 		var short generations.Shortfall
 		var hasShort bool
+		var open generations.Generation
+		var hasOpen bool
 		n.view(func(l *generations.Ledger) {
 			me, _ = l.Member(n.host.ID())
 			short, hasShort = l.JoinShortfall(n.host.ID())
+			open, hasOpen = l.Open()
 		})
 		switch {
 		case me.Status == generations.StatusActive && n.isVoter():
@@ -268,22 +325,56 @@ func (n *Node) join(ctx context.Context, inv Invite) error {
 			log.Infow("joined the cluster", "cluster", n.ClusterID())
 			return nil
 		case me.Status == generations.StatusRejected:
-			return fmt.Errorf("%w: the generation opened for this node aborted at its deadline: %s", ErrJoinRejected, me.Reason)
+			return fmt.Errorf("%w: the generation opened for this node aborted: %s", ErrJoinRejected, me.Reason)
+		case n.joinGaveUp.Load():
+			return fmt.Errorf("%w: this node restarted mid-join after its first key was escrowed, and that key is gone; ask for a new invite", ErrJoinRejected)
+		}
+		var until time.Time
+		if hasShort {
+			until = open.Deadline.Add(5 * time.Second)
+		} else if jg := n.joinGen.Load(); jg != nil && !hasOpen {
+			until = time.Now().Add(time.Second) // the ledger has not caught up: keep waiting
+			if queuedUntil.Before(until) {
+				until = queuedUntil
+			}
+		} else {
+			until = queuedUntil
 		}
 		if hasShort && time.Since(lastReport) > 5*time.Second {
 			log.Infow("join in progress", "progress", short.String())
 			lastReport = time.Now()
 		}
-		select {
-		case <-ctx.Done():
+		if time.Now().After(until) {
 			msg := "the ledger has not reached this node"
 			if hasShort {
 				msg = short.String()
 			}
-			return fmt.Errorf("%w: not admitted within the join timeout: %s", ErrJoinRejected, msg)
+			n.giveUpJoin(open, hasShort)
+			return fmt.Errorf("%w: not admitted in time: %s", ErrJoinRejected, msg)
+		}
+		select {
+		case <-ctx.Done():
+			n.giveUpJoin(open, hasShort)
+			return fmt.Errorf("%w: %v", ErrJoinRejected, ctx.Err())
 		case <-tick.C:
 		}
 	}
+}
+
+// giveUpJoin aborts the open generation this joiner is a joiner of, so that
+// nobody waits for it until the deadline (a joiner may always abort its own
+// generation).
+func (n *Node) giveUpJoin(open generations.Generation, isJoiner bool) {
+	if !isJoiner || !slices.Contains(open.Joiners, n.host.ID()) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := n.applyResult(ctx, generations.NewAbortGeneration(open.Number, time.Now())); err != nil {
+		log.Infow("could not abort this joiner's generation on giving up", "generation", open.Number, "err", err)
+		return
+	}
+	log.Infow("gave up joining; aborted its generation", "generation", open.Number)
 }
 
 // dialAll connects to each peer not yet connected, in the background.
@@ -313,7 +404,12 @@ func (n *Node) requestJoin(ctx context.Context, ai peer.AddrInfo, inv Invite) (*
 		return nil, fmt.Errorf("open join stream to %s: %w", ai.ID, err)
 	}
 	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
-	req := &pb.JoinRequest{Version: joinVersion, ClusterId: inv.ClusterID, Secret: inv.Secret, Addrs: p2p.AddrInfoStrings(n.host)}
+	cmd, err := n.joinCommand(inv)
+	if err != nil {
+		s.Reset()
+		return nil, err
+	}
+	req := &pb.JoinRequest{Version: joinVersion, ClusterId: inv.ClusterID, Command: cmd, Addrs: p2p.AddrInfoStrings(n.host)}
 	if _, err := protodelim.MarshalTo(s, req); err != nil {
 		s.Reset()
 		return nil, err
@@ -343,6 +439,60 @@ func (n *Node) requestJoin(ctx context.Context, ai peer.AddrInfo, inv Invite) (*
 		}
 		return nil, fmt.Errorf("%w: %s", ErrJoinRefused, resp.GetErrorMessage())
 	}
+}
+
+// joinCommand is this node's signed ConsumeInvite for inv, with the invite
+// proof: what it sends instead of the secret.
+func (n *Node) joinCommand(inv Invite) ([]byte, error) {
+	_, invPriv, err := inv.Key()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	addrs := joinerAddrs(p2p.AddrInfoStrings(n.host), n.host.ID())
+	cmd := generations.NewConsumeInviteWithAddrs(inv.Hash(), n.host.ID(), inv.ClusterID, addrs, now.Add(n.cfg.GenerationTimeout), now)
+	if err := generations.ProveInvite(cmd, inv.ClusterID, invPriv); err != nil {
+		return nil, err
+	}
+	n.proposeMu.Lock()
+	defer n.proposeMu.Unlock()
+	seq := max(n.lastSeq+1, uint64(now.UnixNano()))
+	n.lastSeq = seq
+	if err := generations.Sign(cmd, n.priv, inv.ClusterID, seq); err != nil {
+		return nil, err
+	}
+	return generations.EncodeCommand(cmd)
+}
+
+// resume answers a joiner that presents the invite it already consumed and
+// is still joining with (it restarted mid-join): it is told its generation
+// again rather than refused. It reports whether resp was filled so.
+func (js *joinService) resume(remote peer.ID, cmd *gpb.Command, err error, resp *pb.JoinResponse) bool {
+	if cmd == nil || !errors.Is(err, generations.ErrInviteUsed) {
+		return false
+	}
+	ok := false
+	js.n.view(func(l *generations.Ledger) {
+		inv, found := l.Invite(cmd.GetConsumeInvite().GetHash())
+		m, _ := l.Member(remote)
+		if !found || inv.UsedBy != remote || m.Status != generations.StatusJoining {
+			return
+		}
+		ok = true
+		if g, open := l.Open(); open && slices.Contains(g.Members, remote) {
+			resp.Generation, resp.Threshold = g.Number, uint32(g.Threshold)
+			for _, p := range g.Members {
+				resp.GenerationMembers = append(resp.GenerationMembers, []byte(p))
+			}
+		}
+	})
+	if !ok {
+		return false
+	}
+	log.Infow("joiner resumes its join", "peer", remote, "generation", resp.GetGeneration())
+	resp.Members = js.n.memberPeers()
+	resp.Leader = []byte(js.n.cons.Leader())
+	return true
 }
 
 // joinGeneration is the generation opened for a joiner, as the member that

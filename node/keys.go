@@ -30,10 +30,10 @@ import (
 // KeySize is the size of K and of derived keys.
 const KeySize = 32
 
-// splitIDSize prefixes every share plaintext with the ID of the Split that
+// splitIDSize: every envelope's binding names the Split that
 // made it. A node that restarts in the middle of a generation can only make
 // a new split; the ID lets unlock combine shares of one split only.
-const splitIDSize = 8
+const splitIDSize = generations.SplitSize
 
 // Errors about the node's key.
 var (
@@ -67,7 +67,7 @@ type keyring struct {
 // split is one Shamir split of K for one generation, kept in memory so that
 // every holder of the generation gets a share of the same polynomial.
 type split struct {
-	id     [splitIDSize]byte
+	id     generations.SplitID
 	shares map[peer.ID][]byte
 	// envs keeps each holder's sealed envelope, so a retried push sends the
 	// same bytes and the holder answers with the same receipt (a re-seal
@@ -247,8 +247,25 @@ func (n *Node) keyDuties() {
 		n.keys.setProgress(UnlockProgress{Reason: "locked: " + me.Reason + "; this node must be invited again"})
 		return
 	}
+	if isMem && me.Suspended {
+		n.keys.setProgress(UnlockProgress{Reason: fmt.Sprintf("locked: suspended by %d of %d votes; holders keep its shares but serve none until a majority reinstates it", len(me.RemoveVotes), me.VotesNeeded)})
+	}
 	k := n.keys.get()
+	if k == nil && n.neverEscrowed(isMem, me, cov, checkOK) {
+		// A member that was never escrowed (a cluster of one, or a
+		// founder restarted before anyone joined) lost nothing: K was in
+		// memory only. It starts over with a fresh K (rule K1).
+		if k2, err := newK(); err == nil {
+			n.keys.set(k2)
+			clear(k2)
+			log.Infow("this node was never escrowed; it starts with a fresh key, unescrowed until the cluster has two members")
+		}
+		k = n.keys.get()
+	}
 	if k == nil {
+		if me.Suspended {
+			return
+		}
 		// The ledger may not have caught up (no quorum yet, or replay
 		// pending): then the hint saved at the last escrow is newer.
 		if h, ok := n.loadUnlockHint(); ok && h.ClusterID == clusID && h.Generation > cov.Generation {
@@ -281,12 +298,40 @@ func (n *Node) keyDuties() {
 		}
 	}
 	n.dropSplits(d)
-	if cov.CanUnlock {
+	switch {
+	case cov.CanUnlock:
 		n.keys.setProgress(UnlockProgress{Generation: cov.Generation, Have: cov.SharesHeld, Need: cov.Threshold})
 		n.saveUnlockHint(unlockHint{Version: 1, ClusterID: clusID, Generation: cov.Generation, Threshold: cov.Threshold, Holders: ids(cov.Holders), KeyCheck: checkOK})
-	} else {
+	case me.Suspended:
+	case d.Open == 0 && cov.Generation == 0 && n.activeMembers() < 2:
+		n.keys.setProgress(UnlockProgress{Reason: strings.TrimPrefix(ErrUnescrowed.Error(), ErrLocked.Error()+": ")})
+	default:
 		n.keys.setProgress(UnlockProgress{Reason: "not yet escrowed in a committed generation"})
 	}
+}
+
+// neverEscrowed reports whether this member, which has no K in memory, was
+// never escrowed, so that starting over with a fresh K loses nothing: it is
+// active, the ledger holds no receipt of it in any live generation and no
+// key-check value, and this node's ledger is caught up with a leader (a
+// ledger still replaying would make every member look so).
+func (n *Node) neverEscrowed(isMem bool, me generations.Member, cov generations.Coverage, check []byte) bool {
+	if !isMem || me.Status != generations.StatusActive || len(check) > 0 || cov.Generation != 0 || len(cov.Live) > 0 {
+		return false
+	}
+	if _, ok := n.loadUnlockHint(); ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
+	defer cancel()
+	return n.cons.Fresh(ctx) == nil
+}
+
+// activeMembers counts the active members in this node's ledger.
+func (n *Node) activeMembers() int {
+	c := 0
+	n.view(func(l *generations.Ledger) { c = len(l.Active()) })
+	return c
 }
 
 // caughtUp reports whether this node has heard from a leader and applied
@@ -388,13 +433,29 @@ func (n *Node) sealFor(clusterID string, k []byte, g generations.Generation, hol
 	defer n.keys.mu.Unlock()
 	sp := n.keys.splits[g.Number]
 	if sp == nil {
+		// A split is made once per generation. After a restart the split
+		// this node used is gone: if the ledger says it is escrowed with it,
+		// it pushes nothing more (its escrow stands); if not, the new split
+		// replaces the old one completely (the ledger drops the old
+		// receipts). Never a mix of two polynomials.
+		var escrowed bool
+		n.view(func(l *generations.Ledger) {
+			for _, e := range l.Coverage(n.host.ID()).Live {
+				if e.Generation == g.Number && e.Escrowed {
+					escrowed = true
+				}
+			}
+		})
+		if escrowed {
+			return nil, nil
+		}
 		parts, err := shares.Split(k, len(g.Members), g.Threshold)
 		if err != nil {
 			log.Errorw("split key", "generation", g.Number, "err", err)
 			return nil, nil
 		}
 		sp = &split{shares: map[peer.ID][]byte{}, envs: map[peer.ID]*shares.Envelope{}, dup: map[peer.ID]bool{}, held: map[peer.ID]bool{}}
-		rand.Read(sp.id[:])
+		sp.id = shares.NewSplitID()
 		for i, m := range g.Members {
 			sp.shares[m] = parts[i]
 		}
@@ -408,10 +469,8 @@ func (n *Node) sealFor(clusterID string, k []byte, g generations.Generation, hol
 		}
 		env := sp.envs[h]
 		if env == nil {
-			plain := slices.Concat(sp.id[:], s)
 			var err error
-			env, err = shares.Seal(n.priv, shares.Binding{ClusterID: clusterID, Owner: n.host.ID(), Generation: g.Number, Holder: h}, plain, rand.Reader)
-			clear(plain)
+			env, err = shares.Seal(n.priv, shares.Binding{ClusterID: clusterID, Owner: n.host.ID(), Generation: g.Number, Holder: h, Split: sp.id}, s, rand.Reader)
 			if err != nil {
 				log.Errorw("seal envelope", "generation", g.Number, "holder", h, "err", err)
 				continue
@@ -452,6 +511,21 @@ func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.C
 	record := func() bool {
 		slices.SortFunc(batch, func(a, b generations.Receipt) int { return cmp.Compare(a.Holder, b.Holder) })
 		if err := apply(ctx, generations.NewRecordReceipts(batch, time.Now())); err != nil {
+			if errors.Is(err, generations.ErrSplitMismatch) {
+				// This node is escrowed in g with a split it no longer has
+				// (it restarted): its escrow stands and it pushes no more.
+				// A joiner in that state lost the K it escrowed: it gives
+				// up, and is told to ask for a new invite.
+				n.keys.mu.Lock()
+				for _, r := range batch {
+					sp.dup[r.Holder] = true
+				}
+				n.keys.mu.Unlock()
+				if slices.Contains(g.Joiners, n.host.ID()) && !n.joinGaveUp.Swap(true) {
+					n.giveUpJoin(g, true)
+				}
+				return false
+			}
 			log.Warnw("record receipts", "generation", g.Number, "receipts", len(batch), "err", err)
 			return false
 		}
@@ -470,7 +544,7 @@ func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.C
 		switch {
 		case res.err == nil:
 			batch = append(batch, generations.Receipt{
-				Generation: g.Number, Owner: res.r.Owner, Holder: res.r.Holder,
+				Generation: g.Number, Owner: res.r.Owner, Holder: res.r.Holder, Split: sp.id,
 				Digest: res.r.Digest[:], Signature: res.r.Signature,
 			})
 		case errors.Is(res.err, shares.ErrDuplicate):
@@ -723,6 +797,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	type result struct {
 		holder peer.ID
 		plain  []byte
+		split  generations.SplitID
 		err    error
 	}
 	results := make(chan result, len(cov.Holders))
@@ -734,11 +809,11 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 				results <- result{holder: h, err: err}
 				return
 			}
-			plain, _, err := shares.Open(n.priv, env)
-			results <- result{holder: h, plain: plain, err: err}
+			plain, b, err := shares.Open(n.priv, env)
+			results <- result{holder: h, plain: plain, split: b.Split, err: err}
 		}()
 	}
-	groups := map[[splitIDSize]byte][][]byte{}
+	groups := map[generations.SplitID][][]byte{}
 	defer func() {
 		for _, g := range groups {
 			for _, s := range g {
@@ -748,6 +823,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	}()
 	have := 0
 	lapsed := false
+	var suspended error
 	var failures []string
 	for range cov.Holders {
 		res := <-results
@@ -759,15 +835,22 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		if res.err != nil && strings.Contains(res.err.Error(), generations.ErrOwnerLapsed.Error()) {
 			lapsed = true
 		}
-		if res.err != nil || len(res.plain) <= splitIDSize {
-			if res.err != nil {
-				failures = append(failures, fmt.Sprintf("%s: %v", res.holder, res.err))
-			}
+		if res.err != nil && strings.Contains(res.err.Error(), generations.ErrOwnerSuspended.Error()) {
+			suspended = res.err
+		}
+		if res.err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", res.holder, res.err))
 			continue
 		}
-		var id [splitIDSize]byte
-		copy(id[:], res.plain)
-		groups[id] = append(groups[id], res.plain[splitIDSize:])
+		// Only shares of one split combine: the ledger's escrow split when
+		// it is known, else whichever split first reaches the threshold.
+		id := res.split
+		if cov.Split != (generations.SplitID{}) && id != cov.Split {
+			clear(res.plain)
+			failures = append(failures, fmt.Sprintf("%s: an envelope of another split", res.holder))
+			continue
+		}
+		groups[id] = append(groups[id], res.plain)
 		have = max(have, len(groups[id]))
 		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: fmt.Sprintf("locked: %d of %d shares gathered for generation %d", have, need, gen)})
 		log.Infow("unlock progress", "generation", gen, "have", have, "need", need)
@@ -797,6 +880,9 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	reason := fmt.Sprintf("locked: %d of %d shares gathered for generation %d, fewer than the threshold of %d", have, need, gen, need)
 	if lapsed {
 		reason = "locked: holders say this node lapsed (it was away longer than the retention bound); it must be invited again"
+	}
+	if suspended != nil {
+		reason = "locked: holders say this node is suspended (a member voted to remove it); it unlocks once a majority reinstates it"
 	}
 	n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: reason})
 	log.Warnw("unlock attempt fell short", "generation", gen, "have", have, "need", need, "failures", failures)
@@ -835,11 +921,14 @@ func (n *Node) Key(ctx context.Context, purpose string, wait bool) ([]byte, erro
 			return deriveKey(k, n.ClusterID(), purpose)
 		}
 		reason := p.Reason
-		if reason == "" {
-			reason = state
-		}
 		if !wait {
-			return nil, fmt.Errorf("%w: %s", ErrLocked, reason)
+			if state == LockUnescrowed && n.activeMembers() < 2 {
+				return nil, ErrUnescrowed
+			}
+			if reason == "" {
+				return nil, ErrLocked
+			}
+			return nil, fmt.Errorf("%w: %s", ErrLocked, strings.TrimPrefix(reason, "locked: "))
 		}
 		_, _, changed := n.keys.state()
 		select {
@@ -914,7 +1003,40 @@ func (p sharePolicy) allowPush(owner peer.ID, gen uint64) error {
 	return err
 }
 
+// freshWait bounds how long a holder waits to confirm that its ledger is
+// caught up with a leader before it serves an envelope (rule S9).
+const freshWait = 3 * time.Second
+
+// splitDecision decides a push of another split for (gen, owner) than the
+// one this holder stores: the stored envelope is replaced unless the ledger
+// records owner as escrowed in gen with it. An owner that restarted mid-
+// generation replaces a split it never completed; an escrowed split is
+// never overwritten, so a holder never loses a share the ledger counts.
+func (p sharePolicy) splitDecision(owner peer.ID, gen uint64, stored, pushed generations.SplitID) error {
+	var escrowedWith generations.SplitID
+	var escrowed bool
+	p.n.view(func(l *generations.Ledger) {
+		for _, e := range l.Coverage(owner).Live {
+			if e.Generation == gen && e.Escrowed {
+				escrowedWith, escrowed = e.Split, true
+			}
+		}
+	})
+	if escrowed && escrowedWith == stored {
+		return shares.RefuseNewSplit(owner, gen, stored, pushed)
+	}
+	return nil
+}
+
 func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
+	// Serve only from a ledger caught up with a leader heard from now: a
+	// holder cut off while a removal or suspension committed must not serve
+	// from its stale copy (rule S9).
+	ctx, cancel := context.WithTimeout(p.n.ctx, freshWait)
+	defer cancel()
+	if err := p.n.cons.Fresh(ctx); err != nil {
+		return fmt.Errorf("%w: this holder cannot confirm its ledger is current (%v); it serves no envelope until it can", shares.ErrForbidden, err)
+	}
 	var err error
 	p.n.view(func(l *generations.Ledger) {
 		if m, ok := l.Member(owner); ok && m.Status == generations.StatusRemoved {
@@ -929,6 +1051,8 @@ func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, generations.ErrOwnerSuspended):
+		return fmt.Errorf("%w: %v", shares.ErrForbidden, err)
 	case errors.Is(err, generations.ErrOwnerRemoved):
 		return fmt.Errorf("%w: %v", shares.ErrOwnerRemoved, err)
 	default:

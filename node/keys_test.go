@@ -128,7 +128,7 @@ func TestUnlockNeedsThreshold(t *testing.T) {
 
 	nodes[2].Close() // now 0, 1, 2 are down: 3 of 5 stopped
 	n4 = restart(t, n4)
-	waitFor(t, "an unlock attempt to report its shortfall", 30*time.Second, func() bool {
+	waitFor(t, "an unlock attempt to report its shortfall", 60*time.Second, func() bool {
 		_, p := n4.Lock()
 		return strings.Contains(p.Reason, "fewer than the threshold")
 	})
@@ -315,15 +315,20 @@ func TestSharePolicyRefusals(t *testing.T) {
 	cluster := a.ClusterID()
 
 	// A push for a generation that is not open.
-	env, err := shares.Seal(a.priv, shares.Binding{ClusterID: cluster, Owner: a.ID(), Generation: cur + 7, Holder: b.ID()}, []byte("0123456789abcdef"), rand.Reader)
+	parts, err := shares.Split(make([]byte, 32), 3, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := shares.Seal(a.priv, shares.Binding{ClusterID: cluster, Owner: a.ID(), Generation: cur + 7, Holder: b.ID(), Split: shares.NewSplitID()}, parts[0], rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.svc.Push(ctxT(t, 5*time.Second), b.ID(), env); !errors.Is(err, shares.ErrGenerationNotOpen) {
 		t.Fatalf("push for a generation that is not open: %v", err)
 	}
-	// A second, different envelope for (current, a, b).
-	env2, _ := shares.Seal(a.priv, shares.Binding{ClusterID: cluster, Owner: a.ID(), Generation: cur, Holder: b.ID()}, []byte("another share...."), rand.Reader)
+	// An envelope of another split for (current, a, b), while a is escrowed
+	// in current with its first split: the holder keeps the escrowed one.
+	env2, _ := shares.Seal(a.priv, shares.Binding{ClusterID: cluster, Owner: a.ID(), Generation: cur, Holder: b.ID(), Split: shares.NewSplitID()}, parts[1], rand.Reader)
 	if _, err := a.svc.Push(ctxT(t, 5*time.Second), b.ID(), env2); !errors.Is(err, shares.ErrDuplicate) {
 		t.Fatalf("second push: %v", err)
 	}
@@ -331,9 +336,7 @@ func TestSharePolicyRefusals(t *testing.T) {
 	if _, err := c.svc.Fetch(ctxT(t, 5*time.Second), b.ID(), cur); err != nil {
 		t.Fatalf("owner fetch before removal: %v", err)
 	}
-	if _, err := a.Remove(ctxT(t, 20*time.Second), c.ID()); err != nil {
-		t.Fatal(err)
-	}
+	removeByMajority(t, c.ID(), a, b)
 	waitFor(t, "b to see c removed", 10*time.Second, func() bool { return b.memberStatus(c.ID()) == generations.StatusRemoved })
 	_, err = c.svc.Fetch(ctxT(t, 5*time.Second), b.ID(), cur)
 	if !errors.Is(err, shares.ErrOwnerRemoved) && !errors.Is(err, shares.ErrNotFound) {

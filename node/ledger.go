@@ -17,7 +17,7 @@ type ledgerSM struct {
 }
 
 func (s *ledgerSM) Apply(now int64, cmd []byte) ([]byte, error) {
-	res, err := s.l.Apply(cmd)
+	res, err := s.l.Apply(now, cmd)
 	var out []byte
 	if err == nil && res.Opened != 0 {
 		// A proposer learns the generation it opened from the leader's

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,6 +95,15 @@ type Node struct {
 	bookMu   sync.Mutex
 	lastBook []byte
 	closeMu  sync.Once
+
+	// joinGaveUp: this joiner restarted mid-join, and the key it had
+	// escrowed in its generation before is gone (see pushRound).
+	joinGaveUp atomic.Bool
+
+	// proposeMu serialises this node's signed proposals; lastSeq is the
+	// last sequence number it signed.
+	proposeMu sync.Mutex
+	lastSeq   uint64
 }
 
 // Start opens the data directory, starts the libp2p host and Raft, and then
@@ -104,6 +114,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	if _, err := secureDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
 	if daemonRunning(cfg.SocketPath()) {
@@ -117,15 +130,21 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read Raft state: %w", err)
 	}
-	if !hasState && !cfg.Bootstrap && cfg.Join == "" {
+	// A joiner killed mid-join resumes with the invite it consumed.
+	pending, hasPending := readPendingInvite(cfg.joiningPath())
+	if !hasState && !cfg.Bootstrap && cfg.Join == "" && !hasPending {
 		return nil, ErrNoState
+	}
+	if hasPending && cfg.Join == "" && !cfg.Bootstrap {
+		cfg.Join = pending
 	}
 	var inv Invite
 	var clusterID string
 	relays := cfg.Relays
 	var k []byte
+	resuming := hasState && hasPending
 	switch {
-	case hasState:
+	case hasState && !resuming:
 		cf, err := readClusterFile(cfg.clusterPath())
 		if err != nil {
 			return nil, err
@@ -148,8 +167,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		clusterID = inv.ClusterID
 		relays = mergeStrings(relays, inv.Relays)
 	}
-	if !hasState {
-		// K is born in memory, here and only here (rule K1).
+	if !hasState || resuming {
+		// K is born in memory, here and only here (rule K1). A joiner that
+		// resumes lost its first K with its process: it starts over (see
+		// join: it gives up if that first K was already escrowed).
 		if k, err = newK(); err != nil {
 			return nil, err
 		}
@@ -253,7 +274,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.consReady.Store(n.cons)
-	n.svc, err = shares.NewService(h, store, priv, clusterID, sharePolicy{n})
+	n.svc, err = shares.NewService(h, store, priv, clusterID, sharePolicy{n}, shares.WithSplitDecision(sharePolicy{n}.splitDecision))
 	if err != nil {
 		n.Close()
 		return nil, err
@@ -284,6 +305,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 
 	switch {
+	case resuming:
+		log.Infow("resuming an interrupted join with the invite it consumed", "peer", h.ID(), "cluster", clusterID)
+		err = n.join(ctx, inv)
+		if errors.Is(err, generations.ErrInviteUsed) || errors.Is(err, generations.ErrAlreadyMember) {
+			// It was admitted before it was killed: an ordinary restart.
+			os.Remove(cfg.joiningPath())
+			n.keys.wipe()
+			n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
+			err = nil
+		}
 	case hasState:
 		log.Infow("resuming from on-disk state; locked until a threshold of shares is back", "peer", h.ID(), "cluster", clusterID)
 	case cfg.Bootstrap:
@@ -296,7 +327,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		if !hasState {
 			// Leave no half-joined state behind: the next attempt, with a
 			// new invite, starts clean. The identity stays.
-			for _, p := range []string{cfg.raftDir(), cfg.sharesPath(), cfg.clusterPath(), cfg.peersPath()} {
+			for _, p := range []string{cfg.raftDir(), cfg.sharesPath(), cfg.clusterPath(), cfg.peersPath(), cfg.joiningPath(), cfg.hintPath()} {
 				os.RemoveAll(p)
 			}
 		}
@@ -339,24 +370,19 @@ func (n *Node) bootstrap(ctx context.Context, clusterID string) error {
 	if err := n.apply(ctx, generations.NewBootstrapWithRetention(clusterID, n.host.ID(), n.cfg.MaxGenerationsBehind, now)); err != nil {
 		return fmt.Errorf("bootstrap the ledger: %w", err)
 	}
-	// Generation 1 has the founder alone: it escrows K with itself.
-	err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now))
-	if err != nil && !errors.Is(err, generations.ErrGenerationOpen) { // the reconciler may have been first
-		return fmt.Errorf("open the first generation: %w", err)
-	}
-	log.Infow("bootstrapped a new cluster", "cluster", clusterID, "peer", n.host.ID())
+	// No generation yet: a split of one is K itself, so the founder is
+	// unescrowed (K in memory only, never released) until the first join
+	// opens generation 1 with two members (rule K1).
+	log.Infow("bootstrapped a new cluster; K stays in memory, unescrowed, until a second node joins", "cluster", clusterID, "peer", n.host.ID())
 	n.events.publish(Event{Type: EventBootstrapped, Peer: n.host.ID()})
 	return nil
 }
 
-// apply encodes cmd, replicates it, and waits until this node has applied
-// it too, so a read of the local ledger afterwards sees its effect.
+// apply signs cmd as this node, replicates it, and waits until this node
+// has applied it too, so a read of the local ledger afterwards sees its
+// effect.
 func (n *Node) apply(ctx context.Context, cmd *gpb.Command) error {
-	data, err := generations.EncodeCommand(cmd)
-	if err != nil {
-		return err
-	}
-	_, idx, err := n.cons.ApplyIndex(ctx, data)
+	_, idx, err := n.propose(ctx, cmd)
 	if err != nil {
 		return err
 	}
@@ -366,12 +392,42 @@ func (n *Node) apply(ctx context.Context, cmd *gpb.Command) error {
 // applyResult replicates cmd and returns the state machine's result as the
 // leader computed it, without waiting for this node to apply the entry.
 func (n *Node) applyResult(ctx context.Context, cmd *gpb.Command) ([]byte, error) {
-	data, err := generations.EncodeCommand(cmd)
+	res, _, err := n.propose(ctx, cmd)
+	return res, err
+}
+
+// propose signs cmd with this node's identity (rule S7) and replicates it.
+// Proposals are serialised: the ledger refuses a sequence number at or
+// below the author's last one, so two in flight could overtake each other.
+func (n *Node) propose(ctx context.Context, cmd *gpb.Command) ([]byte, uint64, error) {
+	n.proposeMu.Lock()
+	defer n.proposeMu.Unlock()
+	data, err := n.signCommand(cmd)
 	if err != nil {
+		return nil, 0, err
+	}
+	return n.cons.ApplyIndex(ctx, data)
+}
+
+// signCommand signs cmd with the next sequence number and encodes it. The
+// sequence is max(last+1, the ledger's last for this node+1, the clock in
+// nanoseconds): increasing across restarts without being stored.
+func (n *Node) signCommand(cmd *gpb.Command) ([]byte, error) {
+	clusterID := n.ClusterID()
+	if b := cmd.GetBootstrap(); b != nil && clusterID == "" {
+		clusterID = b.GetClusterId()
+	}
+	if clusterID == "" {
+		clusterID = n.clusterID
+	}
+	var last uint64
+	n.view(func(l *generations.Ledger) { last = l.Seq(n.host.ID()) })
+	seq := max(n.lastSeq+1, last+1, uint64(time.Now().UnixNano()))
+	n.lastSeq = seq
+	if err := generations.Sign(cmd, n.priv, clusterID, seq); err != nil {
 		return nil, err
 	}
-	res, _, err := n.cons.ApplyIndex(ctx, data)
-	return res, err
+	return generations.EncodeCommand(cmd)
 }
 
 // ID returns the node's peer ID.
@@ -509,4 +565,13 @@ func mergeStrings(a, b []string) []string {
 		}
 	}
 	return out
+}
+
+// readPendingInvite reads the invite of an interrupted join, if any.
+func readPendingInvite(path string) (string, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return "", false
+	}
+	return strings.TrimSpace(string(b)), true
 }

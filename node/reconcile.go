@@ -162,7 +162,8 @@ func (n *Node) openIfNeeded() {
 			return
 		}
 		_, cur := l.Current()
-		need = len(l.PendingJoiners()) > 0 || !cur
+		// No generation of fewer than 2 members is ever opened (rule K1).
+		need = (len(l.PendingJoiners()) > 0 || !cur) && len(l.Active())+len(l.Joining()) >= 2
 	})
 	if !need {
 		return
@@ -175,24 +176,46 @@ func (n *Node) openIfNeeded() {
 	}
 }
 
+// abortExpired aborts the open generation once its deadline has passed
+// (rule G3), or earlier once one of its joiners has recorded nothing for
+// generations.JoinProgressTimeout: the joiner is gone, and a join must not
+// wedge every other join behind it for the whole deadline.
 func (n *Node) abortExpired() {
 	var gen uint64
-	var expired bool
+	var why string
 	n.view(func(l *generations.Ledger) {
-		if g, ok := l.Open(); ok && !g.Deadline.IsZero() && time.Now().After(g.Deadline) {
-			gen, expired = g.Number, true
+		g, ok := l.Open()
+		if !ok {
+			return
+		}
+		now := l.Now() // the leader's clock, as the ledger will see it
+		if wall := time.Now(); wall.After(now) {
+			now = wall
+		}
+		if !g.Deadline.IsZero() && now.After(g.Deadline) {
+			gen, why = g.Number, "its deadline passed"
+			return
+		}
+		if now.Sub(g.OpenedAt) < generations.JoinProgressTimeout {
+			return
+		}
+		for _, j := range g.Joiners {
+			if c := l.Coverage(j); c.Open != nil && c.Open.Held == 0 {
+				gen, why = g.Number, fmt.Sprintf("joiner %s recorded no share in %s", j, generations.JoinProgressTimeout)
+				return
+			}
 		}
 	})
-	if !expired {
+	if gen == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, membershipTimeout)
 	defer cancel()
 	if err := n.apply(ctx, generations.NewAbortGeneration(gen, time.Now())); err != nil {
-		log.Warnw("abort expired generation", "generation", gen, "err", err)
+		log.Warnw("abort generation", "generation", gen, "why", why, "err", err)
 		return
 	}
-	log.Warnw("aborted generation: its deadline passed", "generation", gen)
+	log.Infow("aborted generation", "generation", gen, "why", why)
 }
 
 func (n *Node) connected(p peer.ID) bool {

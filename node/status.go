@@ -75,6 +75,12 @@ type MemberStatus struct {
 	SharesHeld int      `json:"shares_held"`
 	Threshold  int      `json:"threshold"`
 	Addrs      []string `json:"addrs,omitempty"`
+	// Removal votes (rule R2): a member with remove votes is "suspended";
+	// VotesNeeded (a majority of the other active members) decides either
+	// way.
+	RemoveVotes    []string `json:"remove_votes,omitempty"`
+	ReinstateVotes []string `json:"reinstate_votes,omitempty"`
+	VotesNeeded    int      `json:"votes_needed,omitempty"`
 }
 
 // Status reports the node's state.
@@ -119,10 +125,13 @@ func (n *Node) Status() Status {
 		for _, m := range l.Members() {
 			ms := MemberStatus{
 				PeerID:     m.ID.String(),
-				Status:     m.Status.String(),
+				Status:     memberStatusName(m),
 				Voter:      voters[m.ID.String()],
 				Connection: n.connectionType(m.ID),
 				Addrs:      m.Addrs,
+			}
+			if m.Suspended {
+				ms.RemoveVotes, ms.ReinstateVotes, ms.VotesNeeded = ids(m.RemoveVotes), ids(m.ReinstateVotes), m.VotesNeeded
 			}
 			c := l.Coverage(m.ID)
 			ms.Behind, ms.Reason = int(c.Behind), m.Reason

@@ -107,13 +107,16 @@ func (x *Invite) GetRelays() []string {
 	return nil
 }
 
-// JoinRequest is sent by a joiner on /p2pkey/join/1.0.0.
+// JoinRequest is sent by a joiner on /p2pkey/join/2.0.0. The invite secret
+// never leaves the joiner: command is the joiner's signed ConsumeInvite
+// (generations.pb.Command), proving knowledge of the secret with the invite
+// key, which the member checks against its own ledger before proposing it.
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Secret        []byte                 `protobuf:"bytes,3,opt,name=secret,proto3" json:"secret,omitempty"`
 	Addrs         []string               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"` // the joiner's own /p2p/ multiaddrs
+	Command       []byte                 `protobuf:"bytes,5,opt,name=command,proto3" json:"command,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -162,16 +165,16 @@ func (x *JoinRequest) GetClusterId() string {
 	return ""
 }
 
-func (x *JoinRequest) GetSecret() []byte {
+func (x *JoinRequest) GetAddrs() []string {
 	if x != nil {
-		return x.Secret
+		return x.Addrs
 	}
 	return nil
 }
 
-func (x *JoinRequest) GetAddrs() []string {
+func (x *JoinRequest) GetCommand() []byte {
 	if x != nil {
-		return x.Addrs
+		return x.Command
 	}
 	return nil
 }
@@ -441,13 +444,13 @@ const file_node_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x14\n" +
 	"\x05addrs\x18\x05 \x03(\tR\x05addrs\x12\x16\n" +
-	"\x06relays\x18\x06 \x03(\tR\x06relays\"t\n" +
+	"\x06relays\x18\x06 \x03(\tR\x06relays\"|\n" +
 	"\vJoinRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x16\n" +
-	"\x06secret\x18\x03 \x01(\fR\x06secret\x12\x14\n" +
-	"\x05addrs\x18\x04 \x03(\tR\x05addrs\",\n" +
+	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x14\n" +
+	"\x05addrs\x18\x04 \x03(\tR\x05addrs\x12\x18\n" +
+	"\acommand\x18\x05 \x01(\fR\acommandJ\x04\b\x03\x10\x04\",\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x14\n" +
 	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"\xc0\x02\n" +
