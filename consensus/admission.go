@@ -77,10 +77,9 @@ func (a *admission) stream(p peer.ID) bool {
 //   - nobody else may send anything: RequestVote, RequestPreVote and
 //     TimeoutNow come only from voters.
 func (a *admission) rpc(p peer.ID, in *rpcInfo) error {
-	if err := a.identity(p, in); err != nil {
+	if err := a.identity(in); err != nil {
 		return err
 	}
-	self := p.String()
 	if a.denied(p) {
 		return fmt.Errorf("%w: denied", errNotVoter)
 	}
@@ -88,7 +87,7 @@ func (a *admission) rpc(p peer.ID, in *rpcInfo) error {
 	if !ok {
 		return fmt.Errorf("%w: Raft is not running", errNotVoter)
 	}
-	id := raft.ServerID(self)
+	id := raft.ServerID(in.from)
 	for _, s := range servers {
 		if s.ID == id && s.Suffrage == raft.Voter {
 			return nil
@@ -105,12 +104,15 @@ func (a *admission) rpc(p peer.ID, in *rpcInfo) error {
 	return errNotVoter
 }
 
-// identity checks that the RPC names p, its authenticated sender, in the
+// identity checks that the RPC names in.from, its authenticated sender, in the
 // header's ID and Addr (both required: hashicorp/raft v1.8 always sends
 // them, and Raft takes the leader's and the candidate's identity from them)
 // and in its Leader or Candidate field when it has one.
-func (a *admission) identity(p peer.ID, in *rpcInfo) error {
-	self := p.String()
+func (a *admission) identity(in *rpcInfo) error {
+	self := in.from
+	if self == "" {
+		return fmt.Errorf("%w: the stream's peer is unknown", errForeignHeader)
+	}
 	if string(in.header.ID) != self || string(in.header.Addr) != self || (len(in.named) > 0 && string(in.named) != self) {
 		return errForeignHeader
 	}

@@ -22,6 +22,7 @@ package consensus
 // -benchtime would call it again.
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -38,6 +39,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	libp2praft "github.com/libp2p/go-libp2p-raft"
@@ -511,6 +513,47 @@ func BenchmarkIdleCluster(b *testing.B) {
 			b.ReportMetric(float64((cpu1-cpu0).Milliseconds())/secs, "cpu-ms/s")
 			b.ReportMetric(float64(m2.HeapAlloc)/(1<<20), "heap-MB")
 			b.ReportMetric(float64(goroutines), "goroutines")
+		})
+	}
+}
+
+// BenchmarkRPCGuard measures what the S8 guard adds to each inbound RPC: the
+// second decode of an AppendEntries carrying one 64-byte command (a commit in
+// BenchmarkRaftCommit), and of a heartbeat, through rpcGuard into the same
+// decoder NetworkTransport's handler uses. "plain" is the handler's own decode
+// alone, for scale.
+func BenchmarkRPCGuard(b *testing.B) {
+	const remote = peer.ID("remote")
+	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(remote.String()), Addr: []byte(remote.String())}
+	commit := frame(b, rpcAppendEntries, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 3, Leader: hdr.Addr, PrevLogEntry: 100, PrevLogTerm: 3,
+		Entries: []*raft.Log{{Index: 101, Term: 3, Type: raft.LogCommand, Data: EncodeEntry(1, bytes.Repeat([]byte{'x'}, benchCommandBytes)), AppendedAt: time.Now()}}, LeaderCommitIndex: 100})
+	beat := frame(b, rpcAppendEntries, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 3, Leader: hdr.Addr})
+	adm := &admission{raft: func() *raft.Raft { return nil }}
+	check := func(p peer.ID, in *rpcInfo) error { return adm.identity(in) }
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		guard bool
+	}{{"commit/guarded", commit, true}, {"commit/plain", commit, false}, {"heartbeat/guarded", beat, true}, {"heartbeat/plain", beat, false}} {
+		b.Run(tc.name, func(b *testing.B) {
+			stream := bytes.Repeat(tc.frame, b.N)
+			var src io.Reader = bytes.NewReader(stream)
+			if tc.guard {
+				src = newRPCGuard(src, remote, check, func(*rpcInfo, error) { b.Fatal("refused") })
+			}
+			r := bufio.NewReaderSize(src, 256<<10)
+			dec := codec.NewDecoder(r, &codec.MsgpackHandle{})
+			b.SetBytes(int64(len(tc.frame)))
+			b.ResetTimer()
+			for range b.N {
+				if _, err := r.ReadByte(); err != nil {
+					b.Fatal(err)
+				}
+				var req raft.AppendEntriesRequest
+				if err := dec.Decode(&req); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }

@@ -2,14 +2,20 @@
 //
 // It owns the Raft instance and everything Raft needs: the raft-boltdb log
 // and stable stores and the file snapshot store in the data directory; a
-// stream layer on a versioned libp2p protocol with a gate that admits only
-// peers in the Raft configuration (rule S1) and that works over relayed
-// connections (rule N1); the FSM bridge; forwarding of commands from
-// followers to the leader; and the membership primitives (add a non-voter,
-// promote, remove).
+// stream layer on a versioned libp2p protocol that works over relayed
+// connections (rule N1), with a gate that admits only peers in the Raft
+// configuration (rule S1) and a guard that checks every RPC before Raft reads
+// it: it must name its authenticated sender, and only voters may send it
+// (rule S8); the FSM bridge, with the leader's clock stamped into every entry
+// (rule S7); forwarding of commands from followers to the leader, retried
+// through leader changes; read-index reads (Fresh, rule S9); and the
+// membership primitives (add a non-voter, promote, remove).
 //
-// It does not know what a command means. Every log entry is a one-byte
-// envelope version followed by opaque bytes that the StateMachine decodes;
-// the logic lives in package generations. See DESIGN.md in this directory
-// for why the transport is our own rather than go-libp2p-raft's.
+// It does not know what a command means. Every log entry is a versioned
+// envelope (the leader's time stamp, then opaque bytes) that the StateMachine
+// decodes; the logic, including the checks of signed commands, lives in
+// package generations. It must not trust a proposer for anything but the
+// command's bytes. DESIGN.md in this directory says why the transport is our
+// own rather than go-libp2p-raft's, who may speak Raft to a node, and what
+// Raft, being crash-tolerant rather than Byzantine, leaves open.
 package consensus

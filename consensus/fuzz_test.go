@@ -119,7 +119,7 @@ func FuzzRPCGuard(f *testing.F) {
 			if in.typ == rpcRequestVote {
 				return errNotVoter // some RPCs are refused by policy
 			}
-			return (&admission{raft: func() *raft.Raft { return nil }}).identity(p, in)
+			return (&admission{raft: func() *raft.Raft { return nil }}).identity(in)
 		}
 		g := newRPCGuard(bytes.NewReader(data), remote, check, func(*rpcInfo, error) {})
 		r := &guardedHandler{g: g}

@@ -35,6 +35,10 @@ var (
 // rpcInfo is what the guard learns from one RPC before Raft reads it: the
 // sender identity the RPC claims.
 type rpcInfo struct {
+	// from is the stream's authenticated peer, spelt as Raft spells server
+	// IDs and addresses (peer.ID.String, computed once per stream: it is a
+	// base58 encoding, and costs more than the rest of the check).
+	from   string
 	typ    uint8
 	header raft.RPCHeader
 	// named is the peer the request names besides its header: the Leader of
@@ -91,6 +95,7 @@ const maxKeptFrame = 1 << 20
 // turn from its buffer.
 type rpcGuard struct {
 	remote peer.ID
+	from   string // remote.String()
 	check  rpcCheck
 	// refused is told of each refusal (count, log, reset the stream).
 	refused func(in *rpcInfo, err error)
@@ -105,7 +110,7 @@ type rpcGuard struct {
 }
 
 func newRPCGuard(src io.Reader, remote peer.ID, check rpcCheck, refused func(*rpcInfo, error)) *rpcGuard {
-	g := &rpcGuard{remote: remote, check: check, refused: refused}
+	g := &rpcGuard{remote: remote, from: remote.String(), check: check, refused: refused}
 	g.rec.r = bufio.NewReaderSize(src, guardReadSize)
 	// NetworkTransport.handleConn decodes with a zero MsgpackHandle too.
 	g.dec = codec.NewDecoder(&g.rec, &codec.MsgpackHandle{})
@@ -151,7 +156,7 @@ func (g *rpcGuard) next() error {
 	if err != nil {
 		return err
 	}
-	in := &rpcInfo{typ: t}
+	in := &rpcInfo{from: g.from, typ: t}
 	var size int64
 	switch t {
 	case rpcAppendEntries:
