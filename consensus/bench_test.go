@@ -7,8 +7,9 @@ package consensus
 // transport and hashicorp/raft's own TCP NetworkTransport. Everything except
 // the transport is identical: the same raft.Config, the same raft-boltdb
 // stores behind a LogCache in a temp dir (raft.InmemStore for all three in
-// BenchmarkRaftCommitInmem), the same file snapshot store, and the same FSM
-// bridge around listSM. Three nodes on loopback, bootstrapped with one static
+// BenchmarkRaftCommitInmem), the same file snapshot store, the same FSM
+// bridge around listSM, and entries stamped as Consensus stamps them. The
+// p2pkey transport checks every RPC as Consensus does (rule S8). Three nodes on loopback, bootstrapped with one static
 // configuration.
 //
 // Reproduce (one run each, about 70 s in all on two cores):

@@ -369,3 +369,30 @@ func TestRPCTypesMatchRaft(t *testing.T) {
 		}
 	}
 }
+
+// A leader that removes itself commits the removal, and the others carry on
+// under a new leader. The guard refuses the old leader's AppendEntries once a
+// follower has appended the entry that removes it; the commit of that entry
+// then reaches followers through their next leader.
+func TestLeaderRemovesItself(t *testing.T) {
+	cl := newCluster(t, 3)
+	oldID := cl.waitLeader(cl.nodes)
+	old := cl.byID(oldID)
+	apply(t, old.c, "before")
+	if err := old.c.RemoveServer(oldID, 5*time.Second); err != nil {
+		t.Fatalf("the leader removing itself: %v", err)
+	}
+	rest := cl.followers(oldID)
+	var newID peer.ID
+	waitFor(t, "a new leader among the others", 15*time.Second, func() bool {
+		newID = cl.waitLeader(rest)
+		return newID != oldID
+	})
+	apply(t, cl.byID(newID).c, "after")
+	for _, nd := range rest {
+		if nd.c.InConfiguration(oldID) {
+			t.Fatalf("node %s still lists the removed leader", nd.host.ID())
+		}
+		waitFor(t, "the others to apply both commands", 5*time.Second, func() bool { return nd.sm.Len() == 2 })
+	}
+}
