@@ -45,9 +45,11 @@ var (
 	ErrBehind = errors.New("consensus: this node has not caught up with the leader")
 )
 
-// MaxCommandSize bounds one state-machine command. It must be at least the
-// state machine's own bound (generations.MaxCommandSize, 1 MiB, checked by a
-// test); the forward protocol's messages are bounded by it.
+// MaxCommandSize bounds one state-machine command; the forward protocol's
+// messages are bounded by it (MaxForwardSize). It must be at least the state
+// machine's own bound, generations.MaxCommandSize (1 MiB today); consensus
+// does not import generations, so package node, which imports both, asserts
+// it.
 const MaxCommandSize = 1 << 20
 
 // ErrorCodec turns state-machine errors into stable codes and back, so that an
@@ -80,7 +82,7 @@ type Config struct {
 	// leader may be a non-voter in it or absent from it; without this the
 	// node would refuse that leader for as long as it leads. Such a peer
 	// may therefore act as a leader toward this node (see DESIGN.md, "What
-	// the transport leaves open"); it should name active members only, not
+	// the hatches leave open"); it should name active members only, not
 	// joiners. The leader also answers their read-index requests and, if
 	// AllowForward is nil, takes their forwarded commands.
 	AllowMember func(peer.ID) bool
@@ -232,7 +234,8 @@ func New(cfg Config) (*Consensus, error) {
 	}
 	rc.NoLegacyTelemetry = true
 	// A buffered apply channel lets applyLocal hand an entry to Raft
-	// without waiting for the leader loop while it holds stampMu, so
+	// without waiting for the leader loop while it holds the stamper's
+	// lock, so
 	// concurrent commands still commit in groups. Its cost, per raft's
 	// documentation: an entry queued in the buffer may be appended after
 	// Apply's timeout.
