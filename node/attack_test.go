@@ -505,7 +505,8 @@ func TestRaftRPCInAnotherMembersNameRefused(t *testing.T) {
 	for id, b := range before {
 		a := after[id]
 		if a.leader != b.leader || a.term != b.term || !slices.Equal(a.servers, b.servers) {
-			t.Errorf("%s changed: before %+v, after %+v", id, b, a)
+			t.Errorf("%s changed: before leader %s term %s servers %v, after leader %s term %s servers %v",
+				id, b.leader, b.term, b.servers, a.leader, a.term, a.servers)
 		}
 	}
 	// The cluster still commits.
