@@ -221,6 +221,7 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 		n.mu.Lock()
 		clear(n.allowed)
 		n.mu.Unlock()
+		n.cons.Recheck() // pooled streams of peers no longer allowed are reset
 	}()
 	// Keep the invite until the join is decided, so a joiner killed now
 	// resumes with it (the ledger has it as used by this node).

@@ -260,6 +260,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		ClusterID:         n.localClusterID,
 		AllowUnconfigured: n.allowUnconfigured,
 		AllowMember:       n.allowMember,
+		AllowForward:      n.allowForward,
 		Errors:            errorCodec{},
 		HeartbeatTimeout:  cfg.HeartbeatTimeout,
 		ElectionTimeout:   cfg.ElectionTimeout,
@@ -406,7 +407,19 @@ func (n *Node) propose(ctx context.Context, cmd *gpb.Command) ([]byte, uint64, e
 	if err != nil {
 		return nil, 0, err
 	}
-	return n.cons.ApplyIndex(ctx, data)
+	res, idx, err := n.cons.ApplyIndex(ctx, data)
+	if errors.Is(err, consensus.ErrMaybeApplied) {
+		// The answer was lost: the ledger says whether the command applied,
+		// since only an applied command consumes its sequence number.
+		if ferr := n.cons.Fresh(ctx); ferr == nil {
+			var last uint64
+			n.view(func(l *generations.Ledger) { last = l.Seq(n.host.ID()) })
+			if last >= cmd.GetSeq() {
+				return nil, n.cons.AppliedIndex(), nil
+			}
+		}
+	}
+	return res, idx, err
 }
 
 // signCommand signs cmd with the next sequence number and encodes it. The
@@ -469,12 +482,24 @@ func (n *Node) raftDeny(p peer.ID) bool {
 // joining in its ledger, or named by its join response while its ledger has
 // no record of it yet. Removed, rejected and lapsed peers are refused.
 func (n *Node) allowMember(p peer.ID) bool {
-	st := n.memberStatus(p)
-	switch st {
-	case generations.StatusActive, generations.StatusJoining:
+	switch n.memberStatus(p) {
+	case generations.StatusActive:
 		return true
 	case generations.StatusUnknown:
 		return n.allowUnconfigured(p)
+	}
+	return false
+}
+
+// allowForward admits forwarded commands (and read-index requests) from
+// peers outside the Raft configuration that this node's ledger knows as
+// active or joining: a joiner records its receipts before it is a server.
+// Raft's own RPCs are admitted by allowMember, which names active members
+// only (rule S8).
+func (n *Node) allowForward(p peer.ID) bool {
+	switch n.memberStatus(p) {
+	case generations.StatusActive, generations.StatusJoining:
+		return true
 	}
 	return false
 }
@@ -566,6 +591,9 @@ func mergeStrings(a, b []string) []string {
 	}
 	return out
 }
+
+// Every ledger command fits a forwarded command.
+const _ = uint(consensus.MaxCommandSize - generations.MaxCommandSize)
 
 // readPendingInvite reads the invite of an interrupted join, if any.
 func readPendingInvite(path string) (string, bool) {
