@@ -587,9 +587,11 @@ func (c *Consensus) Barrier(timeout time.Duration) error { return c.raft.Barrier
 // WaitApplied waits until the local FSM has applied index.
 func (c *Consensus) WaitApplied(ctx context.Context, index uint64) error {
 	// Raft counts an entry applied once it is handed to the FSM goroutine,
-	// so the FSM's own index is the exact test. Entries that never reach the
-	// FSM (barriers, configuration changes, commands covered by a restored
-	// snapshot) are caught by Raft's index on the next tick.
+	// before FSM.Apply has run, so the FSM's own index is the exact test.
+	// Entries that never reach the FSM (barriers, configuration changes,
+	// commands covered by a restored snapshot) are caught by Raft's index
+	// on the next tick, but only when the entry at index is not a command
+	// still on its way to the FSM.
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -602,11 +604,21 @@ func (c *Consensus) WaitApplied(ctx context.Context, index uint64) error {
 			return ctx.Err()
 		case <-ch:
 		case <-t.C:
-			if c.raft.AppliedIndex() >= index {
+			if c.raft.AppliedIndex() >= index && !c.commandAt(index) {
 				return nil
 			}
 		}
 	}
+}
+
+// commandAt reports whether the log still holds a command at index (one
+// the FSM applies); an entry compacted into a snapshot is not.
+func (c *Consensus) commandAt(index uint64) bool {
+	var l raft.Log
+	if err := c.logs.GetLog(index, &l); err != nil {
+		return false
+	}
+	return l.Type == raft.LogCommand && c.fsm.lastIndex.Load() < index
 }
 
 // AddNonvoter adds p as a non-voting server. Leader only.
