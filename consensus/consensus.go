@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -614,11 +615,19 @@ func (c *Consensus) WaitApplied(ctx context.Context, index uint64) error {
 // commandAt reports whether the log still holds a command at index (one
 // the FSM applies); an entry compacted into a snapshot is not.
 func (c *Consensus) commandAt(index uint64) bool {
+	if c.fsm.lastIndex.Load() >= index {
+		return false
+	}
+	// A restored snapshot (at start, or installed by the leader) covers
+	// every entry up to its index, though the log keeps trailing entries.
+	if snap, err := strconv.ParseUint(c.raft.Stats()["last_snapshot_index"], 10, 64); err == nil && index <= snap {
+		return false
+	}
 	var l raft.Log
 	if err := c.logs.GetLog(index, &l); err != nil {
 		return false
 	}
-	return l.Type == raft.LogCommand && c.fsm.lastIndex.Load() < index
+	return l.Type == raft.LogCommand
 }
 
 // AddNonvoter adds p as a non-voting server. Leader only.
