@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/p2pkey/p2pkey/consensus"
 	"github.com/p2pkey/p2pkey/generations"
 	gpb "github.com/p2pkey/p2pkey/generations/pb"
 	"github.com/p2pkey/p2pkey/node/pb"
@@ -170,6 +171,18 @@ func (js *joinService) handle(s network.Stream) {
 	// answer says which generation opened for the joiner, so the joiner is
 	// told without waiting for this node's ledger to apply it.
 	opened, _, err := js.n.cons.ApplyIndex(ctx, req.GetCommand())
+	if errors.Is(err, consensus.ErrMaybeApplied) && js.n.cons.Fresh(ctx) == nil {
+		// The leader's answer was lost: the joiner's sequence number says
+		// whether its join applied (only an applied command consumes it).
+		js.n.view(func(l *generations.Ledger) {
+			if l.Seq(remote) >= cmd.GetSeq() {
+				err = nil
+				if g, ok := l.Open(); ok && slices.Contains(g.Members, remote) {
+					opened = encodeOpened(g)
+				}
+			}
+		})
+	}
 	if err != nil {
 		log.Warnw("join refused", "peer", remote, "err", err)
 		resp.ErrorCode, resp.ErrorMessage = generations.ErrorCode(err), err.Error()
