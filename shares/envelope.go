@@ -39,7 +39,7 @@ const (
 	// 32-byte K is 34 bytes.
 	MaxShareSize = 1024
 	// MaxEnvelopeSize bounds an encoded envelope. A sealed 32-byte K share
-	// is about 150 bytes with two Ed25519 peer IDs.
+	// is 214 bytes with two Ed25519 peer IDs and a 32-character cluster ID.
 	MaxEnvelopeSize = 4096
 	// MaxClusterIDLen bounds a cluster ID (the node uses 32 hex characters).
 	MaxClusterIDLen = 128

@@ -167,7 +167,7 @@ func TestSealErrors(t *testing.T) {
 	secp, _, _ := crypto.GenerateSecp256k1Key(rand.Reader)
 	secpID, _ := peer.IDFromPrivateKey(secp)
 	s := shareOf([]byte("s"))
-	real, err := Split(randomKey(t), 3, 2)
+	parts, err := Split(randomKey(t), 3, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,8 +181,8 @@ func TestSealErrors(t *testing.T) {
 		"not the owner":   {ownerKey, Binding{ClusterID: testCluster, Owner: holder, Generation: 1, Holder: holder, Split: sp}, s, ErrNotOwner},
 		"no cluster":      {ownerKey, Binding{Owner: owner, Holder: holder, Split: sp}, s, ErrInvalidEnvelope},
 		"bad holder":      {ownerKey, Binding{ClusterID: testCluster, Owner: owner, Holder: "junk", Split: sp}, s, ErrInvalidEnvelope},
-		"zero split":      {ownerKey, noSplit, real[0], ErrZeroSplit},
-		"zero split (2)":  {ownerKey, noSplit, real[0], ErrInvalidEnvelope},
+		"zero split":      {ownerKey, noSplit, parts[0], ErrZeroSplit},
+		"zero split (2)":  {ownerKey, noSplit, parts[0], ErrInvalidEnvelope},
 		"empty share":     {ownerKey, good, nil, ErrInvalidEnvelope},
 		"huge share":      {ownerKey, good, make([]byte, MaxShareSize+1), ErrInvalidEnvelope},
 		"not a share":     {ownerKey, good, []byte("plain bytes"), ErrInvalidEnvelope},
@@ -195,7 +195,7 @@ func TestSealErrors(t *testing.T) {
 			t.Errorf("%s: err %v, want %v", name, err, c.want)
 		}
 	}
-	if _, err := Seal(ownerKey, good, real[1], nil); err != nil {
+	if _, err := Seal(ownerKey, good, parts[1], nil); err != nil {
 		t.Errorf("a share from Split: %v", err)
 	}
 }

@@ -25,7 +25,7 @@ const ServiceName = "p2pkey.shares"
 const WireVersion = 1
 
 // MaxMessageSize bounds one delimited message on a share stream (rule S4).
-// A push of a 32-byte K share is about 200 bytes.
+// A push of a 32-byte K share is 260 bytes.
 const MaxMessageSize = 64 << 10
 
 // maxErrorMessage bounds the human-readable reason in a refusal.
