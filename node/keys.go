@@ -740,12 +740,15 @@ func (n *Node) sweep(d generations.Duties) {
 			log.Warnw("list envelopes", "err", err)
 			continue
 		}
+		var dead []shares.Key
 		for _, k := range keys {
 			if k.Owner == lo.Owner && k.Generation <= lo.Through {
-				if err := n.store.Delete(k.Generation, k.Owner); err != nil {
-					log.Warnw("delete envelope of lapsed owner", "owner", lo.Owner, "generation", k.Generation, "err", err)
-				}
+				dead = append(dead, k)
 			}
+		}
+		if err := n.store.DeleteKeys(dead); err != nil {
+			log.Warnw("delete envelopes of lapsed owner", "owner", lo.Owner, "err", err)
+			continue
 		}
 		n.markSwept(key)
 		log.Infow("deleted envelopes of a lapsed owner", "owner", lo.Owner, "through", lo.Through)
