@@ -1,0 +1,38 @@
+// Package idle measures what an idle p2pkey cluster costs, on real processes
+// (issue 13). It holds no library code: its benchmark builds the p2pkey
+// binary and the rafttcp baseline (bench/idle/rafttcp), starts a cluster of
+// daemons and, beside it in the same run, a plain hashicorp/raft cluster of
+// the same size over TCP with raft.DefaultConfig() and an FSM that does
+// nothing, lets both settle, and then watches every process over one window:
+//
+//   - CPU: utime+stime from /proc/PID/stat, as a percentage of one core;
+//   - memory: VmRSS from /proc/PID/status at the end of the window;
+//   - traffic: the tcp_info counters (bytes_sent, bytes_received, segs_out,
+//     segs_in) of every TCP socket the process holds, read with `ss -tinp`
+//     at the start, every few seconds and at the end. "wire" adds 66 bytes
+//     per segment (Ethernet, IPv4 and TCP headers with timestamps) to the
+//     payload, as a LAN would carry it. Daemons listen on TCP only, so that
+//     every byte they exchange is on a counted socket.
+//
+// Leader and followers are reported apart: a daemon's role comes from
+// `p2pkey status --json` before and after the window (the benchmark fails if
+// the leader or the term changed), the baseline's from the state lines
+// rafttcp prints.
+//
+// Run it (about two minutes for 5 nodes; skipped with -short):
+//
+//	go test ./bench/idle -run '^$' -bench Idle -benchtime 1x
+//	go test ./bench/idle -run '^$' -bench Idle -benchtime 1x -args -idle.nodes 5,15 -idle.window 20s
+//
+// Flags (after -args), each with an environment variable as its default:
+//
+//	-idle.nodes   IDLE_NODES    cluster sizes, comma-separated (5)
+//	-idle.window  IDLE_WINDOW   the measured window (60s)
+//	-idle.settle  IDLE_SETTLE   how long a formed cluster idles before it (15s)
+//	-idle.bin     IDLE_BIN      a p2pkey binary to measure instead of building ./cmd/p2pkey
+//	-idle.args    IDLE_ARGS     extra `p2pkey daemon` flags, space-separated
+//
+// -idle.bin compares builds in one command: build the old tree's binary
+// elsewhere and point the benchmark at it; the baseline runs beside it as
+// always.
+package idle
