@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -40,7 +42,38 @@ type gossip struct {
 	sub   *pubsub.Subscription
 	name  string
 	warn  *rate.Limiter
+	// perFrom limits the messages each peer hands this node (before they are
+	// decoded); perAuthor the announcements accepted from each author.
+	perFrom, perAuthor *p2p.PeerLimiter
+	// lastLeader is the last leader this node's Raft followed: while Raft
+	// knows none (this node cut off, or an election on), announcements by
+	// that leader are still heard.
+	lastLeader atomic.Pointer[peer.ID]
+	// rejected counts the messages the validator refused.
+	rejected atomic.Uint64
+	// pending is the newest generation heard of and not yet checked; a
+	// send on check wakes catchUpLoop.
+	mu      sync.Mutex
+	pending *heardGeneration
+	check   chan struct{}
 }
+
+// heardGeneration is a generation the leader announced, awaiting its check.
+type heardGeneration struct {
+	CatchUp
+	author peer.ID
+}
+
+// Announcements accepted per peer: a leader announces at most every
+// 250 ms, and only when a generation changes state or every 30 s.
+const (
+	announceRate  = rate.Limit(4)
+	announceBurst = 20
+)
+
+// catchUpGrace is how long Raft gets to bring the ledger to an announced
+// generation before this node says it is catching up.
+const catchUpGrace = time.Second
 
 // DecodeAnnouncement decodes and checks one announcement for cluster.
 func DecodeAnnouncement(data []byte, cluster string) (*pb.GenerationAnnouncement, error) {
@@ -66,12 +99,23 @@ func DecodeAnnouncement(data []byte, cluster string) (*pb.GenerationAnnouncement
 }
 
 func (n *Node) startGossip(clusterID string) error {
-	ps, err := p2p.NewGossip(n.ctx, n.host)
+	name := GossipTopicPrefix + clusterID
+	ps, err := p2p.NewGossip(n.ctx, n.host, p2p.MembersOnly(name, n.knownMember)...)
 	if err != nil {
 		return fmt.Errorf("start gossip: %w", err)
 	}
-	g := &gossip{ps: ps, name: GossipTopicPrefix + clusterID, warn: rate.NewLimiter(rate.Every(time.Second), 5)}
-	if err := ps.RegisterTopicValidator(g.name, n.validateAnnouncement); err != nil {
+	g := &gossip{
+		ps:        ps,
+		name:      name,
+		warn:      rate.NewLimiter(rate.Every(time.Second), 5),
+		perFrom:   p2p.NewPeerLimiter(announceRate, announceBurst),
+		perAuthor: p2p.NewPeerLimiter(announceRate, announceBurst),
+		check:     make(chan struct{}, 1),
+	}
+	validate := func(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+		return n.validateAnnouncement(g, from, m)
+	}
+	if err := ps.RegisterTopicValidator(g.name, validate); err != nil {
 		return err
 	}
 	if g.topic, err = ps.Join(g.name); err != nil {
@@ -81,29 +125,55 @@ func (n *Node) startGossip(clusterID string) error {
 		return err
 	}
 	n.gossip = g
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.gossipLoop(clusterID)
+	go n.catchUpLoop()
 	return nil
 }
 
-// validateAnnouncement refuses (and logs) anything that is not a well-formed
-// announcement for this cluster by a peer this node knows as a member.
-func (n *Node) validateAnnouncement(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+// validateAnnouncement accepts only a well-formed announcement for this
+// cluster, authored (signed: pubsub checks the signature against the
+// author's key) by the leader this node knows, within the per-peer rates.
+// Everything else is dropped and never forwarded.
+func (n *Node) validateAnnouncement(g *gossip, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	if from == n.host.ID() {
 		return pubsub.ValidationAccept
 	}
+	now := time.Now()
+	if !g.perFrom.Allow(from, now) {
+		return pubsub.ValidationIgnore
+	}
 	author := m.GetFrom()
 	_, err := DecodeAnnouncement(m.GetData(), n.localClusterID())
-	if err == nil && !n.knownMember(author) {
-		err = fmt.Errorf("%w: author %s is not a known member", ErrBadAnnouncement, author)
+	if err == nil {
+		if leader := n.knownLeader(g); author != leader {
+			err = fmt.Errorf("%w: author %s is not the leader (%s)", ErrBadAnnouncement, author, leader)
+		}
 	}
 	if err != nil {
-		if n.gossip != nil && n.gossip.warn.Allow() {
+		g.rejected.Add(1)
+		if g.warn.Allow() {
 			log.Warnw("refused gossip message", "from", from, "author", author, "err", err)
 		}
 		return pubsub.ValidationReject
 	}
+	if !g.perAuthor.Allow(author, now) {
+		return pubsub.ValidationIgnore
+	}
 	return pubsub.ValidationAccept
+}
+
+// knownLeader is the leader this node's Raft follows, or, while Raft knows
+// none, the last one it did.
+func (n *Node) knownLeader(g *gossip) peer.ID {
+	if l := n.cons.Leader(); l != "" {
+		g.lastLeader.Store(&l)
+		return l
+	}
+	if l := g.lastLeader.Load(); l != nil {
+		return *l
+	}
+	return ""
 }
 
 // localClusterID is the cluster ID this node started with (made at
@@ -115,15 +185,17 @@ func (n *Node) localClusterID() string {
 	return n.clusterID
 }
 
-// knownMember: an active or joining member of the local ledger, or, while
-// the ledger is empty (catching up from nothing), a member named by the join
-// response or the peer book.
+// knownMember decides who takes part in the gossip topic: a joining or
+// active member of the local ledger (MemberStatus.IsMember; removed,
+// rejected and lapsed peers are out, as they are for Raft), or, while the
+// ledger is empty (catching up from nothing), a member named by the join
+// response or the peer book. Pubsub asks it from its event loop.
 func (n *Node) knownMember(p peer.ID) bool {
 	var known, empty bool
 	n.view(func(l *generations.Ledger) {
 		empty = !l.Bootstrapped()
 		if m, ok := l.Member(p); ok {
-			known = m.Status == generations.StatusActive || m.Status == generations.StatusJoining
+			known = m.Status.IsMember()
 		}
 	})
 	if known {
@@ -152,16 +224,24 @@ func (n *Node) gossipLoop(clusterID string) {
 	}
 }
 
-// heard records an announcement. If it names a generation newer than the
-// local ledger's, the node is catching up: it says so, reconnects to the
-// cluster, and its duties start as soon as the ledger arrives.
-func (n *Node) heard(a *pb.GenerationAnnouncement, author peer.ID) {
+// newestGeneration is the number of the local ledger's newest generation.
+func (n *Node) newestGeneration() uint64 {
 	var newest uint64
 	n.view(func(l *generations.Ledger) {
 		if gs := l.Generations(); len(gs) > 0 {
 			newest = gs[len(gs)-1].Number
 		}
 	})
+	return newest
+}
+
+// heard records an announcement that passed the validator. An announcement
+// only makes this node check: if it names a generation newer than the local
+// ledger's, the node reconnects to the members, and catchUpLoop looks again
+// after catchUpGrace; the status changes only if Raft has not delivered it by
+// then and is not following the announcing leader.
+func (n *Node) heard(a *pb.GenerationAnnouncement, author peer.ID) {
+	newest := n.newestGeneration()
 	n.events.publish(Event{Type: EventGenerationHeard, Peer: author, Detail: fmt.Sprintf("generation %d %s", a.GetGeneration(), a.GetState())})
 	key := fmt.Sprintf("%s/%d/%s", author, a.GetGeneration(), a.GetState())
 	n.mu.Lock()
@@ -179,15 +259,70 @@ func (n *Node) heard(a *pb.GenerationAnnouncement, author peer.ID) {
 	if a.GetGeneration() <= newest {
 		return
 	}
-	n.mu.Lock()
-	fresh := n.catchUp == nil || n.catchUp.Generation < a.GetGeneration()
+	g := n.gossip
+	g.mu.Lock()
+	fresh := g.pending == nil || g.pending.Generation < a.GetGeneration()
 	if fresh {
-		n.catchUp = &CatchUp{Generation: a.GetGeneration(), From: author.String(), Since: time.Now()}
+		g.pending = &heardGeneration{CatchUp{Generation: a.GetGeneration(), From: author.String(), Since: time.Now()}, author}
+	}
+	g.mu.Unlock()
+	if !fresh {
+		return
+	}
+	select {
+	case g.check <- struct{}{}:
+	default:
+	}
+	go n.connectMembers()
+}
+
+// catchUpLoop checks announced generations after catchUpGrace (see heard).
+func (n *Node) catchUpLoop() {
+	defer n.wg.Done()
+	g := n.gossip
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-g.check:
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(catchUpGrace):
+		}
+		g.mu.Lock()
+		h := g.pending
+		g.pending = nil
+		g.mu.Unlock()
+		if h != nil {
+			n.confirmCatchUp(*h)
+		}
+	}
+}
+
+// confirmCatchUp shows h in the status if the local ledger still lacks its
+// generation and Raft is not following its author: this node is then cut
+// off from a leader that is ahead of it.
+func (n *Node) confirmCatchUp(h heardGeneration) {
+	newest := n.newestGeneration()
+	if newest >= h.Generation {
+		return
+	}
+	if n.cons.Leader() == h.author {
+		log.Debugw("gossip: Raft follows the announcing leader; no catch-up to show", "generation", h.Generation, "local", newest)
+		return
+	}
+	n.mu.Lock()
+	fresh := n.catchUp == nil || n.catchUp.Generation < h.Generation
+	if fresh {
+		c := h.CatchUp
+		n.catchUp = &c
 	}
 	n.mu.Unlock()
 	if fresh {
-		log.Infow("catching up: heard of a generation the local ledger does not have", "generation", a.GetGeneration(), "local", newest, "from", author)
-		n.events.publish(Event{Type: EventCatchingUp, Peer: author, Detail: fmt.Sprintf("generation %d (local ledger has %d)", a.GetGeneration(), newest)})
+		log.Infow("catching up: the leader announced a generation the local ledger does not have", "generation", h.Generation, "local", newest, "from", h.author)
+		n.events.publish(Event{Type: EventCatchingUp, Peer: h.author, Detail: fmt.Sprintf("generation %d (local ledger has %d)", h.Generation, newest)})
 		go n.connectMembers()
 	}
 }
@@ -195,12 +330,7 @@ func (n *Node) heard(a *pb.GenerationAnnouncement, author peer.ID) {
 // catchingUp returns the pending catch-up, clearing it once the ledger has
 // reached the announced generation.
 func (n *Node) catchingUp() *CatchUp {
-	var newest uint64
-	n.view(func(l *generations.Ledger) {
-		if gs := l.Generations(); len(gs) > 0 {
-			newest = gs[len(gs)-1].Number
-		}
-	})
+	newest := n.newestGeneration()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.catchUp != nil && newest >= n.catchUp.Generation {
@@ -256,6 +386,7 @@ func (n *Node) announceLoop() {
 			return
 		case <-tick.C:
 		}
+		n.knownLeader(n.gossip) // remember the leader for the validator
 		if !n.cons.IsLeader() {
 			continue
 		}
