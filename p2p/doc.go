@@ -6,7 +6,9 @@
 // trimming. It owns NAT traversal (rules N1, N2): AutoNAT, hole punching, the
 // relay client with static relays, the members-only relay service, port
 // mapping, mDNS, and the helpers that report reachability and how each peer
-// is connected (see docs/NAT.md). It also routes go-libp2p's slog output into go-log/v2, so the
+// is connected (see docs/NAT.md). It provides the gossipsub setup that keeps a
+// topic to members (MembersOnly) and the bounded per-peer and per-IP rate
+// limiters (ConnLimiter, PeerLimiter) for handlers a stranger can reach. It also routes go-libp2p's slog output into go-log/v2, so the
 // GOLOG_* environment variables govern every log line the process writes.
 //
 // It must not know about Raft, the custody ledger or shares: those packages
