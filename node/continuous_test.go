@@ -333,6 +333,12 @@ func TestRetentionBoundLapsesAbsentNode(t *testing.T) {
 func TestGossipRefusesStrangers(t *testing.T) {
 	nodes := testCluster(t, 2)
 	waitUnlocked(t, nodes...)
+	// Only the leader's announcements are heard (gossip is members-only and
+	// leader-only): the leader speaks, the other member listens.
+	waitFor(t, "a leader", 10*time.Second, func() bool { return nodes[0].cons.Leader() != "" })
+	if !nodes[0].cons.IsLeader() {
+		nodes[0], nodes[1] = nodes[1], nodes[0]
+	}
 	events, cancel := nodes[1].Events()
 	defer cancel()
 

@@ -81,16 +81,18 @@ func DecodeJoinResponse(r io.Reader) (*pb.JoinResponse, error) {
 }
 
 type joinService struct {
-	n       *Node
-	global  *rate.Limiter
-	perPeer *p2p.PeerLimiter
+	n      *Node
+	global *rate.Limiter
+	// limits bounds join attempts per peer and per IP (with bounded
+	// memory) before anything is decoded (rule S10).
+	limits *p2p.ConnLimiter
 }
 
 func (n *Node) startJoinService() {
 	js := &joinService{
-		n:       n,
-		global:  rate.NewLimiter(rate.Limit(5), 20),
-		perPeer: p2p.NewPeerLimiter(rate.Every(2*time.Second), 3),
+		n:      n,
+		global: rate.NewLimiter(rate.Limit(5), 20),
+		limits: p2p.NewConnLimiter(p2p.Bucket{Rate: rate.Every(2 * time.Second), Burst: 3}, p2p.Bucket{Rate: 1, Burst: 20}),
 	}
 	n.host.SetStreamHandler(JoinProtocol, js.handle)
 }
@@ -109,7 +111,7 @@ func (js *joinService) handle(s network.Stream) {
 	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
 
 	resp := &pb.JoinResponse{ClusterId: js.n.ClusterID()}
-	if !js.perPeer.Allow(remote, time.Now()) {
+	if !js.limits.Allow(s.Conn(), time.Now()) {
 		log.Warnw("join refused: rate limited", "peer", remote)
 		resp.ErrorCode, resp.ErrorMessage = codeRateLimited, ErrJoinRateLimit.Error()
 		js.reply(s, resp)
