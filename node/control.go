@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -48,6 +50,28 @@ type KeyResponse struct {
 	Key     []byte `json:"key"`
 }
 
+// controlStatus is the body of GET /v1/status: the node's Status and, under
+// "recovery_kit", the last recovery kit it made (null if none).
+type controlStatus struct {
+	Status
+	RecoveryKit *RecoveryKitStatus `json:"recovery_kit"`
+}
+
+// RecoveryKitRequest is the body of POST /v1/recovery-kit.
+type RecoveryKitRequest struct {
+	// Recipients are age recipients or SSH public keys (see
+	// ParseRecoveryRecipient).
+	Recipients []string `json:"recipients"`
+}
+
+// RecoveryKitResponse carries a recovery kit: an armoured age file
+// encrypted, inside the daemon, to the request's recipients. K never
+// crosses the socket in plaintext.
+type RecoveryKitResponse struct {
+	Kit  string          `json:"kit"`
+	Info RecoveryKitInfo `json:"info"`
+}
+
 // Codes of the lock errors, which are not ledger sentinels.
 const (
 	codeLocked     = "locked"
@@ -71,7 +95,19 @@ func (n *Node) serveControl() (*controlServer, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, n.Status())
+		writeJSON(w, http.StatusOK, controlStatus{Status: n.Status(), RecoveryKit: n.RecoveryKitStatus()})
+	})
+	mux.HandleFunc("POST /v1/recovery-kit", func(w http.ResponseWriter, r *http.Request) {
+		var req RecoveryKitRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		kit, info, err := n.MakeRecoveryKit(req.Recipients)
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, RecoveryKitResponse{Kit: string(kit), Info: info})
 	})
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Status().Members)
@@ -224,33 +260,47 @@ func serveVote(w http.ResponseWriter, r *http.Request, vote func(context.Context
 // bound, if not nil, is called with the socket's temporary path right after
 // the bind and before the chmod (tests look at it there).
 func listenControl(path string, bound func(tmp string)) (*net.UnixListener, error) {
+	return listenUnix("control socket", path, 0o600, -1, bound)
+}
+
+// listenUnix creates a unix stream socket at path, as listenControl does,
+// whose mode is mode and, when gid is not negative, whose group is gid, both
+// set before the socket appears at path. what names the socket in errors.
+func listenUnix(what, path string, mode fs.FileMode, gid int, bound func(tmp string)) (*net.UnixListener, error) {
 	dir, err := os.MkdirTemp(filepath.Dir(path), ".ctl")
 	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer os.RemoveAll(dir)
 	// MkdirTemp asks for 0700; a umask can only narrow that, and a narrower
 	// one (say 0777) would keep this process out of its own directory.
 	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	tmp := filepath.Join(dir, "s")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	// The path it was bound to goes away with dir; close removes path.
 	ln.SetUnlinkOnClose(false)
 	if bound != nil {
 		bound(tmp)
 	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
+	fail := func(err error) (*net.UnixListener, error) {
 		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if gid >= 0 {
+		if err := os.Chown(tmp, -1, gid); err != nil {
+			return fail(err)
+		}
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return fail(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
+		return fail(err)
 	}
 	return ln, nil
 }
@@ -305,9 +355,11 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 	}
 }
 
-// Client talks to a running daemon's control API.
+// Client talks to a running daemon's control API, or to its application
+// key socket (see ServeApp), which answers Key only.
 type Client struct {
-	dataDir string
+	dataDir string // "" for a client of a named socket
+	socket  string
 	hc      *http.Client
 }
 
@@ -316,14 +368,43 @@ var ErrDaemonNotRunning = errors.New("no p2pkey daemon is running on this data d
 
 // NewClient returns a client for the daemon whose data directory is dataDir.
 func NewClient(dataDir string) *Client {
-	path := SocketPath(dataDir)
-	return &Client{dataDir: dataDir, hc: &http.Client{
+	c := NewSocketClient(SocketPath(dataDir))
+	c.dataDir = dataDir
+	return c
+}
+
+// NewSocketClient returns a client for the daemon socket at path: a control
+// socket, or an application key socket, which answers Key only (every other
+// call gets an APIError with status 403).
+func NewSocketClient(path string) *Client {
+	return &Client{socket: path, hc: &http.Client{
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		}},
 	}}
 }
+
+// unreachableError: nothing this user may reach answers on a named socket.
+// It matches ErrDaemonNotRunning.
+type unreachableError struct {
+	socket string
+	err    error
+}
+
+func (e *unreachableError) Error() string {
+	why := e.err.Error()
+	var errno syscall.Errno
+	if errors.As(e.err, &errno) {
+		why = errno.Error()
+	}
+	return fmt.Sprintf("cannot reach a p2pkey daemon on %s (%s)", e.socket, why)
+}
+
+func (e *unreachableError) Unwrap() []error { return []error{ErrDaemonNotRunning, e.err} }
+
+// Socket is the path of the socket the client talks to.
+func (c *Client) Socket() string { return c.socket }
 
 // APIError is an error the daemon returned.
 type APIError struct {
@@ -342,6 +423,8 @@ func (e *APIError) Unwrap() error {
 		return ErrLocked
 	case codeUnescrowed:
 		return ErrUnescrowed
+	case codeForbidden:
+		return ErrForbidden
 	}
 	return generations.ErrorByCode(e.Code)
 }
@@ -361,7 +444,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || isConnRefused(err) {
+		switch {
+		case c.dataDir == "" && (errors.Is(err, os.ErrNotExist) || isConnRefused(err) || errors.Is(err, os.ErrPermission)):
+			return &unreachableError{socket: c.socket, err: err}
+		case errors.Is(err, os.ErrNotExist) || isConnRefused(err):
 			return fmt.Errorf("%w (%s); start it with `p2pkey daemon`", ErrDaemonNotRunning, c.dataDir)
 		}
 		return err
@@ -443,6 +529,15 @@ func (c *Client) Key(ctx context.Context, purpose string, wait bool) ([]byte, er
 	var out KeyResponse
 	err := c.do(ctx, http.MethodPost, "/key", KeyRequest{Purpose: purpose, Wait: wait}, &out)
 	return out.Key, err
+}
+
+// RecoveryKit asks the daemon for a break-glass recovery kit encrypted to
+// recipients. It fails with an error wrapping ErrLocked while the node is
+// locked.
+func (c *Client) RecoveryKit(ctx context.Context, recipients []string) (RecoveryKitResponse, error) {
+	var out RecoveryKitResponse
+	err := c.do(ctx, http.MethodPost, "/recovery-kit", RecoveryKitRequest{Recipients: recipients}, &out)
+	return out, err
 }
 
 // Generations fetches every generation with its owner x holder matrix.
