@@ -74,6 +74,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var natPortMap, noMDNS, noRelayService bool
 	var reachability string
 	var maxBehind uint32
+	var ks keySocketFlags
 	cmd := &cobra.Command{
 		Use:   "daemon [--bootstrap | --join-file FILE | --join -]",
 		Short: "Run the node in the foreground",
@@ -94,6 +95,28 @@ Behind NAT, the node punches holes (DCUtR) where it can and otherwise uses a
 member that relays for it: one named by --relay, in config.json, or in the
 invite. A publicly reachable member relays for other members, never for
 strangers. On a LAN, members find each other with mDNS.
+
+Under systemd (Type=notify, see contrib/systemd/p2pkey.service) the daemon
+sends READY=1 only once its key is unlocked, so that units ordered after it get
+their keys on the first try; STATUS= lines while it waits ("locked: 1 of 2
+shares for generation 4, waiting on 12D3KooW…"); WATCHDOG=1 when WatchdogSec=
+is set; and STOPPING=1 when it stops.
+
+--luks-socket PATH serves systemd-cryptsetup's key-file socket: name PATH as the
+key file in /etc/crypttab, and the volume VOLUME gets the key of purpose
+luks/VOLUME (what 'p2pkey key --purpose luks/VOLUME --format raw' prints). Only
+root, and the uids given with --luks-allow-uid, get a key; a request waits up
+to --luks-wait for the node to unlock, then gets nothing.
+
+--app-socket PATH serves keys to other local users: they may ask for keys
+(key, encrypt, decrypt: 'p2pkey --socket PATH key ...') and nothing else, and
+only for the purposes an --app-allow rule grants their uid or group:
+  uid:1000=app/*   user:www-data=web/*,cache   gid:990=*   group:apps=apps/*
+(a pattern ending in * is a prefix). --app-group makes the socket file 0660
+and owned by that group; otherwise it is 0666 and the rules alone decide.
+
+All of these can also be set in DATA/config.json: luks_socket,
+luks_allow_uids, luks_wait, app_socket, app_group, app_allow.
 
 Logs go to stderr. Set GOLOG_LOG_LEVEL to change the level, for example
 GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
@@ -133,27 +156,55 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			if err := cfg.Validate(); err != nil {
 				return &statusError{code: exitUsage, err: err}
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			n, err := node.Start(ctx, cfg)
+			sockets, err := ks.resolve(cmd, fc)
 			if err != nil {
 				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			sd := newSystemd(cmd.ErrOrStderr())
+			if cfg.Join != "" {
+				sd.status("joining the cluster")
+			} else {
+				sd.status("starting")
+			}
+			n, err := node.Start(ctx, cfg)
+			if err != nil {
+				sd.stopping("failed: " + err.Error())
+				return err
+			}
+			servers, err := sockets.serve(n)
+			if err != nil {
+				sd.stopping("failed: " + err.Error())
+				n.Close()
+				return err
+			}
+			var sdDone <-chan struct{}
+			shutdown := func(why string) error {
+				stop()
+				<-sdDone
+				sd.stopping(why)
+				for _, s := range servers {
+					s.Close()
+				}
+				return n.Close()
 			}
 			events, cancel := n.Events()
 			defer cancel()
 			fmt.Fprintf(cmd.ErrOrStderr(), "p2pkey: node %s running in cluster %s (control socket %s)\n", n.ID(), n.ClusterID(), cfg.SocketPath())
+			sdDone = sd.watch(ctx, n)
 			for {
 				select {
 				case <-ctx.Done():
 					fmt.Fprintln(cmd.ErrOrStderr(), "p2pkey: shutting down")
-					return n.Close()
+					return shutdown("shutting down")
 				case e, ok := <-events:
 					if !ok {
-						return n.Close()
+						return shutdown("shutting down")
 					}
 					if e.Type == node.EventMemberRemoved && e.Peer == n.ID() && e.Detail == "left" {
 						fmt.Fprintln(cmd.ErrOrStderr(), "p2pkey: this node has left the cluster; exiting")
-						return n.Close()
+						return shutdown("this node has left the cluster")
 					}
 				}
 			}
@@ -168,6 +219,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	cmd.Flags().BoolVar(&noRelayService, "no-relay-service", false, "do not relay for other members when publicly reachable")
 	cmd.Flags().StringVar(&reachability, "reachability", "", "override NAT detection: public or private")
 	cmd.Flags().Uint32Var(&maxBehind, "max-generations-behind", 0, "with --bootstrap: how many generations an absent member's old shares are kept before it must be invited again (default 3)")
+	ks.register(cmd)
 	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 1s)")
 	cmd.Flags().MarkHidden("raft-heartbeat")
 	return cmd
@@ -249,6 +301,7 @@ peer_id, status, escrow_generation, shares_held, threshold.`,
 				lock += fmt.Sprintf(" (generation %d: %d shares held, threshold %d)", u.Generation, u.Have, u.Need)
 			}
 			fmt.Fprintf(w, "lock:        %s\n", lock)
+			fmt.Fprintf(w, "recovery:    %s\n", kitLine(decodeKit(raw)))
 			fmt.Fprintf(w, "reachable:   %s\n", st.Reachability)
 			if c := st.CatchingUp; c != nil {
 				fmt.Fprintf(w, "catching up: heard of generation %d from %s\n", c.Generation, short(c.From))

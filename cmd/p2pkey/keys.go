@@ -52,23 +52,15 @@ in which case it waits until the node is unlocked or --timeout passes.`,
 			}
 			ctx, cancel := reqCtx(cmd, timeout)
 			defer cancel()
-			k, err := g.client().Key(ctx, purpose, wait)
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			k, err := g.keyClient().Key(ctx, purpose, wait)
 			if err != nil {
 				return lockedErr(err)
 			}
 			defer clear(k)
-			w := cmd.OutOrStdout()
-			switch format {
-			case "hex":
-				fmt.Fprintln(w, hex.EncodeToString(k))
-			case "base64":
-				fmt.Fprintln(w, base64.StdEncoding.EncodeToString(k))
-			case "raw":
-				_, err = w.Write(k)
-			default:
-				return &statusError{code: exitUsage, err: fmt.Errorf("--format %q: want hex, base64 or raw", format)}
-			}
-			return err
+			return writeKey(cmd.OutOrStdout(), k, format)
 		},
 	}
 	cmd.Flags().StringVar(&purpose, "purpose", "default", "what the key is for; each purpose gives an independent key")
@@ -78,10 +70,35 @@ in which case it waits until the node is unlocked or --timeout passes.`,
 	return cmd
 }
 
+// checkFormat refuses an unknown --format before any key is fetched.
+func checkFormat(format string) error {
+	switch format {
+	case "hex", "base64", "raw":
+		return nil
+	}
+	return &statusError{code: exitUsage, err: fmt.Errorf("--format %q: want hex, base64 or raw", format)}
+}
+
+// writeKey prints k in format (see checkFormat).
+func writeKey(w io.Writer, k []byte, format string) error {
+	var err error
+	switch format {
+	case "hex":
+		_, err = fmt.Fprintln(w, hex.EncodeToString(k))
+	case "base64":
+		_, err = fmt.Fprintln(w, base64.StdEncoding.EncodeToString(k))
+	case "raw":
+		_, err = w.Write(k)
+	default:
+		return checkFormat(format)
+	}
+	return err
+}
+
 func ageKey(cmd *cobra.Command, g *globals, purpose string, wait bool) (string, error) {
 	ctx, cancel := reqCtx(cmd, 10*time.Minute)
 	defer cancel()
-	k, err := g.client().Key(ctx, purpose, wait)
+	k, err := g.keyClient().Key(ctx, purpose, wait)
 	if err != nil {
 		return "", lockedErr(err)
 	}
@@ -108,19 +125,7 @@ node is locked.`,
 			if err != nil {
 				return err
 			}
-			r, err := age.NewScryptRecipient(pass)
-			if err != nil {
-				return err
-			}
-			r.SetWorkFactor(ageWorkFactor)
-			w, err := age.Encrypt(cmd.OutOrStdout(), r)
-			if err != nil {
-				return err
-			}
-			if _, err := io.Copy(w, cmd.InOrStdin()); err != nil {
-				return err
-			}
-			return w.Close()
+			return ageEncrypt(cmd.OutOrStdout(), cmd.InOrStdin(), pass)
 		},
 	}
 	cmd.Flags().StringVar(&purpose, "purpose", agePurpose, "purpose of the derived key")
@@ -146,20 +151,44 @@ and purpose or has been tampered with.`,
 			if err != nil {
 				return err
 			}
-			id, err := age.NewScryptIdentity(pass)
-			if err != nil {
-				return err
-			}
-			id.SetMaxWorkFactor(ageWorkFactor)
-			r, err := age.Decrypt(cmd.InOrStdin(), id)
-			if err != nil {
-				return fmt.Errorf("decrypt: %w", err)
-			}
-			_, err = io.Copy(cmd.OutOrStdout(), r)
-			return err
+			return ageDecrypt(cmd.OutOrStdout(), cmd.InOrStdin(), pass)
 		},
 	}
 	cmd.Flags().StringVar(&purpose, "purpose", agePurpose, "purpose of the derived key")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the node is unlocked")
 	return cmd
+}
+
+// ageEncrypt writes in as an age file to out, its file key wrapped with an
+// scrypt stanza whose passphrase is pass: the hex form of a derived key.
+// encrypt and recover's encrypt use it, so either opens the other's files.
+func ageEncrypt(out io.Writer, in io.Reader, pass string) error {
+	r, err := age.NewScryptRecipient(pass)
+	if err != nil {
+		return err
+	}
+	r.SetWorkFactor(ageWorkFactor)
+	w, err := age.Encrypt(out, r)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, in); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// ageDecrypt opens an age file made by ageEncrypt with pass.
+func ageDecrypt(out io.Writer, in io.Reader, pass string) error {
+	id, err := age.NewScryptIdentity(pass)
+	if err != nil {
+		return err
+	}
+	id.SetMaxWorkFactor(ageWorkFactor)
+	r, err := age.Decrypt(in, id)
+	if err != nil {
+		return fmt.Errorf("decrypt: %w", err)
+	}
+	_, err = io.Copy(out, r)
+	return err
 }

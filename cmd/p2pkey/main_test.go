@@ -20,9 +20,21 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	if helperMain() {
+		return
+	}
 	dir, err := os.MkdirTemp("", "p2pkey-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// Tests run the binary, and this test binary as a helper, as other
+	// users too.
+	os.Chmod(dir, 0o755)
+	helperBin = filepath.Join(dir, "helper.test")
+	if err := copyFile(os.Args[0], helperBin, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "copy the test binary:", err)
+		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "p2pkey")
@@ -119,8 +131,15 @@ func (d *daemon) log() string {
 // it (SIGTERM, then SIGKILL) when the test ends.
 func startDaemon(t *testing.T, data string, stdin io.Reader, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, data, nil, stdin, args...)
+}
+
+// startDaemonEnv is startDaemon with env added to the daemon's environment.
+func startDaemonEnv(t *testing.T, data string, env []string, stdin io.Reader, args ...string) *daemon {
+	t.Helper()
 	full := append([]string{"--data", data, "daemon", "--no-mdns", "--raft-heartbeat", "300ms"}, args...)
 	d := &daemon{cmd: exec.Command(bin, full...), data: data, done: make(chan struct{})}
+	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stdin, d.cmd.Stdout, d.cmd.Stderr = stdin, d, d
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -139,6 +158,17 @@ func startDaemon(t *testing.T, data string, stdin io.Reader, args ...string) *da
 		}
 	})
 	return d
+}
+
+// stop sends SIGTERM and waits for the daemon to exit.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("daemon on %s did not stop on SIGTERM", d.data)
+	}
 }
 
 // waitMember waits until the daemon is an active voting member that knows

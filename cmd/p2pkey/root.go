@@ -17,7 +17,15 @@ import (
 type globals struct {
 	dataDir string
 	jsonOut bool
+	// socket, from --socket or $P2PKEY_SOCKET, replaces the data
+	// directory's control socket.
+	socket string
 }
+
+// defaultAppSocket is where the packaged unit serves the application key
+// socket; key, encrypt and decrypt use it when the user cannot reach the
+// data directory's control socket.
+const defaultAppSocket = "/run/p2pkey/app.sock"
 
 func newRootCmd() *cobra.Command {
 	g := &globals{}
@@ -45,7 +53,11 @@ Exit status: 0 success, 1 error, 2 usage error, 3 the node is locked.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.dataDir, "data", "", "data directory (default $P2PKEY_DATA, else ~/.p2pkey)")
+	root.PersistentFlags().StringVar(&g.socket, "socket", "", "talk to the daemon on this socket instead of DATA/p2pkey.sock, e.g. the application key socket (default $P2PKEY_SOCKET)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		if g.socket == "" {
+			g.socket = os.Getenv("P2PKEY_SOCKET")
+		}
 		if g.dataDir == "" {
 			g.dataDir = os.Getenv("P2PKEY_DATA")
 		}
@@ -81,6 +93,8 @@ Exit status: 0 success, 1 error, 2 usage error, 3 the node is locked.`,
 		newDecryptCmd(g),
 		newGenerationsCmd(g),
 		newAuditCmd(g),
+		newRecoveryKitCmd(g),
+		newRecoverCmd(g),
 	)
 	return root
 }
@@ -94,7 +108,28 @@ func usageArgs(n int) cobra.PositionalArgs {
 	}
 }
 
-func (g *globals) client() *node.Client { return node.NewClient(g.dataDir) }
+// client talks to the control socket, or to the one --socket names.
+func (g *globals) client() *node.Client {
+	if g.socket != "" {
+		return node.NewSocketClient(g.socket)
+	}
+	return node.NewClient(g.dataDir)
+}
+
+// keyClient is client for the commands that only need keys (key, encrypt,
+// decrypt): when no socket is named and this user cannot reach the data
+// directory's control socket, it uses the application key socket at
+// defaultAppSocket if there is one.
+func (g *globals) keyClient() *node.Client {
+	if g.socket == "" {
+		if _, err := os.Stat(node.SocketPath(g.dataDir)); err != nil {
+			if fi, err := os.Stat(defaultAppSocket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+				return node.NewSocketClient(defaultAppSocket)
+			}
+		}
+	}
+	return g.client()
+}
 
 func reqCtx(cmd *cobra.Command, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(cmd.Context(), d)
@@ -106,13 +141,27 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// fileConfig is DATA/config.json, written by init.
+// fileConfig is DATA/config.json, written by init. The daemon's flags of
+// the same names override (or, for lists, add to) what it says.
 type fileConfig struct {
 	Version    int      `json:"version"`
 	Listen     []string `json:"listen"`
 	Announce   []string `json:"announce,omitempty"`
 	Relays     []string `json:"relays,omitempty"`
 	NATPortMap bool     `json:"nat_portmap,omitempty"`
+
+	// LUKSSocket serves systemd-cryptsetup's key-file socket there.
+	LUKSSocket string `json:"luks_socket,omitempty"`
+	// LUKSAllowUIDs may read LUKS keys besides root.
+	LUKSAllowUIDs []uint32 `json:"luks_allow_uids,omitempty"`
+	// LUKSWait is how long a LUKS request waits for unlock ("30s").
+	LUKSWait string `json:"luks_wait,omitempty"`
+	// AppSocket serves the application key socket there.
+	AppSocket string `json:"app_socket,omitempty"`
+	// AppGroup owns the application key socket (mode 0660).
+	AppGroup string `json:"app_group,omitempty"`
+	// AppAllow are the application rules, e.g. "uid:1000=app/*".
+	AppAllow []string `json:"app_allow,omitempty"`
 }
 
 func configPath(dataDir string) string { return filepath.Join(dataDir, "config.json") }

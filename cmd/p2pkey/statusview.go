@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/p2pkey/p2pkey/node"
 )
@@ -98,5 +99,29 @@ func clusterWarning(st node.Status) string {
 		return "only 1 member: a cluster of one cannot protect K: invite a second node"
 	default:
 		return fmt.Sprintf("only %d members: one node down blocks the other's unlock", n)
+	}
+}
+
+// decodeKit returns the recovery kit part of the daemon's status JSON, or
+// nil when there is none (or the daemon does not send it).
+func decodeKit(raw json.RawMessage) *node.RecoveryKitStatus {
+	var v struct {
+		RecoveryKit *node.RecoveryKitStatus `json:"recovery_kit"`
+	}
+	if json.Unmarshal(raw, &v) != nil {
+		return nil
+	}
+	return v.RecoveryKit
+}
+
+// kitLine is status's recovery line.
+func kitLine(k *node.RecoveryKitStatus) string {
+	switch {
+	case k == nil:
+		return "no recovery kit made"
+	case k.CurrentKey:
+		return fmt.Sprintf("recovery kit made %s for the current key (generation %d, %d recipient(s))", k.CreatedAt.Format(time.RFC3339), k.Generation, len(k.Recipients))
+	default:
+		return fmt.Sprintf("the last recovery kit (%s) is for an earlier key, not the current one", k.CreatedAt.Format(time.RFC3339))
 	}
 }

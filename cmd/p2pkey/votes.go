@@ -57,7 +57,7 @@ terminal it refuses unless --yes is given (exit 2).`,
 			c := g.client()
 			st, err := c.Status(ctx)
 			if err != nil {
-				return err
+				return forbiddenAs("remove", err)
 			}
 			act := destructiveAct{
 				question: fmt.Sprintf("Vote to remove %s?", id),
@@ -131,13 +131,17 @@ unless --yes is given (exit 2).`,
 			ctx, cancel := reqCtx(cmd, time.Minute)
 			defer cancel()
 			c := g.client()
-			st, err := c.Status(ctx)
+			raw, err := c.StatusJSON(ctx)
+			if err != nil {
+				return forbiddenAs("leave", err)
+			}
+			st, _, err := decodeStatus(raw)
 			if err != nil {
 				return err
 			}
 			act := destructiveAct{
 				question: "Leave the cluster?",
-				loss:     leaveLoss,
+				loss:     leaveLoss + leaveKitNote(decodeKit(raw)),
 				warning:  sizeWarning(activeOtherThan(st, st.PeerID)),
 				refusal:  "refusing to leave the cluster without confirmation",
 			}
@@ -153,6 +157,23 @@ unless --yes is given (exit 2).`,
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation (needed without a terminal)")
 	return cmd
+}
+
+// forbiddenAs names the command a key socket refused: remove and leave
+// read the status first, which is what the socket refuses.
+func forbiddenAs(command string, err error) error {
+	if errors.Is(err, node.ErrForbidden) {
+		return fmt.Errorf("%s refused: %w", command, err)
+	}
+	return err
+}
+
+// leaveKitNote adds to leave's loss what a recovery kit changes.
+func leaveKitNote(k *node.RecoveryKitStatus) string {
+	if k != nil && k.CurrentKey {
+		return fmt.Sprintf(" (except through the recovery kit made %s, which still holds it)", k.CreatedAt.Format(time.RFC3339))
+	}
+	return " (no recovery kit was made for it: 'p2pkey recovery-kit' makes one)"
 }
 
 // voteLine is the one-line report of a vote.
