@@ -41,10 +41,16 @@ across restarts.
 
 If the node is locked (it has not gathered a threshold of its shares back) or
 not yet escrowed, key exits with status 3 and says why, unless --wait is given,
-in which case it waits until the node is unlocked or --timeout passes.`,
+in which case it waits until the node is unlocked or --timeout passes.
+
+A user other than the daemon's gets keys from the daemon's application key
+socket (daemon --app-socket), named with --socket or $P2PKEY_SOCKET; without
+either, key uses /run/p2pkey/app.sock when this user cannot reach the data
+directory's control socket. That socket gives only the purposes its rules grant.`,
 		Example: `  p2pkey key --purpose disk
   p2pkey key --purpose db --format base64 --wait
-  p2pkey key --purpose luks --format raw --wait | cryptsetup open /dev/sdb1 data --key-file=-`,
+  p2pkey key --purpose luks/data --format raw --wait | cryptsetup open /dev/sdb1 data --key-file=-
+  p2pkey --socket /run/p2pkey/app.sock key --purpose app/web   # as an application user`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if purpose == "" {
