@@ -389,7 +389,7 @@ func fetchResult(err error, local bool) string {
 	switch {
 	case errors.Is(err, shares.ErrNotFound):
 		return AuditMissing
-	case errors.Is(err, shares.ErrForbidden), errors.Is(err, shares.ErrOwnerRemoved),
+	case errors.Is(err, shares.ErrForbidden), errors.Is(err, shares.ErrOwnerRemoved), errors.Is(err, shares.ErrOwnerLapsed), errors.Is(err, shares.ErrOwnerSuspended),
 		errors.Is(err, shares.ErrRateLimited), errors.Is(err, shares.ErrWrongCluster),
 		errors.Is(err, shares.ErrGenerationNotOpen), errors.Is(err, shares.ErrDuplicate):
 		return AuditRefused

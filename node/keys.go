@@ -835,10 +835,10 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 			n.markRemoved()
 			return
 		}
-		if res.err != nil && strings.Contains(res.err.Error(), generations.ErrOwnerLapsed.Error()) {
+		if errors.Is(res.err, shares.ErrOwnerLapsed) {
 			lapsed = true
 		}
-		if res.err != nil && strings.Contains(res.err.Error(), generations.ErrOwnerSuspended.Error()) {
+		if errors.Is(res.err, shares.ErrOwnerSuspended) {
 			suspended = res.err
 		}
 		if res.err != nil {
@@ -1055,7 +1055,9 @@ func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, generations.ErrOwnerSuspended):
-		return fmt.Errorf("%w: %v", shares.ErrForbidden, err)
+		return fmt.Errorf("%w: %v", shares.ErrOwnerSuspended, err)
+	case errors.Is(err, generations.ErrOwnerLapsed):
+		return fmt.Errorf("%w: %v", shares.ErrOwnerLapsed, err)
 	case errors.Is(err, generations.ErrOwnerRemoved):
 		return fmt.Errorf("%w: %v", shares.ErrOwnerRemoved, err)
 	default:

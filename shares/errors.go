@@ -35,6 +35,12 @@ var (
 	ErrOwnerRemoved = errors.New("shares: owner removed")
 	// ErrRateLimited: too many fetches from this peer.
 	ErrRateLimited = errors.New("shares: rate limited")
+	// ErrOwnerLapsed: the owner lapsed (the retention bound retired its
+	// newest escrow); holders serve none of its envelopes.
+	ErrOwnerLapsed = errors.New("shares: owner lapsed")
+	// ErrOwnerSuspended: a member voted to remove the owner (rule R2);
+	// holders keep its envelopes and serve none until it is reinstated.
+	ErrOwnerSuspended = errors.New("shares: owner suspended")
 	// ErrInternal: the holder failed (for example its store).
 	ErrInternal = errors.New("shares: holder internal error")
 )
@@ -92,6 +98,8 @@ var wireErrors = map[pb.Response_Code]error{
 	pb.Response_OWNER_REMOVED:       ErrOwnerRemoved,
 	pb.Response_RATE_LIMITED:        ErrRateLimited,
 	pb.Response_INTERNAL:            ErrInternal,
+	pb.Response_OWNER_LAPSED:        ErrOwnerLapsed,
+	pb.Response_OWNER_SUSPENDED:     ErrOwnerSuspended,
 }
 
 // codeOrder fixes the order in which codeOf tests the sentinels, so an
@@ -100,6 +108,8 @@ var codeOrder = []pb.Response_Code{
 	pb.Response_TOO_LARGE,
 	pb.Response_WRONG_CLUSTER,
 	pb.Response_OWNER_REMOVED,
+	pb.Response_OWNER_LAPSED,
+	pb.Response_OWNER_SUSPENDED,
 	pb.Response_GENERATION_NOT_OPEN,
 	pb.Response_RATE_LIMITED,
 	pb.Response_DUPLICATE,

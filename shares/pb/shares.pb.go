@@ -40,6 +40,8 @@ const (
 	Response_OWNER_REMOVED       Response_Code = 9
 	Response_RATE_LIMITED        Response_Code = 10
 	Response_INTERNAL            Response_Code = 11
+	Response_OWNER_LAPSED        Response_Code = 12 // fetch: the owner lapsed (retention bound); it must be invited again
+	Response_OWNER_SUSPENDED     Response_Code = 13 // fetch: a member voted to remove the owner; no holder serves it until reinstated
 )
 
 // Enum value maps for Response_Code.
@@ -57,6 +59,8 @@ var (
 		9:  "OWNER_REMOVED",
 		10: "RATE_LIMITED",
 		11: "INTERNAL",
+		12: "OWNER_LAPSED",
+		13: "OWNER_SUSPENDED",
 	}
 	Response_Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":    0,
@@ -71,6 +75,8 @@ var (
 		"OWNER_REMOVED":       9,
 		"RATE_LIMITED":        10,
 		"INTERNAL":            11,
+		"OWNER_LAPSED":        12,
+		"OWNER_SUSPENDED":     13,
 	}
 )
 
@@ -546,7 +552,7 @@ const file_shares_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generationB\x06\n" +
-	"\x04body\"\xc6\x03\n" +
+	"\x04body\"\xed\x03\n" +
 	"\bResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -555,7 +561,7 @@ const file_shares_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12+\n" +
 	"\x11receipt_signature\x18\x05 \x01(\fR\x10receiptSignature\x12\x16\n" +
 	"\x06digest\x18\x06 \x01(\fR\x06digest\x12\x1a\n" +
-	"\benvelope\x18\a \x01(\fR\benvelope\"\xd0\x01\n" +
+	"\benvelope\x18\a \x01(\fR\benvelope\"\xf7\x01\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\x06\n" +
 	"\x02OK\x10\x01\x12\x0f\n" +
@@ -569,7 +575,9 @@ const file_shares_proto_rawDesc = "" +
 	"\rOWNER_REMOVED\x10\t\x12\x10\n" +
 	"\fRATE_LIMITED\x10\n" +
 	"\x12\f\n" +
-	"\bINTERNAL\x10\vB$Z\"github.com/p2pkey/p2pkey/shares/pbb\x06proto3"
+	"\bINTERNAL\x10\v\x12\x10\n" +
+	"\fOWNER_LAPSED\x10\f\x12\x13\n" +
+	"\x0fOWNER_SUSPENDED\x10\rB$Z\"github.com/p2pkey/p2pkey/shares/pbb\x06proto3"
 
 var (
 	file_shares_proto_rawDescOnce sync.Once
