@@ -26,9 +26,13 @@ type systemd struct {
 	errw io.Writer
 }
 
-// lockPoll is how often the lock line is read. Reading it is cheap; a short
-// period keeps READY close to the unlock.
-const lockPoll = 200 * time.Millisecond
+// lockPoll is how often the lock line is read before READY: a short period
+// keeps READY close to the unlock. Afterwards STATUS only informs, and
+// readyPoll keeps the idle daemon's cost down.
+const (
+	lockPoll  = 200 * time.Millisecond
+	readyPoll = 2 * time.Second
+)
 
 func newSystemd(errw io.Writer) *systemd {
 	return &systemd{on: os.Getenv("NOTIFY_SOCKET") != "", errw: errw}
@@ -83,6 +87,7 @@ func (s *systemd) watch(ctx context.Context, n *node.Node) <-chan struct{} {
 				ready = true
 				last = line
 				s.notify("READY=1\nSTATUS=" + line)
+				poll.Reset(readyPoll)
 			case line != last:
 				last = line
 				s.status(line)
