@@ -13,9 +13,10 @@ import (
 
 // script runs testnet/testnet with its state in dir.
 type script struct {
-	t    testing.TB
-	dir  string
-	port int
+	t      testing.TB
+	dir    string
+	port   int
+	closed bool
 }
 
 func newScript(t testing.TB, port int) *script {
@@ -28,14 +29,26 @@ func newScript(t testing.TB, port int) *script {
 		t.Fatal(err)
 	}
 	s := &script{t: t, dir: dir, port: port}
-	t.Cleanup(func() {
-		if t.Failed() {
-			s.dumpLogs()
-		}
-		s.run("clean")
-		os.RemoveAll(dir)
-	})
+	t.Cleanup(s.close)
 	return s
+}
+
+// close stops every node and deletes the testnet, dumping the daemons' logs
+// first if the test failed. It runs at the test's cleanup; calling it earlier
+// (one testnet per seed of the chaos test) makes the cleanup a no-op.
+func (s *script) close() { s.teardown(s.t.Failed()) }
+
+// teardown is close with the choice of dumping the logs.
+func (s *script) teardown(dump bool) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if dump {
+		s.dumpLogs()
+	}
+	s.run("clean")
+	os.RemoveAll(s.dir)
 }
 
 func (s *script) run(args ...string) (string, error) {

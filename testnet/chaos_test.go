@@ -1,0 +1,870 @@
+package testnet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/p2pkey/p2pkey/node"
+)
+
+// TestChaos is the fault suite of issue 12, in the spirit of hashicorp/raft's
+// fuzzy/ and etcd's robustness tests: real daemons on a loopback testnet,
+// faults injected at seeded moments (kill -9, SIGSTOP, a lost disk, churn),
+// and after every fault the verifier (verify_test.go), whose escrow
+// invariant (escrow_test.go) says that what the ledger calls escrowed can be
+// recovered.
+//
+// Short mode (the default, in CI) runs one seed: every scenario once, in a
+// seeded order, on one 5-node testnet. -chaos.long runs -chaos.runs seeds
+// (default 10), each on a fresh testnet, every scenario twice:
+//
+//	go test ./testnet -run TestChaos -v                        # one random seed
+//	go test ./testnet -run TestChaos -v -chaos.seed=42         # replay a seed
+//	go test ./testnet -run TestChaos -v -chaos.long -timeout 2h
+//
+// The seed picks the order of the scenarios, the victims and the moments; the
+// machine's scheduling does the rest, so a seed replays the same faults, not
+// the same interleaving. A failing run keeps every daemon's log in a
+// directory it names. The summary table (runs, failures, median and max
+// recovery time per scenario) is logged at the end.
+func TestChaos(t *testing.T) {
+	seed := *chaosSeed
+	if seed == 0 {
+		seed = rand.Uint64N(1<<31) + 1
+	}
+	runs := *chaosRuns
+	if runs <= 0 {
+		runs = 1
+		if *chaosLong {
+			runs = 10
+		}
+	}
+	repeat := 1
+	if *chaosLong {
+		repeat = 2
+	}
+	t.Logf("chaos seed %d (replay with -chaos.seed=%d), %d run(s), recovery bound %v", seed, seed, runs, *chaosBound)
+	stats := newChaosStats()
+	defer func() { t.Logf("chaos summary, seeds %d..%d:\n%s", seed, seed+uint64(runs)-1, stats.table()) }()
+	for k := range uint64(runs) {
+		if dl, ok := t.Deadline(); ok && k > 0 && time.Until(dl) < 12*time.Minute {
+			t.Logf("stopping after %d seeds: the test deadline is near", k)
+			break
+		}
+		runChaosSeed(t, seed+k, repeat, stats)
+	}
+}
+
+var (
+	chaosSeed  = flag.Uint64("chaos.seed", 0, "TestChaos: seed (0: a random one, always printed)")
+	chaosLong  = flag.Bool("chaos.long", false, "TestChaos: many seeds, every scenario twice")
+	chaosRuns  = flag.Int("chaos.runs", 0, "TestChaos: number of seeds (default 1, or 10 with -chaos.long)")
+	chaosBound = flag.Duration("chaos.bound", 60*time.Second, "TestChaos: how long the cluster may take to recover from one fault")
+	chaosOnly  = flag.String("chaos.only", "", "TestChaos: run only the scenarios whose names contain one of these comma-separated words")
+)
+
+// chaosNodes is the testnet's size at the start of each seed; joins grow it
+// and a removal trims it back once it reaches chaosMaxNodes.
+const (
+	chaosNodes    = 5
+	chaosMaxNodes = 7
+)
+
+// A scenario injects one kind of fault and waits (ch.await) for recovery.
+type scenario struct {
+	name string
+	run  func(ch *chaosRun) error
+}
+
+var chaosScenarios = []scenario{
+	joinScenario("kill-follower-in-join", victimFollower, syscall.SIGKILL),
+	joinScenario("kill-leader-in-join", victimLeader, syscall.SIGKILL),
+	joinScenario("kill-joiner-in-join", victimJoiner, syscall.SIGKILL),
+	joinScenario("pause-follower-in-join", victimFollower, syscall.SIGSTOP),
+	joinScenario("pause-leader-in-join", victimLeader, syscall.SIGSTOP),
+	{"cold-restart", (*chaosRun).coldRestart},
+	{"rolling-restart", (*chaosRun).rollingRestart},
+	{"holder-disk-loss", (*chaosRun).holderDiskLoss},
+	{"churn", (*chaosRun).churn},
+	{"open-generation-restart", (*chaosRun).openGenerationRestart},
+}
+
+func joinScenario(name string, who victimKind, sig syscall.Signal) scenario {
+	return scenario{name, func(ch *chaosRun) error { return ch.joinFault(name, who, sig) }}
+}
+
+// chaosRun is one seed's run on one testnet.
+type chaosRun struct {
+	t     *testing.T
+	seed  uint64
+	r     *rand.Rand
+	c     *tnet
+	stats *chaosStats
+}
+
+func runChaosSeed(t *testing.T, seed uint64, repeat int, stats *chaosStats) {
+	ch := &chaosRun{t: t, seed: seed, r: rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)), stats: stats}
+	var plan []scenario
+	for range repeat {
+		for _, sc := range chaosScenarios {
+			if chosen(sc.name) {
+				plan = append(plan, sc)
+			}
+		}
+	}
+	ch.r.Shuffle(len(plan), func(a, b int) { plan[a], plan[b] = plan[b], plan[a] })
+	names := make([]string, len(plan))
+	for k, s := range plan {
+		names[k] = s.name
+	}
+	t.Logf("seed %d: plan %s", seed, strings.Join(names, ", "))
+	defer func() {
+		if ch.c != nil {
+			ch.c.resumeAll()
+			ch.c.s.teardown(false)
+		}
+	}()
+	for _, s := range plan {
+		if ch.c == nil {
+			if err := ch.fresh(); err != nil {
+				stats.fail("setup")
+				t.Errorf("seed %d: setup: %v", seed, err)
+				return
+			}
+		}
+		start := time.Now()
+		err := s.run(ch)
+		if err == nil {
+			continue
+		}
+		var rec recordedErr
+		if !errors.As(err, &rec) {
+			stats.fail(s.name)
+		}
+		logs := ch.c.keepLogs(fmt.Sprintf("seed%d-%s", seed, s.name))
+		t.Errorf("seed %d: %s (after %v): %v\n(replay: go test ./testnet -run TestChaos -v -chaos.seed=%d; daemon logs kept in %s)\n%s",
+			seed, s.name, time.Since(start).Round(time.Millisecond), err, seed, logs, ch.c.logTails(1500))
+		// The cluster may be left in any state: go on on a fresh one.
+		ch.c.resumeAll()
+		ch.c.s.teardown(false)
+		ch.c = nil
+	}
+}
+
+// chosen reports whether -chaos.only selects the scenario.
+func chosen(name string) bool {
+	if *chaosOnly == "" {
+		return true
+	}
+	for w := range strings.SplitSeq(*chaosOnly, ",") {
+		if w != "" && strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// fresh brings up a new testnet and waits until it is healthy.
+func (ch *chaosRun) fresh() error {
+	ch.c = newTnet(ch.t, chaosNodes)
+	_, err := ch.c.settle(*chaosBound, checkOpts{})
+	return err
+}
+
+func (ch *chaosRun) logf(format string, args ...any) {
+	ch.t.Helper()
+	ch.t.Logf("seed %d: "+format, append([]any{ch.seed}, args...)...)
+}
+
+// recordedErr is an error that await has already counted as a failure.
+type recordedErr struct{ error }
+
+func (e recordedErr) Unwrap() error { return e.error }
+
+// await waits for the cluster to recover from a fault that ended at since,
+// and records the recovery time (or the failure) under name.
+func (ch *chaosRun) await(name string, since time.Time) error {
+	_, err := ch.c.settle(*chaosBound, checkOpts{})
+	took := time.Since(since)
+	if err != nil {
+		ch.stats.fail(name)
+		return recordedErr{fmt.Errorf("%s: %w", name, err)}
+	}
+	ch.stats.ok(name, took)
+	ch.logf("%s: recovered in %v (%d members)", name, took.Round(time.Millisecond), len(ch.c.members()))
+	return nil
+}
+
+// pause is a seeded delay between a fault's steps: part of the fault's
+// schedule, not a wait for a condition.
+func (ch *chaosRun) pause(lo, hi time.Duration) time.Duration {
+	d := lo + time.Duration(ch.r.Int64N(int64(hi-lo)+1))
+	time.Sleep(d)
+	return d
+}
+
+func (ch *chaosRun) pick(ns []*tnode) *tnode {
+	if len(ns) == 0 {
+		return nil
+	}
+	return ns[ch.r.IntN(len(ns))]
+}
+
+func (ch *chaosRun) shuffled(ns []*tnode) []*tnode {
+	out := slices.Clone(ns)
+	ch.r.Shuffle(len(out), func(a, b int) { out[a], out[b] = out[b], out[a] })
+	return out
+}
+
+func without(ns []*tnode, drop ...*tnode) []*tnode {
+	return slices.DeleteFunc(slices.Clone(ns), func(n *tnode) bool { return slices.Contains(drop, n) })
+}
+
+type victimKind int
+
+const (
+	victimFollower victimKind = iota
+	victimLeader
+	victimJoiner
+)
+
+// joinFault starts a join and, at a seeded moment of it, kills (SIGKILL,
+// then a restart) or pauses (SIGSTOP, then SIGCONT) a follower, the leader
+// or the joiner.
+func (ch *chaosRun) joinFault(name string, who victimKind, sig syscall.Signal) error {
+	c := ch.c
+	if err := ch.trim(); err != nil {
+		return err
+	}
+	lead := c.leader()
+	if lead == nil {
+		return errors.New("no leader before the join")
+	}
+	inv, err := c.invite(ch.r)
+	if err != nil {
+		return err
+	}
+	j := c.newNode()
+	victim := j
+	switch who {
+	case victimLeader:
+		victim = lead
+	case victimFollower:
+		victim = ch.pick(without(c.liveMembers(), lead))
+	}
+	watch := ch.pick(without(c.liveMembers(), victim))
+	if err := c.launchJoiner(j, inv); err != nil {
+		return err
+	}
+	launched := time.Now()
+	// The moment: early (around the invite), right after the invite is
+	// consumed, or late (around the commit and the top-ups after it).
+	var when string
+	switch ch.r.IntN(3) {
+	case 0:
+		when = "early, " + ch.pause(0, 250*time.Millisecond).String()
+	case 1:
+		consumed := waitListed(c, watch, j, 10*time.Second)
+		when = fmt.Sprintf("invite consumed (%v) +%v", consumed, ch.pause(0, 100*time.Millisecond))
+	default:
+		when = "late, " + ch.pause(250*time.Millisecond, 1500*time.Millisecond).String()
+	}
+	verb := map[syscall.Signal]string{syscall.SIGKILL: "kill -9", syscall.SIGSTOP: "SIGSTOP"}[sig]
+	ch.logf("%s: node %d joins; %s of node %d at %s (%v after launch)", name, j.i, verb, victim.i, when, time.Since(launched).Round(time.Millisecond))
+	var since time.Time
+	if sig == syscall.SIGSTOP {
+		if err := c.pause(victim.i); err != nil {
+			return err
+		}
+		ch.pause(time.Second, 4*time.Second)
+		since = time.Now()
+		if err := c.resume(victim.i); err != nil {
+			return err
+		}
+	} else {
+		if err := c.kill(victim.i); err != nil {
+			return err
+		}
+		ch.pause(0, 2*time.Second)
+		since = time.Now()
+		if err := c.start(victim.i); err != nil {
+			return err
+		}
+	}
+	err = ch.await(name, since)
+	ch.logf("%s: joiner node %d ended %s", name, j.i, j.role)
+	return err
+}
+
+// waitListed polls watch's ledger (through its control socket, for speed)
+// until it lists joiner j; it returns how long that took, or -1.
+func waitListed(c *tnet, watch, j *tnode, timeout time.Duration) time.Duration {
+	start := time.Now()
+	cl := node.NewClient(watch.dir)
+	for time.Since(start) < timeout {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := cl.Status(ctx)
+		cancel()
+		if err == nil && slices.ContainsFunc(st.Members, func(m node.MemberStatus) bool { return m.PeerID == j.peer.String() }) {
+			return time.Since(start).Round(time.Millisecond)
+		}
+		time.Sleep(2 * time.Millisecond) // a tight poll: the fault is meant to land right after
+	}
+	return -1
+}
+
+// trim removes a member, by vote, once joins have grown the testnet to
+// chaosMaxNodes, so that two cores keep up.
+func (ch *chaosRun) trim() error {
+	c := ch.c
+	if len(c.members()) < chaosMaxNodes {
+		return nil
+	}
+	lead := c.leader()
+	target := ch.pick(without(c.members(), lead))
+	votes, err := c.remove(target, ch.shuffled(without(c.liveMembers(), target)))
+	if err != nil {
+		return err
+	}
+	target.role = roleRemoved
+	ch.logf("trim: node %d removed with %d votes", target.i, votes)
+	if err := c.kill(target.i); err != nil {
+		return err
+	}
+	return ch.await("removal", time.Now())
+}
+
+// coldRestart kills every member (SIGKILL, or SIGTERM for some), then starts
+// them all again in a seeded order.
+func (ch *chaosRun) coldRestart() error {
+	c := ch.c
+	ms := ch.shuffled(c.members())
+	for _, m := range ms {
+		sig := syscall.SIGKILL
+		if ch.r.IntN(4) == 0 {
+			sig = syscall.SIGTERM
+		}
+		if err := c.signal(m.i, sig); err != nil {
+			return err
+		}
+	}
+	ch.pause(0, time.Second)
+	since := time.Now()
+	for k, m := range ch.shuffled(ms) {
+		if k > 0 {
+			ch.pause(0, 300*time.Millisecond)
+		}
+		if err := c.launch(m.i); err != nil {
+			return err
+		}
+	}
+	ch.logf("cold-restart: %d members killed and started", len(ms))
+	return ch.await("cold-restart", since)
+}
+
+// rollingRestart restarts every member in turn, each after the cluster has
+// recovered from the previous one.
+func (ch *chaosRun) rollingRestart() error {
+	c := ch.c
+	for _, m := range ch.shuffled(c.members()) {
+		sig := syscall.SIGKILL
+		if ch.r.IntN(3) == 0 {
+			sig = syscall.SIGTERM
+		}
+		if err := c.signal(m.i, sig); err != nil {
+			return err
+		}
+		ch.pause(0, time.Second)
+		since := time.Now()
+		if err := c.start(m.i); err != nil {
+			return err
+		}
+		if err := ch.await("rolling-restart", since); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// holderDiskLoss kills a member, deletes its shares.db, starts it, and has
+// another member run `p2pkey audit`, which must find the loss and repair it.
+func (ch *chaosRun) holderDiskLoss() error {
+	h := ch.pick(ch.c.members())
+	return ch.loseDisk("holder-disk-loss", h)
+}
+
+// loseDisk is the disk loss of holder h, then an audit by another member.
+func (ch *chaosRun) loseDisk(name string, h *tnode) error {
+	c := ch.c
+	if err := c.kill(h.i); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(h.dir, "shares.db")); err != nil {
+		return err
+	}
+	ch.pause(0, time.Second)
+	since := time.Now()
+	if err := c.start(h.i); err != nil {
+		return err
+	}
+	// The holder must be back (unlocked from the others' shares) for the
+	// audit to tell a lost envelope from an absent holder.
+	if err := poll(*chaosBound, func() (bool, string) {
+		st, err := c.status(h.i)
+		return err == nil && st.Lock == node.LockUnlocked, fmt.Sprintf("node %d: %v %s", h.i, err, st.Lock)
+	}); err != nil {
+		return fmt.Errorf("node %d after losing its disk: %w", h.i, err)
+	}
+	auditor := ch.pick(without(c.liveMembers(), h))
+	var result string
+	for try := 0; try < 5; try++ {
+		out, errOut, code, err := c.cliSplit(auditor.i, 3*time.Minute, "audit", "--json")
+		if err != nil {
+			return err
+		}
+		var rep node.AuditReport
+		if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
+			return fmt.Errorf("audit on node %d: exit %d: %s%s", auditor.i, code, out, errOut)
+		}
+		result = "not audited"
+		for _, g := range rep.Generations {
+			for _, a := range g.Holders {
+				if a.Result == node.AuditCorrupt {
+					return fmt.Errorf("audit on node %d calls holder %s corrupt, but nothing was tampered with", auditor.i, short(a.PeerID))
+				}
+				if g.Current && a.PeerID == h.peer.String() {
+					result = a.Result
+				}
+			}
+		}
+		ch.logf("%s: node %d lost its disk; audit on node %d: exit %d, holder %s, repair %q", name, h.i, auditor.i, code, result, rep.Repair)
+		if result != node.AuditUnreachable {
+			break
+		}
+		time.Sleep(time.Second) // the holder is back but not yet reachable from the auditor: audit again
+	}
+	return ch.await(name, since)
+}
+
+// churn runs joins and removals by vote, with members killed in between.
+func (ch *chaosRun) churn() error {
+	c := ch.c
+	rounds := 1
+	if *chaosLong {
+		rounds = 2
+	}
+	for range rounds {
+		if err := ch.trim(); err != nil {
+			return err
+		}
+		// A join, with a member killed while it runs.
+		inv, err := c.invite(ch.r)
+		if err != nil {
+			return err
+		}
+		j := c.newNode()
+		if err := c.launchJoiner(j, inv); err != nil {
+			return err
+		}
+		ch.pause(0, 400*time.Millisecond)
+		v := ch.pick(c.liveMembers())
+		if err := c.kill(v.i); err != nil {
+			return err
+		}
+		ch.pause(0, time.Second)
+		since := time.Now()
+		if err := c.start(v.i); err != nil {
+			return err
+		}
+		ch.logf("churn: node %d joins, node %d killed and restarted", j.i, v.i)
+		if err := ch.await("churn", since); err != nil {
+			return err
+		}
+		// A removal by vote, with a member killed between the votes.
+		lead := c.leader()
+		target := ch.pick(without(c.members(), lead))
+		voters := ch.shuffled(without(c.liveMembers(), target))
+		votes, err := c.remove(target, voters[:1])
+		if err != nil && votes == 0 {
+			return err
+		}
+		k := ch.pick(without(c.liveMembers(), target))
+		if err := c.kill(k.i); err != nil {
+			return err
+		}
+		ch.pause(0, time.Second)
+		if err := c.start(k.i); err != nil {
+			return err
+		}
+		if err != nil { // not final after the first vote: the others vote
+			more, err := c.remove(target, voters[1:])
+			if err != nil {
+				return err
+			}
+			votes += more
+		}
+		target.role = roleRemoved
+		// The removed node restarts: it must stay locked.
+		if err := c.kill(target.i); err != nil {
+			return err
+		}
+		since = time.Now()
+		if err := c.start(target.i); err != nil {
+			return err
+		}
+		ch.logf("churn: node %d removed with %d votes (node %d killed between votes), then restarted", target.i, votes, k.i)
+		err = ch.await("churn", since)
+		c.signal(target.i, syscall.SIGTERM) // it has shown it stays locked; spare the CPU
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openGenerationRestart is issue 12's point 1 as a fault: a join's
+// generation held open by its joiner, a member X killed (-9) and restarted
+// while it is open, then the joiner back; then a holder of X's shares in
+// that generation loses its disk, the loss is audited and repaired, and X
+// restarts again.
+//
+// The seed picks how the joiner holds the generation open, once its invite
+// is consumed:
+//   - paused (SIGSTOP): every member's push to it hangs for the share
+//     protocol's timeout, so the generation outlives X's restart, until it
+//     is aborted as a stalled join or the joiner resumes;
+//   - killed (-9), then started again to resume its join with the invite it
+//     already used;
+//   - slow: it runs in steps of 1 ms, 100 ms apart, answering and sharing
+//     at a crawl, until the ledger shows X escrowed in the open generation;
+//     it stays paused while X restarts, then resumes.
+func (ch *chaosRun) openGenerationRestart() error {
+	c := ch.c
+	if err := ch.trim(); err != nil {
+		return err
+	}
+	lead := c.leader()
+	if lead == nil {
+		return errors.New("no leader")
+	}
+	inv, err := c.invite(ch.r)
+	if err != nil {
+		return err
+	}
+	j := c.newNode()
+	if err := c.holdJoin(j, inv, lead); err != nil {
+		return err
+	}
+	defer c.resume(j.i)
+	mode := []string{"paused", "killed", "slow"}[ch.r.IntN(3)]
+	if mode == "killed" {
+		if err := c.kill(j.i); err != nil {
+			return err
+		}
+	}
+	og, err := c.openGeneration(lead.i)
+	if err != nil {
+		return err
+	}
+	// X: with a slow joiner, the first member seen escrowed in the open
+	// generation; otherwise a member picked by the seed.
+	x := ch.pick(c.liveMembers())
+	var first []*tnode
+	if og != nil && mode == "slow" {
+		err = c.step(j.i, time.Millisecond, 100*time.Millisecond, *chaosBound, func() (bool, error) {
+			var done bool
+			var e *tnode
+			e, first, done, err = firstEscrowed(c, lead, j, og.Number)
+			if e != nil {
+				x = e
+			}
+			return done, err
+		})
+	} else if og != nil {
+		first, err = waitReceipts(c, lead, x, og.Number, *chaosBound)
+	}
+	if err != nil {
+		return err
+	}
+	w := ch.pick(without(c.liveMembers(), x)) // whose ledger is read while X restarts
+	openAtKill := "no generation open"
+	if g, err := c.openGeneration(w.i); err == nil && g != nil {
+		openAtKill = fmt.Sprintf("generation %d open", g.Number)
+	}
+	if err := c.kill(x.i); err != nil {
+		return err
+	}
+	ch.pause(0, 300*time.Millisecond)
+	if err := c.start(x.i); err != nil {
+		return err
+	}
+	if err := poll(*chaosBound, func() (bool, string) {
+		st, err := c.status(x.i)
+		return err == nil && st.Lock == node.LockUnlocked, fmt.Sprintf("node %d: %v %s", x.i, err, st.Lock)
+	}); err != nil {
+		return fmt.Errorf("node %d restarted while generation %v was open: %w", x.i, genNumber(og), err)
+	}
+	regrown := "-"
+	if og != nil {
+		// With the joiner paused, a second split's round would wait out
+		// the push to it; otherwise it would end at once.
+		wait := 2 * time.Second
+		if mode == "paused" {
+			wait = 20 * time.Second
+		}
+		regrown = waitRegrown(c, w, x, og.Number, first, wait)
+	}
+	ch.logf("open-generation-restart: joiner node %d %s in generation %v; node %d killed with receipts from nodes %v (%s), restarted and unlocked; then: %s",
+		j.i, mode, genNumber(og), x.i, indexes(first), openAtKill, regrown)
+	since := time.Now()
+	switch mode {
+	case "killed":
+		err = c.start(j.i)
+	default:
+		err = c.resume(j.i)
+	}
+	if err != nil {
+		return err
+	}
+	if err := ch.await("open-generation-restart", since); err != nil {
+		return err
+	}
+	// A holder of X's shares in that generation loses its disk; once the
+	// repair has re-shared, X restarts and must unlock from it.
+	holders := slices.DeleteFunc(without(first, x, j), func(n *tnode) bool { return n.role != roleMember })
+	if len(holders) == 0 {
+		return nil
+	}
+	if err := ch.loseDisk("open-generation-holder-loss", ch.pick(holders)); err != nil {
+		return err
+	}
+	if err := c.kill(x.i); err != nil {
+		return err
+	}
+	since = time.Now()
+	if err := c.start(x.i); err != nil {
+		return err
+	}
+	return ch.await("open-generation-holder-loss", since)
+}
+
+// waitRegrown waits, after owner x restarted while generation gen was open,
+// until x's row in lead's ledger names a holder beyond first (x shared into
+// gen again after its restart), gen is no longer open, or timeout passes. It
+// reports which, for the log: the point is to resume the paused joiner only
+// once x has acted on the open generation, whatever it does there.
+func waitRegrown(c *tnet, lead, x *tnode, gen uint64, first []*tnode, timeout time.Duration) string {
+	outcome := fmt.Sprintf("nothing new within %v", timeout)
+	poll(timeout, func() (bool, string) {
+		gens, err := c.generations(lead.i)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, g := range gens {
+			if g.Number != gen {
+				continue
+			}
+			if g.State != "open" {
+				outcome = "generation " + g.State
+				return true, ""
+			}
+			row := slices.Index(g.Members, x.peer.String())
+			if row < 0 || row >= len(g.Matrix) {
+				return false, ""
+			}
+			for k, has := range g.Matrix[row] {
+				if n := c.byPeer(g.Members[k]); has && n != nil && !slices.Contains(first, n) {
+					outcome = fmt.Sprintf("new receipt from node %d", n.i)
+					return true, ""
+				}
+			}
+		}
+		return false, ""
+	})
+	return outcome
+}
+
+// waitReceipts waits until lead's ledger shows owner x with at least a
+// threshold of receipts in open generation gen, and returns the holders; it
+// returns early, with none, if gen is no longer open.
+func waitReceipts(c *tnet, lead, x *tnode, gen uint64, timeout time.Duration) ([]*tnode, error) {
+	var holders []*tnode
+	err := poll(timeout, func() (bool, string) {
+		h, done, err := receiptsIn(c, lead, x, gen)
+		if err != nil {
+			return false, err.Error()
+		}
+		holders = h
+		return done, fmt.Sprintf("node %d has %d receipts in generation %d", x.i, len(h), gen)
+	})
+	return holders, err
+}
+
+// firstEscrowed returns a member (not a joiner) of open generation gen,
+// in watch's ledger, with at least a threshold of receipts in it, and its
+// holders; done is true once there is one and joiner j has recorded a
+// receipt of its own (so that its generation is not aborted as a stalled
+// join while j stays paused), or once gen is no longer open (then with no
+// member).
+func firstEscrowed(c *tnet, watch, j *tnode, gen uint64) (x *tnode, holders []*tnode, done bool, err error) {
+	gens, err := c.generations(watch.i)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	for _, g := range gens {
+		if g.Number != gen {
+			continue
+		}
+		if g.State != "open" {
+			return nil, nil, true, nil
+		}
+		jrow := slices.Index(g.Members, j.peer.String())
+		if jrow < 0 || jrow >= len(g.Matrix) || !slices.Contains(g.Matrix[jrow], true) {
+			return nil, nil, false, nil
+		}
+		for row, owner := range g.Members {
+			o := c.byPeer(owner)
+			if o == nil || o.role != roleMember || row >= len(g.Matrix) {
+				continue
+			}
+			var hs []*tnode
+			for k, has := range g.Matrix[row] {
+				if n := c.byPeer(g.Members[k]); has && n != nil {
+					hs = append(hs, n)
+				}
+			}
+			if len(hs) >= g.Threshold {
+				return o, hs, true, nil
+			}
+		}
+		return nil, nil, false, nil
+	}
+	return nil, nil, false, fmt.Errorf("node %d knows no generation %d", watch.i, gen)
+}
+
+// receiptsIn returns the holders of owner x's receipts in generation gen in
+// lead's ledger, and done: gen is open and they are a threshold, or gen is
+// no longer open (then with no holders).
+func receiptsIn(c *tnet, lead, x *tnode, gen uint64) ([]*tnode, bool, error) {
+	gens, err := c.generations(lead.i)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, g := range gens {
+		if g.Number != gen {
+			continue
+		}
+		if g.State != "open" {
+			return nil, true, nil
+		}
+		row := slices.Index(g.Members, x.peer.String())
+		if row < 0 || row >= len(g.Matrix) {
+			return nil, false, nil
+		}
+		var holders []*tnode
+		for k, has := range g.Matrix[row] {
+			if n := c.byPeer(g.Members[k]); has && n != nil {
+				holders = append(holders, n)
+			}
+		}
+		return holders, len(holders) >= g.Threshold, nil
+	}
+	return nil, false, fmt.Errorf("node %d knows no generation %d", lead.i, gen)
+}
+
+func genNumber(g *node.GenerationInfo) any {
+	if g == nil {
+		return "none"
+	}
+	return g.Number
+}
+
+func indexes(ns []*tnode) []int {
+	out := make([]int, len(ns))
+	for k, n := range ns {
+		out[k] = n.i
+	}
+	return out
+}
+
+// chaosStats is the per-scenario record: recovery times and failures.
+type chaosStats struct {
+	order []string
+	rows  map[string]*chaosRow
+}
+
+type chaosRow struct {
+	recoveries []time.Duration
+	failures   int
+}
+
+func newChaosStats() *chaosStats { return &chaosStats{rows: map[string]*chaosRow{}} }
+
+func (s *chaosStats) row(name string) *chaosRow {
+	r := s.rows[name]
+	if r == nil {
+		r = &chaosRow{}
+		s.rows[name] = r
+		s.order = append(s.order, name)
+	}
+	return r
+}
+
+func (s *chaosStats) ok(name string, d time.Duration) {
+	r := s.row(name)
+	r.recoveries = append(r.recoveries, d)
+}
+
+func (s *chaosStats) fail(name string) { s.row(name).failures++ }
+
+// table renders the summary: scenario, runs, failures, median and max
+// recovery time of the successful runs.
+func (s *chaosStats) table() string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SCENARIO\tRUNS\tFAILURES\tMEDIAN RECOVERY\tMAX RECOVERY")
+	names := slices.Sorted(slices.Values(s.order))
+	var all []time.Duration
+	runs, fails := 0, 0
+	for _, name := range names {
+		r := s.rows[name]
+		n := len(r.recoveries) + r.failures
+		runs, fails = runs+n, fails+r.failures
+		all = append(all, r.recoveries...)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", name, n, r.failures, medianDur(r.recoveries), maxDur(r.recoveries))
+	}
+	fmt.Fprintf(tw, "all\t%d\t%d\t%s\t%s\n", runs, fails, medianDur(all), maxDur(all))
+	tw.Flush()
+	return b.String()
+}
+
+func medianDur(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	s := slices.Sorted(slices.Values(ds))
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return m.Round(10 * time.Millisecond).String()
+}
+
+func maxDur(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	return slices.Max(ds).Round(10 * time.Millisecond).String()
+}
