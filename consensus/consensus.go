@@ -103,6 +103,9 @@ type Config struct {
 	// Errors maps state-machine errors to codes across forwarding.
 	Errors ErrorCodec
 
+	// HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout and
+	// CommitTimeout are Raft's timing, as in Timing: a zero field takes
+	// LANTiming's value.
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
@@ -113,6 +116,31 @@ type Config struct {
 	MaxPool int
 	// OnApplied is called after each log command is applied, with its index.
 	OnApplied func(index uint64)
+
+	// noAutoNudge stops the leader from nudging after each command it
+	// commits, so that tests can watch CommitTimeout and Nudge alone.
+	noAutoNudge bool
+}
+
+// Timing returns c's Raft timing, zero fields and all.
+func (c Config) Timing() Timing {
+	return Timing{
+		HeartbeatTimeout:   c.HeartbeatTimeout,
+		ElectionTimeout:    c.ElectionTimeout,
+		LeaderLeaseTimeout: c.LeaderLeaseTimeout,
+		CommitTimeout:      c.CommitTimeout,
+	}
+}
+
+// Validate reports the first problem with c.
+func (c Config) Validate() error {
+	if c.Host == nil || c.StateMachine == nil || c.Dir == "" {
+		return errors.New("consensus: Host, StateMachine and Dir are required")
+	}
+	if c.MaxPool < 0 {
+		return fmt.Errorf("consensus: MaxPool %d is negative", c.MaxPool)
+	}
+	return c.Timing().Validate()
 }
 
 // Consensus is a Raft server over libp2p.
@@ -146,11 +174,25 @@ type Consensus struct {
 	appliedMu sync.Mutex
 	appliedCh chan struct{}
 	// nudge asks the nudger to append a barrier, which carries the
-	// leader's commit index to followers at once (see nudgeLoop).
-	nudge      chan struct{}
-	leaderHint atomic.Pointer[peer.ID]
-	done       chan struct{}
-	nudgeDone  chan struct{}
+	// leader's commit index to followers at once, and elected asks it for
+	// two when this node becomes the leader (see nudgeLoop).
+	nudge   chan struct{}
+	elected chan struct{}
+	// nudgesPending counts the nudge requests queued or running.
+	nudgesPending atomic.Int32
+	// memberMu orders configuration changes with nudges (see nudgeOnce).
+	memberMu sync.Mutex
+	// observations carries Raft's state and leader changes to observeLoop,
+	// which closes and replaces leaderCh at each leader change.
+	observer     *raft.Observer
+	observations chan raft.Observation
+	leaderMu     sync.Mutex
+	leaderCh     chan struct{}
+
+	leaderHint  atomic.Pointer[peer.ID]
+	done        chan struct{}
+	nudgeDone   chan struct{}
+	observeDone chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -159,8 +201,8 @@ type Consensus struct {
 // New opens the stores in cfg.Dir and starts Raft. A node with existing state
 // resumes from it; a new node waits to be bootstrapped or added.
 func New(cfg Config) (*Consensus, error) {
-	if cfg.Host == nil || cfg.StateMachine == nil || cfg.Dir == "" {
-		return nil, errors.New("consensus: Host, StateMachine and Dir are required")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.ClusterID == nil {
 		cfg.ClusterID = func() string { return "" }
@@ -199,7 +241,13 @@ func New(cfg Config) (*Consensus, error) {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
 
-	c := &Consensus{cfg: cfg, store: store, logs: logs, appliedCh: make(chan struct{}), nudge: make(chan struct{}, 1), done: make(chan struct{}), nudgeDone: make(chan struct{})}
+	c := &Consensus{
+		cfg: cfg, store: store, logs: logs,
+		appliedCh: make(chan struct{}), leaderCh: make(chan struct{}),
+		nudge: make(chan struct{}, 1), elected: make(chan struct{}, 1),
+		observations: make(chan raft.Observation, 64),
+		done:         make(chan struct{}), nudgeDone: make(chan struct{}), observeDone: make(chan struct{}),
+	}
 	c.fsm = &fsm{sm: cfg.StateMachine, applied: c.onApplied}
 	c.stamp = &stamper{now: cfg.Now, floor: c.fsm.maxStamp.Load}
 	c.adm = &admission{raft: c.ready.Load, allowUnconfigured: cfg.AllowUnconfigured, allowMember: cfg.AllowMember, deny: cfg.Deny}
@@ -215,21 +263,11 @@ func New(cfg Config) (*Consensus, error) {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(self.String())
 	rc.Logger = hl
-	if cfg.HeartbeatTimeout > 0 {
-		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
-	}
-	if cfg.ElectionTimeout > 0 {
-		rc.ElectionTimeout = cfg.ElectionTimeout
-	}
-	if cfg.LeaderLeaseTimeout > 0 {
-		rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
-	}
-	if rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
-		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
-	}
-	if cfg.CommitTimeout > 0 {
-		rc.CommitTimeout = cfg.CommitTimeout
-	}
+	timing := cfg.Timing().withDefaults()
+	rc.HeartbeatTimeout = timing.HeartbeatTimeout
+	rc.ElectionTimeout = timing.ElectionTimeout
+	rc.LeaderLeaseTimeout = timing.LeaderLeaseTimeout
+	rc.CommitTimeout = timing.CommitTimeout
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}
@@ -253,12 +291,26 @@ func New(cfg Config) (*Consensus, error) {
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
+	c.observer = raft.NewObserver(c.observations, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.RaftState, raft.LeaderObservation:
+			return true
+		}
+		return false
+	})
+	r.RegisterObserver(c.observer)
 	c.raft = r
 	c.ready.Store(r)
 	c.localReads = newReadRounds(c.readIndexLocal, c.attemptTimeout)
 	c.remoteReads = newReadRounds(c.readIndexRemote, c.attemptTimeout)
 	c.forward = newForwarder(c)
 	go c.nudgeLoop()
+	go c.observeLoop()
+	if r.State() == raft.Leader {
+		// A single-voter cluster can elect itself before the observer
+		// was registered.
+		c.nudgeElected()
+	}
 	return c, nil
 }
 
@@ -278,39 +330,6 @@ func (c *Consensus) AppliedChan() <-chan struct{} {
 	c.appliedMu.Lock()
 	defer c.appliedMu.Unlock()
 	return c.appliedCh
-}
-
-// nudgeLoop carries the leader's commit index to the followers whenever
-// Nudge asks. hashicorp/raft tells followers what is committed only in the
-// next AppendEntries, which, when no new entry follows, is sent after a
-// random CommitTimeout to 2×CommitTimeout; heartbeats do not carry it. A
-// follower then learns of a command up to 20 ms after the leader applied it.
-// A barrier is an entry that is replicated at once and carries the commit
-// index with it, so followers apply within a round trip. Requests coalesce:
-// at most one barrier is in flight and one more is queued.
-func (c *Consensus) nudgeLoop() {
-	defer close(c.nudgeDone)
-	for {
-		select {
-		case <-c.done:
-			return
-		case <-c.nudge:
-		}
-		if c.raft.State() == raft.Leader {
-			// Shutdown fails a pending barrier at once.
-			_ = c.raft.Barrier(5 * time.Second).Error()
-		}
-	}
-}
-
-// Nudge asks the leader to tell its followers at once what it has committed,
-// for a command whose effect they should see without delay. It does not
-// block, and does nothing on a follower.
-func (c *Consensus) Nudge() {
-	select {
-	case c.nudge <- struct{}{}:
-	default:
-	}
 }
 
 // SetLeaderHint names the peer to forward commands to while Raft itself
@@ -537,6 +556,7 @@ func (c *Consensus) applyLocal(ctx context.Context, cmd []byte) ([]byte, uint64,
 	if err := f.Error(); err != nil {
 		return nil, 0, err
 	}
+	c.autoNudge()
 	r, ok := f.Response().(applyResult)
 	if !ok {
 		return nil, f.Index(), fmt.Errorf("consensus: unexpected FSM response %T", f.Response())
@@ -633,18 +653,41 @@ func (c *Consensus) commandAt(index uint64) bool {
 // AddNonvoter adds p as a non-voting server. Leader only.
 func (c *Consensus) AddNonvoter(p peer.ID, timeout time.Duration) error {
 	id := raft.ServerID(p.String())
-	return c.leaderErr(c.raft.AddNonvoter(id, raft.ServerAddress(id), 0, timeout).Error())
+	return c.changeMembership(func() raft.IndexFuture { return c.raft.AddNonvoter(id, raft.ServerAddress(id), 0, timeout) })
 }
 
 // AddVoter adds p as a voter, or promotes it if it is a non-voter. Leader only.
 func (c *Consensus) AddVoter(p peer.ID, timeout time.Duration) error {
 	id := raft.ServerID(p.String())
-	return c.leaderErr(c.raft.AddVoter(id, raft.ServerAddress(id), 0, timeout).Error())
+	return c.changeMembership(func() raft.IndexFuture { return c.raft.AddVoter(id, raft.ServerAddress(id), 0, timeout) })
 }
 
 // RemoveServer takes p out of the configuration. Leader only.
 func (c *Consensus) RemoveServer(p peer.ID, timeout time.Duration) error {
-	return c.leaderErr(c.raft.RemoveServer(raft.ServerID(p.String()), 0, timeout).Error())
+	return c.changeMembership(func() raft.IndexFuture { return c.raft.RemoveServer(raft.ServerID(p.String()), 0, timeout) })
+}
+
+// changeMembership runs one configuration change, not concurrently with a
+// nudge, and, once it is committed, has the followers hear of it at once.
+func (c *Consensus) changeMembership(change func() raft.IndexFuture) error {
+	c.memberMu.Lock()
+	err := change().Error()
+	c.memberMu.Unlock()
+	if err == nil {
+		c.autoNudge()
+	}
+	return c.leaderErr(err)
+}
+
+// isVoter reports whether p is a voter in the latest configuration.
+func (c *Consensus) isVoter(p peer.ID) bool {
+	id := raft.ServerID(p.String())
+	for _, s := range c.raft.GetConfiguration().Configuration().Servers {
+		if s.ID == id {
+			return s.Suffrage == raft.Voter
+		}
+	}
+	return false
 }
 
 func (c *Consensus) leaderErr(err error) error {
@@ -666,7 +709,9 @@ func (c *Consensus) Close() error {
 		c.forward.close()
 		close(c.done)
 		err := c.raft.Shutdown().Error()
+		c.raft.DeregisterObserver(c.observer)
 		<-c.nudgeDone
+		<-c.observeDone
 		c.transport.CloseStreams()
 		c.closeTransport()
 		if cerr := c.store.Close(); err == nil {

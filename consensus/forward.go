@@ -37,9 +37,6 @@ const (
 	MaxForwardSize = MaxCommandSize + forwardOverhead
 	// forwardTimeout bounds how long the leader serves one forward stream.
 	forwardTimeout = 15 * time.Second
-	// leaderPoll is how often a follower waiting on the leader checks
-	// whether Raft has elected another.
-	leaderPoll = 20 * time.Millisecond
 )
 
 // Error codes the forward protocol uses for consensus's own errors. State
@@ -315,18 +312,17 @@ func (f *forwarder) roundTrip(ctx context.Context, leader peer.ID, req *pb.Forwa
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
 	go func() {
-		t := time.NewTicker(leaderPoll)
-		defer t.Stop()
 		for {
+			changed := f.c.leaderChanged()
+			if l := f.c.Leader(); l != "" && l != leader {
+				moved.Store(&l)
+				cancel()
+				return
+			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
-				if l := f.c.Leader(); l != "" && l != leader {
-					moved.Store(&l)
-					cancel()
-					return
-				}
+			case <-changed:
 			}
 		}
 	}()

@@ -10,15 +10,16 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Fresh returns nil once this node's state machine has applied at least the
-// commit index that a leader confirmed, after Fresh was called, to be its
-// commit index while it was still the leader (Raft's read index, §6.4 of the
-// Raft thesis). Everything committed before the call is then visible in View,
-// so a holder can serve from its ledger knowing that it did not miss a
-// removal (rule S9).
+// Fresh returns nil once this node's state machine has applied every command
+// up to the commit index that a leader confirmed, after Fresh was called, to
+// be its commit index while it was still the leader (Raft's read index, §6.4
+// of the Raft thesis). Everything committed before the call is then visible
+// in View, so a holder can serve from its ledger knowing that it did not miss
+// a removal (rule S9).
 //
-// On the leader it records its commit index, confirms its leadership with a
-// round of heartbeats (raft.VerifyLeader) and waits for its own FSM. On a
+// On the leader it records the last command at or below its commit index,
+// confirms its leadership with a round of heartbeats (raft.VerifyLeader) and
+// waits for its own FSM. On a
 // follower it asks the leader over the forward protocol, which does the same
 // there and returns the index, then waits until it has applied that index
 // (WaitApplied). Concurrent callers share one round, but never one that
@@ -74,6 +75,7 @@ func (c *Consensus) readIndexLocal(timeout time.Duration) (uint64, error) {
 		}
 		idx = c.raft.CommitIndex()
 	}
+	idx = c.lastCommand(idx)
 	f := c.raft.VerifyLeader()
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
@@ -88,6 +90,34 @@ func (c *Consensus) readIndexLocal(timeout time.Duration) (uint64, error) {
 	case <-t.C:
 		return 0, fmt.Errorf("%w: leadership not confirmed within %v", ErrNoLeader, timeout)
 	}
+}
+
+// readIndexScan bounds how far back lastCommand looks for a command.
+const readIndexScan = 64
+
+// lastCommand returns the index of the last command entry at or below idx,
+// 0 if there is none, or idx itself if it cannot tell (the entries were
+// compacted into a snapshot, or more than readIndexScan in a row are not
+// commands). A follower must apply everything committed before a read, but
+// only commands change what it reads; a barrier, a no-op or a configuration
+// entry does not. The entry at the commit index is often the barrier of a
+// nudge, whose own commit the followers learn only with the next
+// AppendEntries, up to 2×CommitTimeout later: a read index that named it
+// would have a follower's Fresh wait that long for nothing.
+func (c *Consensus) lastCommand(idx uint64) uint64 {
+	for i := idx; i > 0; i-- {
+		if idx-i >= readIndexScan {
+			return idx
+		}
+		var l raft.Log
+		if err := c.logs.GetLog(i, &l); err != nil {
+			return idx
+		}
+		if l.Type == raft.LogCommand {
+			return i
+		}
+	}
+	return 0
 }
 
 // committedInTerm reports whether the entry at idx, the commit index, is of

@@ -87,7 +87,10 @@ func TestFreshWaitsForCommittedEntry(t *testing.T) {
 // Fresh must wait for that, not return on the strength of its own old index.
 func TestFreshWaitsForCommitIndexToArrive(t *testing.T) {
 	const commitTimeout = 1500 * time.Millisecond
-	cl := newClusterWith(t, 3, func(c *Config) { c.CommitTimeout = commitTimeout })
+	cl := newClusterWith(t, 3, func(c *Config) {
+		c.CommitTimeout = commitTimeout
+		c.noAutoNudge = true // the leader would tell the follower at once
+	})
 	leaderID := cl.waitLeader(cl.nodes)
 	leader := cl.byID(leaderID)
 	f := cl.followers(leaderID)[0]

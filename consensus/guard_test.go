@@ -91,6 +91,7 @@ type nodeState struct {
 }
 
 func (cl *cluster) state() map[peer.ID]nodeState {
+	cl.quiesce()
 	out := map[peer.ID]nodeState{}
 	for _, nd := range cl.live() {
 		out[nd.host.ID()] = nodeState{leader: nd.c.Leader(), term: term(nd.c), last: nd.c.raft.LastIndex(), servers: nd.c.Servers()}

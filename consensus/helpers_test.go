@@ -228,6 +228,7 @@ func newClusterWith(t testing.TB, n int, edit func(*Config)) *cluster {
 		}
 		return true
 	})
+	cl.quiesce()
 	return cl
 }
 
@@ -326,6 +327,28 @@ func (cl *cluster) kill(i int) {
 	nd.c.Close()
 	nd.c = nil
 	nd.host.Close()
+}
+
+// quiesce waits until no live node has a nudge queued or running and every
+// live node's log ends at the same index: the leader's nudges append
+// barriers after commands and configuration changes, a moment after they
+// return.
+func (cl *cluster) quiesce() {
+	cl.t.Helper()
+	waitFor(cl.t, "the cluster to quiesce", 10*time.Second, func() bool {
+		var last uint64
+		for i, nd := range cl.live() {
+			if nd.c.nudging() {
+				return false
+			}
+			if l := nd.c.raft.LastIndex(); i == 0 {
+				last = l
+			} else if l != last {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // waitFor polls cond until it holds or the deadline passes.
