@@ -256,8 +256,7 @@ func (n *Node) keyDuties() {
 		// founder restarted before anyone joined) lost nothing: K was in
 		// memory only. It starts over with a fresh K (rule K1).
 		if k2, err := newK(); err == nil {
-			n.keys.set(k2)
-			clear(k2)
+			n.keys.set(k2) // the keyring keeps (and later wipes) this slice
 			log.Infow("this node was never escrowed; it starts with a fresh key, unescrowed until the cluster has two members")
 		}
 		k = n.keys.get()

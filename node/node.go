@@ -409,14 +409,27 @@ func (n *Node) propose(ctx context.Context, cmd *gpb.Command) ([]byte, uint64, e
 	}
 	res, idx, err := n.cons.ApplyIndex(ctx, data)
 	if errors.Is(err, consensus.ErrMaybeApplied) {
-		// The answer was lost: the ledger says whether the command applied,
-		// since only an applied command consumes its sequence number.
-		if ferr := n.cons.Fresh(ctx); ferr == nil {
+		// The answer was lost (often: leadership moved while it committed):
+		// the ledger says whether the command applied, since only an
+		// applied command consumes its sequence number. Ask once a leader
+		// can confirm a read index, within the caller's deadline.
+		for ctx.Err() == nil {
+			fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			ferr := n.cons.Fresh(fctx)
+			cancel()
+			if ferr != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+				continue
+			}
 			var last uint64
 			n.view(func(l *generations.Ledger) { last = l.Seq(n.host.ID()) })
 			if last >= cmd.GetSeq() {
 				return nil, n.cons.AppliedIndex(), nil
 			}
+			break
 		}
 	}
 	return res, idx, err

@@ -298,20 +298,33 @@ func (n *Node) connectMembers() {
 // differ from what it holds, so restarted members and invites can find it.
 func (n *Node) announceAddrsLoop() {
 	defer n.wg.Done()
-	tick := time.NewTicker(30 * time.Second)
-	defer tick.Stop()
+	// A node whose addresses changed (a restart on another port) must get
+	// them into the ledger soon, or members that know only the old ones
+	// cannot reach it: retry a failed announcement after 1 s, doubling up
+	// to the 30 s safety net.
+	retry := time.Second
 	for {
-		n.announceAddrs()
+		wait := 30 * time.Second
+		if !n.announceAddrs() {
+			wait, retry = retry, min(2*retry, 30*time.Second)
+		} else {
+			retry = time.Second
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-n.ctx.Done():
+			t.Stop()
 			return
-		case <-tick.C:
+		case <-t.C:
 		case <-n.addrsCh:
+			t.Stop()
 		}
 	}
 }
 
-func (n *Node) announceAddrs() {
+// announceAddrs records this node's addresses in the ledger if they
+// changed; it reports false when they are still to be recorded.
+func (n *Node) announceAddrs() bool {
 	mine := p2p.AddrInfoStrings(n.host)
 	if len(mine) > generations.MaxAddrs {
 		mine = mine[:generations.MaxAddrs]
@@ -324,13 +337,15 @@ func (n *Node) announceAddrs() {
 		}
 	})
 	if !member || slices.Equal(sortedCopy(mine), sortedCopy(recorded)) {
-		return
+		return true
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, membershipTimeout)
 	defer cancel()
 	if err := n.apply(ctx, generations.NewSetAddrs(n.host.ID(), mine, time.Now())); err != nil {
 		log.Debugw("record addresses", "err", err)
+		return false
 	}
+	return true
 }
 
 func sortedCopy(s []string) []string {
@@ -437,10 +452,17 @@ func (n *Node) savePeerBookIfChanged(members []generations.Member) {
 		if m.ID == n.host.ID() || m.Status == generations.StatusRemoved || m.Status == generations.StatusRejected {
 			continue
 		}
-		addrs := m.Addrs
-		if len(addrs) == 0 {
-			for _, a := range n.host.Peerstore().Addrs(m.ID) {
-				addrs = append(addrs, a.String())
+		// What the peer told us it listens on now (identify) comes first,
+		// then what the ledger recorded: a member that moved and could
+		// not record its new addresses yet (no quorum) stays reachable.
+		var addrs []string
+		for _, a := range n.host.Peerstore().Addrs(m.ID) {
+			addrs = append(addrs, a.String())
+		}
+		slices.Sort(addrs) // a stable book is written only when it changes
+		for _, a := range m.Addrs {
+			if !slices.Contains(addrs, a) {
+				addrs = append(addrs, a)
 			}
 		}
 		book.Peers[m.ID.String()] = addrs
