@@ -313,7 +313,7 @@ func (f *forwarder) roundTrip(ctx context.Context, leader peer.ID, req *pb.Forwa
 	defer stop()
 	go func() {
 		for {
-			changed := f.c.leaderChanged()
+			changed := f.c.LeaderChanged()
 			if l := f.c.Leader(); l != "" && l != leader {
 				moved.Store(&l)
 				cancel()

@@ -128,9 +128,11 @@ func (c *Consensus) observeLoop() {
 	}
 }
 
-// leaderChanged returns a channel that is closed when Raft next reports a
-// different leader, or none.
-func (c *Consensus) leaderChanged() <-chan struct{} {
+// LeaderChanged returns a channel that is closed when Raft next reports a
+// different leader, or none: a way to follow Leader without polling. Take
+// the channel before reading Leader, so that a change in between is not
+// missed.
+func (c *Consensus) LeaderChanged() <-chan struct{} {
 	c.leaderMu.Lock()
 	defer c.leaderMu.Unlock()
 	return c.leaderCh
