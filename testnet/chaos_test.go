@@ -555,48 +555,42 @@ func (ch *chaosRun) openGenerationRestart() error {
 	if err := ch.trim(); err != nil {
 		return err
 	}
-	lead := c.leader()
-	if lead == nil {
-		return errors.New("no leader")
-	}
-	inv, err := c.invite(ch.r)
-	if err != nil {
-		return err
-	}
-	j := c.newNode()
-	if err := c.holdJoin(j, inv, lead); err != nil {
-		return err
-	}
-	defer c.resume(j.i)
 	mode := []string{"paused", "killed", "slow"}[ch.r.IntN(3)]
-	if mode == "killed" {
-		if err := c.kill(j.i); err != nil {
+	var (
+		j, x, lead *tnode
+		og         *node.GenerationInfo
+		first      []*tnode
+		err        error
+	)
+	if mode == "slow" {
+		// X: the first member seen escrowed in the open generation.
+		j, x, og, first, err = c.slowJoin(ch.r, 3, ch.logf)
+		if err != nil {
 			return err
 		}
-	}
-	og, err := c.openGeneration(lead.i)
-	if err != nil {
-		return err
-	}
-	// X: with a slow joiner, the first member seen escrowed in the open
-	// generation; otherwise a member picked by the seed.
-	x := ch.pick(c.liveMembers())
-	var first []*tnode
-	if og != nil && mode == "slow" {
-		err = c.step(j.i, time.Millisecond, 100*time.Millisecond, *chaosBound, func() (bool, error) {
-			var done bool
-			var e *tnode
-			e, first, done, err = firstEscrowed(c, lead, j, og.Number)
-			if e != nil {
-				x = e
+		defer c.resume(j.i)
+	} else {
+		if lead = c.leader(); lead == nil {
+			return errors.New("no leader")
+		}
+		if j, err = c.holdJoinRetry(ch.r, lead, 3, ch.logf); err != nil {
+			return err
+		}
+		defer c.resume(j.i)
+		if mode == "killed" {
+			if err := c.kill(j.i); err != nil {
+				return err
 			}
-			return done, err
-		})
-	} else if og != nil {
-		first, err = waitReceipts(c, lead, x, og.Number, *chaosBound)
-	}
-	if err != nil {
-		return err
+		}
+		if og, err = c.openGeneration(lead.i); err != nil {
+			return err
+		}
+		x = ch.pick(c.liveMembers())
+		if og != nil {
+			if first, err = waitReceipts(c, lead, x, og.Number, *chaosBound); err != nil {
+				return err
+			}
+		}
 	}
 	w := ch.pick(without(c.liveMembers(), x)) // whose ledger is read while X restarts
 	openAtKill := "no generation open"
@@ -617,9 +611,16 @@ func (ch *chaosRun) openGenerationRestart() error {
 		return fmt.Errorf("node %d restarted while generation %v was open: %w", x.i, genNumber(og), err)
 	}
 	regrown := "-"
-	if og != nil {
+	switch {
+	case og != nil && mode == "slow":
+		// X acts on the open generation while the joiner stays paused, up
+		// to before the generation could be aborted as a stalled join.
+		hold := min(2*time.Second, time.Until(resumeBy(og)))
+		time.Sleep(hold) // the joiner's pause: part of the fault's schedule
+		regrown = fmt.Sprintf("the joiner resumes %v later", hold.Round(time.Millisecond))
+	case og != nil:
 		// With the joiner paused, a second split's round would wait out
-		// the push to it; otherwise it would end at once.
+		// the push to it; with it dead, it ends at once.
 		wait := 2 * time.Second
 		if mode == "paused" {
 			wait = 20 * time.Second
@@ -712,13 +713,62 @@ func waitReceipts(c *tnet, lead, x *tnode, gen uint64, timeout time.Duration) ([
 	return holders, err
 }
 
+// slowJoin starts a joiner that holds a generation open with a member
+// escrowed in it, as issue 12's point 1 needs: the joiner is paused as soon
+// as its invite is consumed, then runs in steps of half a millisecond,
+// 100 ms apart (a slow joiner), until the ledger shows a member X escrowed in
+// the open generation. The steps race the members' pushes: if the
+// generation commits first, the join is left to finish and another joiner
+// tries, up to attempts. It returns the joiner (paused), X, the generation
+// and X's holders.
+//
+// The joiner may not have recorded a receipt of its own yet: a generation
+// whose joiner has recorded none is aborted as a stalled join
+// (generations.JoinProgressTimeout, 10 s after it opened), so the caller
+// resumes the joiner before that (see resumeBy).
+func (c *tnet) slowJoin(r *rand.Rand, attempts int, logf func(string, ...any)) (j, x *tnode, og *node.GenerationInfo, holders []*tnode, err error) {
+	for attempt := 1; attempt <= attempts; attempt++ {
+		lead := c.leader()
+		if lead == nil {
+			return nil, nil, nil, nil, errors.New("no leader")
+		}
+		if j, err = c.holdJoinRetry(r, lead, 3, logf); err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if og, err = c.openGeneration(lead.i); err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if og == nil {
+			return nil, nil, nil, nil, fmt.Errorf("joiner node %d's generation is not open once its invite was consumed and it was paused", j.i)
+		}
+		if err := c.step(j.i, 500*time.Microsecond, 100*time.Millisecond, 60*time.Second, func() (bool, error) {
+			var done bool
+			x, holders, done, err = firstEscrowed(c, lead, og.Number)
+			return done, err
+		}); err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if x != nil {
+			return j, x, og, holders, nil
+		}
+		logf("slow join, attempt %d: generation %d closed before a member was seen escrowed in it", attempt, og.Number)
+		c.resume(j.i)
+		if _, err := c.settle(90*time.Second, checkOpts{}); err != nil {
+			return nil, nil, nil, nil, err
+		}
+	}
+	return nil, nil, nil, nil, fmt.Errorf("in %d joins, no member was seen escrowed in an open generation: the slow joiner went too fast", attempts)
+}
+
+// resumeBy is when the caller of slowJoin resumes the joiner at the latest:
+// 8 s after its generation opened, before a stalled join may be aborted.
+func resumeBy(og *node.GenerationInfo) time.Time { return og.OpenedAt.Add(8 * time.Second) }
+
 // firstEscrowed returns a member (not a joiner) of open generation gen,
 // in watch's ledger, with at least a threshold of receipts in it, and its
-// holders; done is true once there is one and joiner j has recorded a
-// receipt of its own (so that its generation is not aborted as a stalled
-// join while j stays paused), or once gen is no longer open (then with no
-// member).
-func firstEscrowed(c *tnet, watch, j *tnode, gen uint64) (x *tnode, holders []*tnode, done bool, err error) {
+// holders; done is true once there is one, or once gen is no longer open
+// (then with no member).
+func firstEscrowed(c *tnet, watch *tnode, gen uint64) (x *tnode, holders []*tnode, done bool, err error) {
 	gens, err := c.generations(watch.i)
 	if err != nil {
 		return nil, nil, false, err
@@ -729,10 +779,6 @@ func firstEscrowed(c *tnet, watch, j *tnode, gen uint64) (x *tnode, holders []*t
 		}
 		if g.State != "open" {
 			return nil, nil, true, nil
-		}
-		jrow := slices.Index(g.Members, j.peer.String())
-		if jrow < 0 || jrow >= len(g.Matrix) || !slices.Contains(g.Matrix[jrow], true) {
-			return nil, nil, false, nil
 		}
 		for row, owner := range g.Members {
 			o := c.byPeer(owner)

@@ -496,7 +496,7 @@ func (c *tnet) holdJoin(j *tnode, inv string, watch *tnode) error {
 				continue
 			}
 			if g.State != "open" {
-				return false, fmt.Errorf("joiner node %d's generation %d %s before it could be held", j.i, g.Number, g.State)
+				return false, fmt.Errorf("%w: joiner node %d's generation %d %s first", errNotHeld, j.i, g.Number, g.State)
 			}
 			return true, nil
 		}
@@ -513,7 +513,7 @@ func (c *tnet) holdJoin(j *tnode, inv string, watch *tnode) error {
 			return fmt.Errorf("joiner node %d exited while held", j.i)
 		}
 		syscall.Kill(p, syscall.SIGCONT)
-		time.Sleep(2 * time.Millisecond) // the slice: part of the fault, not a wait for a condition
+		time.Sleep(time.Millisecond) // the slice: part of the fault, not a wait for a condition
 		if err := c.pause(j.i); err != nil {
 			return err
 		}
@@ -546,6 +546,32 @@ func (c *tnet) step(i int, on, off, timeout time.Duration, done func() (bool, er
 			return err
 		}
 		time.Sleep(off) // the others' turn
+	}
+}
+
+// errNotHeld: holdJoin could not pause the joiner before its generation
+// committed (or aborted). Its slices race the cluster, so a caller may try
+// again with another joiner.
+var errNotHeld = errors.New("joiner not held")
+
+// holdJoinRetry is holdJoin with a new joiner (and a new invite) after
+// each errNotHeld, up to attempts; the joiners that got through are left to
+// the next check to settle.
+func (c *tnet) holdJoinRetry(r *rand.Rand, watch *tnode, attempts int, logf func(string, ...any)) (*tnode, error) {
+	for attempt := 1; ; attempt++ {
+		inv, err := c.invite(r)
+		if err != nil {
+			return nil, err
+		}
+		j := c.newNode()
+		err = c.holdJoin(j, inv, watch)
+		if !errors.Is(err, errNotHeld) || attempt == attempts {
+			return j, err
+		}
+		logf("hold, attempt %d: %v; again", attempt, err)
+		if _, err := c.settle(90*time.Second, checkOpts{}); err != nil {
+			return nil, err
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package testnet
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -47,7 +48,11 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 	sts := map[int]answer{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, m := range members {
+	joiners := c.byRole(roleJoining)
+	for _, m := range append(slices.Clone(members), joiners...) {
+		if m.role == roleJoining && !c.alive(m.i) {
+			continue
+		}
 		wg.Go(func() {
 			st, err := c.status(m.i)
 			mu.Lock()
@@ -83,20 +88,22 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 		}
 	}
 	lead := c.byPeer(leaderID)
-	if lead == nil || lead.role != roleMember {
+	if lead == nil || (lead.role != roleMember && lead.role != roleJoining) {
 		return fmt.Sprintf("the leader %s is not a member", short(leaderID)), nil
 	}
-	if leaders != 1 {
-		return fmt.Sprintf("%d nodes say they lead", leaders), nil
+	la, ok := sts[lead.i]
+	if !ok || la.err != nil {
+		return fmt.Sprintf("the leader, joiner node %d, does not answer", lead.i), nil
 	}
-	lst := sts[lead.i].st
+	lst := la.st
 	ledger := map[string]node.MemberStatus{}
 	for _, m := range lst.Members {
 		ledger[m.PeerID] = m
 	}
 
-	// Settle the joiners whose join was faulted.
-	for _, j := range c.byRole(roleJoining) {
+	// Settle the joiners whose join was faulted (one of them may lead
+	// already).
+	for _, j := range joiners {
 		switch s := ledger[j.peer.String()].Status; {
 		case s == "active":
 			j.role = roleMember
@@ -109,6 +116,10 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 			}
 			j.role = roleGone
 		}
+	}
+
+	if leaders != 1 {
+		return fmt.Sprintf("%d nodes say they lead", leaders), nil
 	}
 
 	// One current generation, the same everywhere, none open.
