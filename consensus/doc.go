@@ -8,8 +8,11 @@
 // it: it must name its authenticated sender, and only voters may send it
 // (rule S8); the FSM bridge, with the leader's clock stamped into every entry
 // (rule S7); forwarding of commands from followers to the leader, retried
-// through leader changes; read-index reads (Fresh, rule S9); and the
-// membership primitives (add a non-voter, promote, remove).
+// through leader changes; read-index reads (Fresh, rule S9); the
+// membership primitives (add a non-voter, promote, remove); and Raft's
+// timing (Timing, LANTiming, WANTiming). The leader tells its followers at
+// once what it has committed (nudges), so CommitTimeout can be seconds and an
+// idle cluster costs its heartbeats and little else.
 //
 // It does not know what a command means. Every log entry is a versioned
 // envelope (the leader's time stamp, then opaque bytes) that the StateMachine
