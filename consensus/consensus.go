@@ -15,6 +15,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.etcd.io/bbolt"
 	bbolterrors "go.etcd.io/bbolt/errors"
@@ -186,8 +187,14 @@ type Consensus struct {
 	// which closes and replaces leaderCh at each leader change.
 	observer     *raft.Observer
 	observations chan raft.Observation
-	leaderMu     sync.Mutex
-	leaderCh     chan struct{}
+	// notifee nudges when a server connects (see connected), at most once
+	// per heartbeat timeout per server (connectNudged).
+	notifee       *network.NotifyBundle
+	heartbeat     time.Duration
+	connectMu     sync.Mutex
+	connectNudged map[peer.ID]time.Time
+	leaderMu      sync.Mutex
+	leaderCh      chan struct{}
 
 	leaderHint  atomic.Pointer[peer.ID]
 	done        chan struct{}
@@ -293,7 +300,7 @@ func New(cfg Config) (*Consensus, error) {
 	}
 	c.observer = raft.NewObserver(c.observations, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.RaftState, raft.LeaderObservation:
+		case raft.RaftState, raft.LeaderObservation, raft.ResumedHeartbeatObservation:
 			return true
 		}
 		return false
@@ -304,6 +311,10 @@ func New(cfg Config) (*Consensus, error) {
 	c.localReads = newReadRounds(c.readIndexLocal, c.attemptTimeout)
 	c.remoteReads = newReadRounds(c.readIndexRemote, c.attemptTimeout)
 	c.forward = newForwarder(c)
+	c.heartbeat = timing.HeartbeatTimeout
+	c.connectNudged = make(map[peer.ID]time.Time)
+	c.notifee = &network.NotifyBundle{ConnectedF: c.connected}
+	cfg.Host.Network().Notify(c.notifee)
 	go c.nudgeLoop()
 	go c.observeLoop()
 	if r.State() == raft.Leader {
@@ -708,6 +719,7 @@ func (c *Consensus) Close() error {
 	c.closeOnce.Do(func() {
 		c.forward.close()
 		close(c.done)
+		c.cfg.Host.Network().StopNotify(c.notifee)
 		err := c.raft.Shutdown().Error()
 		c.raft.DeregisterObserver(c.observer)
 		<-c.nudgeDone

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -107,16 +108,25 @@ func (cl *cluster) refusedRPCs() map[peer.ID]uint64 {
 	return out
 }
 
-// checkUnchanged fails unless every node's leader, term, last log index and
-// configuration are as before, and every node refused at least want more
-// RPCs. It then proves the cluster still commits.
+// checkUnchanged fails unless every node's leader, term and configuration
+// are as before, its log grew by nothing but barriers of the leader's term
+// (the leader nudges when a server connects), and every node refused at
+// least want more RPCs. It then proves the cluster still commits.
 func (cl *cluster) checkUnchanged(before map[peer.ID]nodeState, refused map[peer.ID]uint64, want uint64) {
 	t := cl.t
 	t.Helper()
 	for id, after := range cl.state() {
 		b := before[id]
-		if after.leader != b.leader || after.term != b.term || after.last != b.last || !slices.Equal(after.servers, b.servers) {
+		if after.leader != b.leader || after.term != b.term || after.last < b.last || !slices.Equal(after.servers, b.servers) {
 			t.Errorf("node %s changed: before %+v, after %+v", id, b, after)
+			continue
+		}
+		nd := cl.byID(id)
+		for i := b.last + 1; i <= after.last; i++ {
+			var l raft.Log
+			if err := nd.c.logs.GetLog(i, &l); err != nil || l.Type != raft.LogBarrier || strconv.FormatUint(l.Term, 10) != b.term {
+				t.Errorf("node %s appended entry %d (type %v, term %d, err %v), not a barrier of term %s", id, i, l.Type, l.Term, err, b.term)
+			}
 		}
 	}
 	for id, n := range cl.refusedRPCs() {

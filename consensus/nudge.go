@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/network"
 )
 
 // nudgeTimeout bounds how long a nudge waits to hand its barrier to Raft.
@@ -105,7 +106,8 @@ func (c *Consensus) nudgeOnce() bool {
 func (c *Consensus) nudging() bool { return c.nudgesPending.Load() > 0 }
 
 // observeLoop follows Raft's state and leader changes: it wakes whoever
-// waits on LeaderChanged, and has a new leader nudge its followers.
+// waits on LeaderChanged, has a new leader nudge its followers, and has the
+// leader nudge when a follower answers heartbeats again.
 func (c *Consensus) observeLoop() {
 	defer close(c.observeDone)
 	for {
@@ -118,6 +120,12 @@ func (c *Consensus) observeLoop() {
 				if d == raft.Leader {
 					c.nudgeElected()
 				}
+			case raft.ResumedHeartbeatObservation:
+				// A follower answers again after failing: tell it what
+				// it missed now rather than at the next tick.
+				if c.IsLeader() {
+					c.Nudge()
+				}
 			case raft.LeaderObservation:
 				c.leaderMu.Lock()
 				close(c.leaderCh)
@@ -127,6 +135,40 @@ func (c *Consensus) observeLoop() {
 		}
 	}
 }
+
+// connected nudges when a server of the configuration connects to the
+// leader: most likely a member that restarted. A restarted follower applies
+// nothing past its snapshot until an AppendEntries tells it the commit index,
+// and heartbeats do not; without a nudge it would wait for the next
+// CommitTimeout tick. It runs on libp2p's notification path, so it only
+// reads and queues.
+//
+// A server that reconnects in a loop could make the leader append barrier
+// after barrier; each server gets at most one such nudge per
+// HeartbeatTimeout.
+func (c *Consensus) connected(_ network.Network, conn network.Conn) {
+	p := conn.RemotePeer()
+	if c.raft.State() != raft.Leader || !c.InConfiguration(p) {
+		return
+	}
+	now := time.Now()
+	c.connectMu.Lock()
+	last, seen := c.connectNudged[p]
+	ok := !seen || now.Sub(last) >= c.heartbeat
+	if ok {
+		if len(c.connectNudged) >= maxConnectNudged {
+			clear(c.connectNudged)
+		}
+		c.connectNudged[p] = now
+	}
+	c.connectMu.Unlock()
+	if ok {
+		c.Nudge()
+	}
+}
+
+// maxConnectNudged bounds the servers connected remembers.
+const maxConnectNudged = 1024
 
 // LeaderChanged returns a channel that is closed when Raft next reports a
 // different leader, or none: a way to follow Leader without polling. Take

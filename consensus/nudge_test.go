@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // A member the leader's state knows, but that is not (yet) a Raft server,
@@ -222,4 +224,39 @@ func TestNewLeaderNudges(t *testing.T) {
 	})
 	took := waitAllApplied(t, cl.live(), 1, commitTimeout/2)
 	t.Logf("every live node applied the old leader's last command %v after %s was seen leading (CommitTimeout %v)", took, leader.host.ID(), commitTimeout)
+}
+
+// A follower that restarts applies nothing past its snapshot until an
+// AppendEntries tells it the commit index. The leader nudges when the
+// follower connects or answers heartbeats again, so it catches up at once,
+// not at the next CommitTimeout tick.
+func TestRestartedFollowerCatchesUpAtOnce(t *testing.T) {
+	const commitTimeout = 2 * time.Second
+	cl := newClusterWith(t, 3, func(c *Config) { c.CommitTimeout = commitTimeout })
+	leader := cl.byID(cl.waitLeader(cl.nodes))
+	f := followersOf(cl, leader)[0]
+	apply(t, leader.c, "before")
+	waitAllApplied(t, cl.nodes, 1, commitTimeout/2)
+
+	idx := slices.Index(cl.nodes, f)
+	priv := f.host.Peerstore().PrivKey(f.host.ID())
+	cl.kill(idx)
+	apply(t, leader.c, "while down")
+
+	f.host = newHostWithKey(t, priv)
+	for _, nd := range cl.live() {
+		f.host.Peerstore().AddAddrs(nd.host.ID(), nd.host.Addrs(), time.Hour)
+		nd.host.Peerstore().AddAddrs(f.host.ID(), f.host.Addrs(), time.Hour)
+	}
+	f.sm = &listSM{}
+	start := time.Now()
+	cl.start(f)
+	// A restarted node dials the members it knows, as the node does.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.host.Connect(ctx, peer.AddrInfo{ID: leader.host.ID(), Addrs: leader.host.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	waitAllApplied(t, []*testNode{f}, 2, commitTimeout/2)
+	t.Logf("the restarted follower applied its log and the command it missed %v after it started (CommitTimeout %v)", time.Since(start).Round(time.Millisecond), commitTimeout)
 }
