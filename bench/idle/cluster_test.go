@@ -121,6 +121,11 @@ type p2pkeyCluster struct {
 	bin   string
 	args  []string // extra daemon flags
 	nodes []*daemon
+	// joins is how long each node took from its daemon's start to being a
+	// member (node 1: to bootstrapping); healthy is how long every node then
+	// took to see all members and be unlocked.
+	joins   []time.Duration
+	healthy time.Duration
 }
 
 // cli runs the p2pkey CLI against the node in dir.
@@ -165,6 +170,7 @@ func startP2PKey(ctx context.Context, stops *[]func(), bin, root string, n int, 
 			}
 			flags = append(flags, "--join-file", path)
 		}
+		started := time.Now()
 		cmd := exec.Command(bin, append(append([]string{"--data", dir}, flags...), args...)...)
 		d, err := start(fmt.Sprintf("p2pkey-%d", i), dir, cmd, filepath.Join(dir, "daemon.log"))
 		if err != nil {
@@ -179,7 +185,10 @@ func startP2PKey(ctx context.Context, stops *[]func(), bin, root string, n int, 
 		if _, err := c.cli(ctx, dir, "wait", "--timeout", "2m"); err != nil {
 			return c, fmt.Errorf("%w\n%s", err, tail(filepath.Join(dir, "daemon.log")))
 		}
+		c.joins = append(c.joins, time.Since(started))
 	}
+	settled := time.Now()
+	defer func() { c.healthy = time.Since(settled) }()
 	for _, d := range c.nodes {
 		if _, err := c.cli(ctx, d.dir, "wait", "--members", fmt.Sprint(n), "--unlocked", "--timeout", "2m"); err != nil {
 			return c, fmt.Errorf("%w\n%s", err, tail(filepath.Join(d.dir, "daemon.log")))

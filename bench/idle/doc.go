@@ -14,6 +14,9 @@
 //     payload, as a LAN would carry it. Daemons listen on TCP only, so that
 //     every byte they exchange is on a counted socket.
 //
+// Traffic is reported for the busiest node (in and out: the leader) and as
+// the cluster's average per node (every byte counted once, at its sender).
+//
 // Leader and followers are reported apart: a daemon's role comes from
 // `p2pkey status --json` before and after the window (the benchmark fails if
 // the leader or the term changed), the baseline's from the state lines
@@ -29,6 +32,7 @@
 //	-idle.nodes   IDLE_NODES    cluster sizes, comma-separated (5)
 //	-idle.window  IDLE_WINDOW   the measured window (60s)
 //	-idle.settle  IDLE_SETTLE   how long a formed cluster idles before it (15s)
+//	-idle.windows IDLE_WINDOWS  how many windows to measure; medians are reported (1)
 //	-idle.bin     IDLE_BIN      a p2pkey binary to measure instead of building ./cmd/p2pkey
 //	-idle.args    IDLE_ARGS     extra `p2pkey daemon` flags, space-separated
 //

@@ -149,7 +149,8 @@ func idleRun(n int, p2pkey, rafttcp string) (s summary, err error) {
 	if err != nil {
 		return s, fmt.Errorf("p2pkey cluster: %w", err)
 	}
-	say("%d p2pkey daemons formed a cluster in %v", n, time.Since(formStart).Round(time.Millisecond))
+	say("%d p2pkey daemons formed a cluster in %v: daemon start to member %v (median %v), then %v until every node saw %d members and was unlocked",
+		n, time.Since(formStart).Round(time.Millisecond), roundAll(pc.joins), medianDur(pc.joins), pc.healthy.Round(time.Millisecond), n)
 	rc, err := startRaft(ctx, &stops, rafttcp, root, n)
 	if err != nil {
 		return s, fmt.Errorf("rafttcp cluster: %w", err)
@@ -204,6 +205,22 @@ func idleRun(n int, p2pkey, rafttcp string) (s summary, err error) {
 			targetRatio, met(s.ratio <= targetRatio), targetWire, met(s.wire <= targetWire), met(s.wireAvg <= targetWire))
 	}
 	return s, nil
+}
+
+func roundAll(d []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(d))
+	for i, x := range d {
+		out[i] = x.Round(time.Millisecond)
+	}
+	return out
+}
+
+func medianDur(d []time.Duration) time.Duration {
+	v := make([]float64, len(d))
+	for i, x := range d {
+		v[i] = float64(x)
+	}
+	return time.Duration(median(v)).Round(time.Millisecond)
 }
 
 func role(leader bool) string {
