@@ -57,13 +57,16 @@ func TestChaos(t *testing.T) {
 	}
 	t.Logf("chaos seed %d (replay with -chaos.seed=%d), %d run(s), recovery bound %v", seed, seed, runs, *chaosBound)
 	stats := newChaosStats()
-	defer func() { t.Logf("chaos summary, seeds %d..%d:\n%s", seed, seed+uint64(runs)-1, stats.table()) }()
-	for k := range uint64(runs) {
-		if dl, ok := t.Deadline(); ok && k > 0 && time.Until(dl) < 12*time.Minute {
-			t.Logf("stopping after %d seeds: the test deadline is near", k)
+	done := uint64(0)
+	defer func() {
+		t.Logf("chaos summary, %d seed(s) from %d (replay one with -chaos.seed=N):\n%s", done, seed, stats.table())
+	}()
+	for ; done < uint64(runs); done++ {
+		if dl, ok := t.Deadline(); ok && done > 0 && time.Until(dl) < 12*time.Minute {
+			t.Logf("stopping after %d seeds: the test deadline is near", done)
 			break
 		}
-		runChaosSeed(t, seed+k, repeat, stats)
+		runChaosSeed(t, seed+done, repeat, stats)
 	}
 }
 
@@ -423,7 +426,7 @@ func (ch *chaosRun) loseDisk(name string, h *tnode) error {
 	// audit to tell a lost envelope from an absent holder.
 	if err := poll(*chaosBound, func() (bool, string) {
 		st, err := c.status(h.i)
-		return err == nil && st.Lock == node.LockUnlocked, fmt.Sprintf("node %d: %v %s", h.i, err, st.Lock)
+		return err == nil && st.Lock == node.LockUnlocked, unlockWhy(h, st, err)
 	}); err != nil {
 		return fmt.Errorf("node %d after losing its disk: %w", h.i, err)
 	}
@@ -606,7 +609,7 @@ func (ch *chaosRun) openGenerationRestart() error {
 	}
 	if err := poll(*chaosBound, func() (bool, string) {
 		st, err := c.status(x.i)
-		return err == nil && st.Lock == node.LockUnlocked, fmt.Sprintf("node %d: %v %s", x.i, err, st.Lock)
+		return err == nil && st.Lock == node.LockUnlocked, unlockWhy(x, st, err)
 	}); err != nil {
 		return fmt.Errorf("node %d restarted while generation %v was open: %w", x.i, genNumber(og), err)
 	}
@@ -828,6 +831,14 @@ func receiptsIn(c *tnet, lead, x *tnode, gen uint64) ([]*tnode, bool, error) {
 		return holders, len(holders) >= g.Threshold, nil
 	}
 	return nil, false, fmt.Errorf("node %d knows no generation %d", lead.i, gen)
+}
+
+// unlockWhy says why node n is not unlocked, from its status.
+func unlockWhy(n *tnode, st node.Status, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("node %d is %s: %s", n.i, st.Lock, st.Unlock.Reason)
 }
 
 func genNumber(g *node.GenerationInfo) any {
