@@ -479,7 +479,7 @@ var _ metrics.Reporter = (*wireCounter)(nil)
 func benchConfig(b *testing.B) Config {
 	cfg := testConfig(b)
 	def := DefaultConfig(cfg.DataDir)
-	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.CommitTimeout = def.HeartbeatTimeout, def.ElectionTimeout, def.CommitTimeout
+	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout, cfg.CommitTimeout = def.HeartbeatTimeout, def.ElectionTimeout, def.LeaderLeaseTimeout, def.CommitTimeout
 	cfg.JoinTimeout = benchBuildTimeout
 	cfg.ControlSocket = false
 	return cfg

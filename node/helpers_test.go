@@ -22,6 +22,7 @@ func testConfig(t testing.TB) Config {
 	cfg.MDNS = false // loopback only: mDNS would multicast on the host's interfaces
 	cfg.HeartbeatTimeout = 300 * time.Millisecond
 	cfg.ElectionTimeout = 300 * time.Millisecond
+	cfg.LeaderLeaseTimeout = 150 * time.Millisecond
 	cfg.CommitTimeout = 5 * time.Millisecond
 	cfg.JoinTimeout = 30 * time.Second
 	return cfg

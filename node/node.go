@@ -254,19 +254,20 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
 	}
 	n.cons, err = consensus.New(consensus.Config{
-		Host:              h,
-		Dir:               cfg.raftDir(),
-		StateMachine:      n.sm,
-		ClusterID:         n.localClusterID,
-		AllowUnconfigured: n.allowUnconfigured,
-		AllowMember:       n.allowMember,
-		AllowForward:      n.allowForward,
-		Errors:            errorCodec{},
-		HeartbeatTimeout:  cfg.HeartbeatTimeout,
-		ElectionTimeout:   cfg.ElectionTimeout,
-		CommitTimeout:     cfg.CommitTimeout,
-		OnApplied:         n.onApplied,
-		Deny:              n.raftDeny,
+		Host:               h,
+		Dir:                cfg.raftDir(),
+		StateMachine:       n.sm,
+		ClusterID:          n.localClusterID,
+		AllowUnconfigured:  n.allowUnconfigured,
+		AllowMember:        n.allowMember,
+		AllowForward:       n.allowForward,
+		Errors:             errorCodec{},
+		HeartbeatTimeout:   cfg.HeartbeatTimeout,
+		ElectionTimeout:    cfg.ElectionTimeout,
+		LeaderLeaseTimeout: cfg.LeaderLeaseTimeout,
+		CommitTimeout:      cfg.CommitTimeout,
+		OnApplied:          n.onApplied,
+		Deny:               n.raftDeny,
 	})
 	if err != nil {
 		store.Close()

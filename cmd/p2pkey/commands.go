@@ -151,7 +151,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			cfg.Reachability = reachability
 			cfg.MaxGenerationsBehind = maxBehind
 			if heartbeat > 0 {
-				cfg.HeartbeatTimeout, cfg.ElectionTimeout = heartbeat, heartbeat
+				cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = heartbeat, heartbeat, heartbeat/2
 			}
 			if err := cfg.Validate(); err != nil {
 				return &statusError{code: exitUsage, err: err}
@@ -220,7 +220,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	cmd.Flags().StringVar(&reachability, "reachability", "", "override NAT detection: public or private")
 	cmd.Flags().Uint32Var(&maxBehind, "max-generations-behind", 0, "with --bootstrap: how many generations an absent member's old shares are kept before it must be invited again (default 3)")
 	ks.register(cmd)
-	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 1s)")
+	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 2s, consensus.LANTiming)")
 	cmd.Flags().MarkHidden("raft-heartbeat")
 	return cmd
 }
