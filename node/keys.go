@@ -182,17 +182,45 @@ func deriveKey(k []byte, clusterID, purpose string) ([]byte, error) {
 // longer wants kept.
 func (n *Node) keyLoop() {
 	defer n.wg.Done()
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
+	// The loop runs on every ledger change (keyPoke) and, while there is
+	// work the ledger does not announce (unlocking, an open generation,
+	// holders still to top up), every 500 ms; idle and unlocked it wakes
+	// only every 30 s as a safety net (issue 13).
+	t := time.NewTimer(0)
+	defer t.Stop()
 	for {
-		n.keyDuties()
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-tick.C:
+		case <-t.C:
 		case <-n.keyPoke:
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
 		}
+		n.keyDuties()
+		t.Reset(n.keyLoopInterval())
 	}
+}
+
+// keyLoopInterval is 500 ms while the key loop has work in hand, 30 s when
+// the node is unlocked, fully shared and nothing is open.
+func (n *Node) keyLoopInterval() time.Duration {
+	if state, _ := n.Lock(); state != LockUnlocked {
+		return 500 * time.Millisecond
+	}
+	var open bool
+	n.view(func(l *generations.Ledger) { _, open = l.Open() })
+	if open {
+		return 500 * time.Millisecond
+	}
+	if _, missing := n.missingCurrentHolders(); len(missing) > 0 {
+		return 500 * time.Millisecond
+	}
+	return 30 * time.Second
 }
 
 func (n *Node) keyDuties() {

@@ -357,18 +357,26 @@ func sortedCopy(s []string) []string {
 // watchLoop turns ledger and leadership changes into events.
 func (n *Node) watchLoop() {
 	defer n.wg.Done()
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
 	var leader peer.ID
 	statuses := map[peer.ID]generations.MemberStatus{}
 	genStates := map[uint64]generations.GenerationState{}
 	first := true
+	// Waits on what it reports: the ledger applying a command, Raft
+	// changing leader. The timer is only a slow safety net (issue 13: an
+	// idle node does not poll).
+	safety := time.NewTimer(0)
+	defer safety.Stop()
+	applied, leaderCh := n.cons.AppliedChan(), n.cons.LeaderChanged()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-tick.C:
+		case <-applied:
+		case <-leaderCh:
+		case <-safety.C:
 		}
+		applied, leaderCh = n.cons.AppliedChan(), n.cons.LeaderChanged()
+		safety.Reset(30 * time.Second)
 		if l := n.cons.Leader(); l != leader {
 			leader = l
 			n.events.publish(Event{Type: EventLeaderChanged, Peer: l})
