@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -211,14 +212,11 @@ func newClusterWith(t testing.TB, n int, edit func(*Config)) *cluster {
 		t.Fatal(err)
 	}
 	cl.waitLeader(cl.nodes[:1])
-	for _, nd := range cl.nodes[1:] {
-		leader := cl.nodes[0].c
-		if err := leader.AddNonvoter(nd.host.ID(), 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		if err := leader.AddVoter(nd.host.ID(), 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
+	for i, nd := range cl.nodes[1:] {
+		// On two busy cores under -race a leader can lose its 150 ms lease
+		// while the cluster forms: ask whoever leads now, again.
+		cl.onLeader(cl.nodes[:i+1], func(c *Consensus) error { return c.AddNonvoter(nd.host.ID(), 5*time.Second) })
+		cl.onLeader(cl.nodes[:i+2], func(c *Consensus) error { return c.AddVoter(nd.host.ID(), 5*time.Second) })
 	}
 	waitFor(t, "every node to see the full configuration", 10*time.Second, func() bool {
 		for _, nd := range cl.nodes {
@@ -365,6 +363,28 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 
 // waitLeader waits until all live nodes among nodes agree on one leader, and
 // returns it.
+// onLeader runs op on the leader among nodes, retrying on another leader
+// while leadership moves (raft.ErrLeadershipLost, ErrNotLeader).
+func (cl *cluster) onLeader(nodes []*testNode, op func(*Consensus) error) {
+	cl.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		leader := cl.waitLeader(nodes)
+		var err error
+		for _, nd := range nodes {
+			if nd.c != nil && nd.host.ID() == leader {
+				err = op(nd.c)
+			}
+		}
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) || !(errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, ErrNotLeader)) {
+			cl.t.Fatal(err)
+		}
+	}
+}
+
 func (cl *cluster) waitLeader(nodes []*testNode) peer.ID {
 	cl.t.Helper()
 	var leader peer.ID
