@@ -470,18 +470,11 @@ func (n *Node) ClusterID() string {
 	return id
 }
 
-// onLedgerResult runs on the FSM goroutine after each command. When a
-// generation opens, the leader has Raft tell the followers at once rather
-// than at its next commit-index update, up to 2×CommitTimeout later: every
-// member starts sharing into an open generation as soon as its own ledger
-// shows it, so that delay would sit on the path of every join.
-func (n *Node) onLedgerResult(res generations.Result) {
-	if res.Opened != 0 {
-		if c := n.consReady.Load(); c != nil && c.IsLeader() {
-			c.Nudge()
-		}
-	}
-}
+// onLedgerResult runs on the FSM goroutine after each command. Followers
+// learn of an opened generation within a round trip without help: the
+// consensus leader nudges them after every command it commits (so members
+// start sharing into it at once, whatever the CommitTimeout).
+func (n *Node) onLedgerResult(generations.Result) {}
 
 // view runs fn on the local ledger, locked against concurrent Apply.
 func (n *Node) view(fn func(*generations.Ledger)) {
