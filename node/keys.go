@@ -325,6 +325,7 @@ func (n *Node) keyDuties() {
 		}
 	}
 	n.dropSplits(d)
+	n.reshareIfNoMargin(cov, d)
 	switch {
 	case cov.CanUnlock:
 		n.keys.setProgress(UnlockProgress{Generation: cov.Generation, Have: cov.SharesHeld, Need: cov.Threshold})
@@ -335,6 +336,38 @@ func (n *Node) keyDuties() {
 	default:
 		n.keys.setProgress(UnlockProgress{Reason: "not yet escrowed in a committed generation"})
 	}
+}
+
+// reshareIfNoMargin opens a generation when this node is escrowed in the
+// current generation with exactly its threshold of shares and can no longer
+// add any (it restarted after the commit, before topping its holders up, so
+// the split is gone; mixing in a new split is never allowed). With no
+// margin, one holder down would lock it out: "escrowed" must mean
+// recoverable under a fault, so the cluster re-shares. Once per generation.
+func (n *Node) reshareIfNoMargin(cov generations.Coverage, d generations.Duties) {
+	if d.Open != 0 || cov.Generation == 0 || cov.SharesHeld > cov.Threshold {
+		return
+	}
+	var cur generations.Generation
+	var ok bool
+	n.view(func(l *generations.Ledger) { cur, ok = l.Current() })
+	if !ok || cur.Number != cov.Generation || cov.SharesHeld >= len(cur.Members) {
+		return
+	}
+	n.keys.mu.Lock()
+	_, hasSplit := n.keys.splits[cur.Number]
+	n.keys.mu.Unlock()
+	if hasSplit || n.reshared.Swap(cur.Number) == cur.Number {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	defer cancel()
+	now := time.Now()
+	if err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now)); err != nil {
+		log.Infow("could not open a generation to restore this node's escrow margin", "generation", cur.Number, "err", err)
+		return
+	}
+	log.Infow("opened a generation: this node's escrow had no margin (it restarted before topping its holders up)", "generation", cur.Number, "held", cov.SharesHeld, "threshold", cov.Threshold)
 }
 
 // neverEscrowed reports whether this member, which has no K in memory, was

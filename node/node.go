@@ -99,6 +99,9 @@ type Node struct {
 	// joinGaveUp: this joiner restarted mid-join, and the key it had
 	// escrowed in its generation before is gone (see pushRound).
 	joinGaveUp atomic.Bool
+	// reshared is the current generation for which this node last opened
+	// a generation to restore its escrow margin (see reshareIfNoMargin).
+	reshared atomic.Uint64
 
 	// proposeMu serialises this node's signed proposals; lastSeq is the
 	// last sequence number it signed.
