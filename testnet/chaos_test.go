@@ -67,6 +67,10 @@ func TestChaos(t *testing.T) {
 			break
 		}
 		runChaosSeed(t, seed+done, repeat, stats)
+		if runs > 1 {
+			// So that an interrupted long run still has its figures.
+			t.Logf("after seed %d:\n%s", seed+done, stats.table())
+		}
 	}
 }
 
