@@ -27,8 +27,9 @@ import (
 // recovered.
 //
 // Short mode (the default, in CI) runs one seed: every scenario once, in a
-// seeded order, on one 5-node testnet. -chaos.long runs -chaos.runs seeds
-// (default 10), each on a fresh testnet, every scenario twice:
+// seeded order, on one 5-node testnet, and stops after -chaos.maxfail (3)
+// failed scenarios. -chaos.long runs -chaos.runs seeds (default 10), each on
+// a fresh testnet, every scenario twice, and counts every failure:
 //
 //	go test ./testnet -run TestChaos -v                        # one random seed
 //	go test ./testnet -run TestChaos -v -chaos.seed=42         # replay a seed
@@ -54,6 +55,9 @@ func TestChaos(t *testing.T) {
 	repeat := 1
 	if *chaosLong {
 		repeat = 2
+		if !flagSet("chaos.maxfail") {
+			*chaosFails = 0 // a long run counts every failure
+		}
 	}
 	t.Logf("chaos seed %d (replay with -chaos.seed=%d), %d run(s), recovery bound %v", seed, seed, runs, *chaosBound)
 	stats := newChaosStats()
@@ -64,6 +68,9 @@ func TestChaos(t *testing.T) {
 	for ; done < uint64(runs); done++ {
 		if dl, ok := t.Deadline(); ok && done > 0 && time.Until(dl) < 12*time.Minute {
 			t.Logf("stopping after %d seeds: the test deadline is near", done)
+			break
+		}
+		if stats.tooMany() {
 			break
 		}
 		runChaosSeed(t, seed+done, repeat, stats)
@@ -80,6 +87,7 @@ var (
 	chaosRuns  = flag.Int("chaos.runs", 0, "TestChaos: number of seeds (default 1, or 10 with -chaos.long)")
 	chaosBound = flag.Duration("chaos.bound", 60*time.Second, "TestChaos: how long the cluster may take to recover from one fault")
 	chaosOnly  = flag.String("chaos.only", "", "TestChaos: run only the scenarios whose names contain one of these comma-separated words")
+	chaosFails = flag.Int("chaos.maxfail", 3, "TestChaos: stop after this many failed scenarios (0: never), so a broken build fails CI in minutes")
 )
 
 // chaosNodes is the testnet's size at the start of each seed; joins grow it
@@ -144,6 +152,10 @@ func runChaosSeed(t *testing.T, seed uint64, repeat int, stats *chaosStats) {
 		}
 	}()
 	for _, s := range plan {
+		if stats.tooMany() {
+			t.Logf("seed %d: stopping after %d failed scenarios (-chaos.maxfail)", seed, stats.failed)
+			return
+		}
 		if ch.c == nil {
 			if err := ch.fresh(); err != nil {
 				stats.fail("setup")
@@ -160,6 +172,7 @@ func runChaosSeed(t *testing.T, seed uint64, repeat int, stats *chaosStats) {
 		if !errors.As(err, &rec) {
 			stats.fail(s.name)
 		}
+		stats.failed++
 		logs := ch.c.keepLogs(fmt.Sprintf("seed%d-%s", seed, s.name))
 		t.Errorf("seed %d: %s (after %v): %v\n(replay: go test ./testnet -run TestChaos -v -chaos.seed=%d; daemon logs kept in %s)\n%s",
 			seed, s.name, time.Since(start).Round(time.Millisecond), err, seed, logs, ch.c.logTails(1500))
@@ -168,6 +181,13 @@ func runChaosSeed(t *testing.T, seed uint64, repeat int, stats *chaosStats) {
 		ch.c.s.teardown(false)
 		ch.c = nil
 	}
+}
+
+// flagSet reports whether the named flag was given on the command line.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // chosen reports whether -chaos.only selects the scenario.
@@ -864,7 +884,13 @@ func indexes(ns []*tnode) []int {
 type chaosStats struct {
 	order []string
 	rows  map[string]*chaosRow
+	// failed counts the failed scenario runs (a scenario stops at its
+	// first failure), for -chaos.maxfail.
+	failed int
 }
+
+// tooMany reports whether -chaos.maxfail scenarios have failed.
+func (s *chaosStats) tooMany() bool { return *chaosFails > 0 && s.failed >= *chaosFails }
 
 type chaosRow struct {
 	recoveries []time.Duration

@@ -19,8 +19,8 @@
 //     least max(threshold, shares held) envelopes any threshold of which give
 //     the owner's key back. Flags: -chaos.seed=N (default random, always
 //     printed), -chaos.long (10 seeds, every scenario twice), -chaos.runs=N,
-//     -chaos.bound=D, -chaos.only=WORDS. A failing run keeps the daemons'
-//     logs.
+//     -chaos.bound=D, -chaos.only=WORDS, -chaos.maxfail=N. A failing run
+//     keeps the daemons' logs.
 //   - TestIssue12*: the issue's three sequences, one test each.
 //
 // The harness (cluster_test.go) starts and signals the daemons itself, with
