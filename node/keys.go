@@ -60,6 +60,9 @@ type keyring struct {
 	mu       sync.Mutex
 	k        []byte
 	splits   map[uint64]*split
+	// made lists the generations this process split K for (the splits
+	// themselves are dropped once shared).
+	made map[uint64]bool
 	progress UnlockProgress
 	changed  chan struct{} // closed and replaced when k or progress changes
 }
@@ -88,7 +91,7 @@ type UnlockProgress struct {
 }
 
 func newKeyring() *keyring {
-	return &keyring{splits: map[uint64]*split{}, changed: make(chan struct{})}
+	return &keyring{splits: map[uint64]*split{}, made: map[uint64]bool{}, changed: make(chan struct{})}
 }
 
 func (kr *keyring) notifyLocked() {
@@ -343,7 +346,7 @@ func (n *Node) keyDuties() {
 // add any (it restarted after the commit, before topping its holders up, so
 // the split is gone; mixing in a new split is never allowed). With no
 // margin, one holder down would lock it out: "escrowed" must mean
-// recoverable under a fault, so the cluster re-shares. Once per generation.
+// recoverable under a fault, so the cluster re-shares. Once per process.
 func (n *Node) reshareIfNoMargin(cov generations.Coverage, d generations.Duties) {
 	if d.Open != 0 || cov.Generation == 0 || cov.SharesHeld > cov.Threshold {
 		return
@@ -354,10 +357,13 @@ func (n *Node) reshareIfNoMargin(cov generations.Coverage, d generations.Duties)
 	if !ok || cur.Number != cov.Generation || cov.SharesHeld >= len(cur.Members) {
 		return
 	}
+	// Only an escrow made by an earlier process (this one never split K
+	// for cur), and at most once per process: a re-share can never feed
+	// another.
 	n.keys.mu.Lock()
-	_, hasSplit := n.keys.splits[cur.Number]
+	made := n.keys.made[cur.Number]
 	n.keys.mu.Unlock()
-	if hasSplit || n.reshared.Swap(cur.Number) == cur.Number {
+	if made || !n.reshared.CompareAndSwap(0, cur.Number) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
@@ -520,6 +526,7 @@ func (n *Node) sealFor(clusterID string, k []byte, g generations.Generation, hol
 			sp.shares[m] = parts[i]
 		}
 		n.keys.splits[g.Number] = sp
+		n.keys.made[g.Number] = true
 	}
 	envs := map[peer.ID]*shares.Envelope{}
 	for _, h := range holders {

@@ -99,8 +99,9 @@ type Node struct {
 	// joinGaveUp: this joiner restarted mid-join, and the key it had
 	// escrowed in its generation before is gone (see pushRound).
 	joinGaveUp atomic.Bool
-	// reshared is the current generation for which this node last opened
-	// a generation to restore its escrow margin (see reshareIfNoMargin).
+	// reshared is the generation for which this process opened a
+	// generation to restore its escrow margin, 0 if none (see
+	// reshareIfNoMargin: at most once per process).
 	reshared atomic.Uint64
 
 	// proposeMu serialises this node's signed proposals; lastSeq is the
