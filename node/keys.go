@@ -57,12 +57,12 @@ var (
 // keyring holds K in memory, and only in memory (rule K1). A nil k means the
 // node is locked.
 type keyring struct {
-	mu       sync.Mutex
-	k        []byte
-	splits   map[uint64]*split
+	mu     sync.Mutex
+	k      []byte
+	splits map[uint64]*split
 	// made lists the generations this process split K for (the splits
 	// themselves are dropped once shared).
-	made map[uint64]bool
+	made     map[uint64]bool
 	progress UnlockProgress
 	changed  chan struct{} // closed and replaced when k or progress changes
 }
