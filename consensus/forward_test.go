@@ -175,7 +175,7 @@ func TestForwardSizeBounds(t *testing.T) {
 		t.Fatalf("an oversized forwarded command got code %q, want %q", resp.GetErrorCode(), codeTooLarge)
 	}
 	for _, nd := range cl.nodes {
-		waitFor(t, "every node to apply the one command", 10*time.Second, func() bool { return nd.sm.Len() == 1 })
+		waitFor(t, "every node to apply the one command", 30*time.Second, func() bool { return nd.sm.Len() == 1 })
 	}
 }
 
