@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -48,7 +50,26 @@ func (s *script) teardown(dump bool) {
 		s.dumpLogs()
 	}
 	s.run("clean")
+	s.killStrays()
 	os.RemoveAll(s.dir)
+}
+
+// killStrays kills, by pid, every daemon still running on this testnet's
+// data directories after clean: one that clean could not stop must not
+// outlive its test (they are ours: the directory is this test's own).
+func (s *script) killStrays() {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range procs {
+		cmdline, err := os.ReadFile(f)
+		if err != nil || !bytes.Contains(cmdline, []byte("\x00"+filepath.Join(s.dir, "node"))) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if err == nil && pid != os.Getpid() {
+			s.t.Logf("testnet: pid %d outlived clean; killing it", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
 
 func (s *script) run(args ...string) (string, error) {
