@@ -71,8 +71,6 @@ type tnet struct {
 	s     *script
 	bin   string
 	nodes map[int]*tnode
-	// noYes: this build's `remove` has no --yes flag (before removal votes).
-	noYes bool
 }
 
 // newTnet brings up a testnet of n nodes with the script, on a free port
@@ -287,16 +285,7 @@ func (c *tnet) remove(target *tnode, voters []*tnode) (int, error) {
 		if v == target || !c.alive(v.i) {
 			continue
 		}
-		args := []string{"remove", "--yes", target.peer.String()}
-		if c.noYes {
-			args = []string{"remove", target.peer.String()}
-		}
-		out, code, err := c.cli(v.i, 90*time.Second, args...)
-		if code == 2 && strings.Contains(out, "unknown flag: --yes") {
-			// This build predates removal votes: remove acts at once.
-			c.noYes = true
-			out, code, err = c.cli(v.i, 90*time.Second, "remove", target.peer.String())
-		}
+		out, code, err := c.cli(v.i, 90*time.Second, "remove", "--yes", target.peer.String())
 		if err != nil || code != 0 {
 			last = fmt.Sprintf("vote by node %d: exit %d, %v: %s", v.i, code, err, strings.TrimSpace(out))
 			continue
