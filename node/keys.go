@@ -370,6 +370,7 @@ func (n *Node) reshareIfNoMargin(cov generations.Coverage, d generations.Duties)
 	defer cancel()
 	now := time.Now()
 	if err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now)); err != nil {
+		n.reshared.Store(0) // not done: the next pass tries again
 		log.Infow("could not open a generation to restore this node's escrow margin", "generation", cur.Number, "err", err)
 		return
 	}
