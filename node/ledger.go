@@ -12,8 +12,6 @@ import (
 // whole FSM bridge: decoding and every rule live in package generations.
 type ledgerSM struct {
 	l *generations.Ledger
-	// onResult, if set, sees the result of every command applied.
-	onResult func(generations.Result)
 }
 
 func (s *ledgerSM) Apply(now int64, cmd []byte) ([]byte, error) {
@@ -25,9 +23,6 @@ func (s *ledgerSM) Apply(now int64, cmd []byte) ([]byte, error) {
 		if g, ok := s.l.Generation(res.Opened); ok {
 			out = encodeOpened(g)
 		}
-	}
-	if err == nil && s.onResult != nil {
-		s.onResult(res)
 	}
 	return out, err
 }

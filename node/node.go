@@ -247,7 +247,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		ctx:        nctx, cancel: cancel,
 	}
 	self.Store(n)
-	n.sm.onResult = n.onLedgerResult
 	n.clusterID = clusterID
 	if _, err := os.Stat(cfg.removedPath()); err == nil {
 		n.removed.Store(true)
@@ -473,12 +472,6 @@ func (n *Node) ClusterID() string {
 	n.view(func(l *generations.Ledger) { id = l.ClusterID() })
 	return id
 }
-
-// onLedgerResult runs on the FSM goroutine after each command. Followers
-// learn of an opened generation within a round trip without help: the
-// consensus leader nudges them after every command it commits (so members
-// start sharing into it at once, whatever the CommitTimeout).
-func (n *Node) onLedgerResult(generations.Result) {}
 
 // view runs fn on the local ledger, locked against concurrent Apply.
 func (n *Node) view(fn func(*generations.Ledger)) {
