@@ -354,7 +354,7 @@ func (c *tnet) launch(i int, args ...string) error {
 		return err
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "---- testnet: %s: launch %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
+	fmt.Fprint(logf, logLine("info", "testnet/cluster_test.go", "launch", "node", i, "args", strings.Join(args, " ")))
 	cmd := exec.Command(c.bin, append(append([]string{"--data", d, "daemon"}, args...), "--no-mdns")...)
 	cmd.Env = append(os.Environ(), "GOLOG_LOG_LEVEL=info")
 	cmd.Stdout, cmd.Stderr = logf, logf

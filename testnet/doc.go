@@ -22,6 +22,10 @@
 //     -chaos.bound=D, -chaos.only=WORDS, -chaos.maxfail=N. A failing run
 //     keeps the daemons' logs.
 //   - TestIssue12*: the issue's three sequences, one test each.
+//   - TestQuietLogs: issue 16's acceptance 3, a 5-node testnet through up,
+//     a join, a kill -9 of a follower, its restart and down, with
+//     GOLOG_LOG_FMT=json; it lists every ERROR, WARN and non-go-log line of
+//     the daemons' logs, and fails on them with -logs.strict.
 //
 // The harness (cluster_test.go) starts and signals the daemons itself, with
 // the script's data layout and pid files, so that faults land at a chosen

@@ -19,6 +19,8 @@ type script struct {
 	dir    string
 	port   int
 	closed bool
+	// env is added to the script's environment (and so to its daemons').
+	env []string
 }
 
 func newScript(t testing.TB, port int) *script {
@@ -73,15 +75,24 @@ func (s *script) killStrays() {
 }
 
 func (s *script) run(args ...string) (string, error) {
+	out, errOut, err := s.runSplit(args...)
+	if err != nil {
+		return out, fmt.Errorf("%v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
+	}
+	return out, nil
+}
+
+// runSplit runs the script and returns its stdout and stderr apart.
+func (s *script) runSplit(args ...string) (stdout, stderr string, err error) {
 	cmd := exec.Command("./testnet", args...)
 	cmd.Env = append(os.Environ(), "TESTNET_DIR="+s.dir, fmt.Sprintf("TESTNET_PORT=%d", s.port), "TESTNET_TIMEOUT=90s")
+	cmd.Env = append(cmd.Env, s.env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if err != nil {
-		return out.String(), fmt.Errorf("testnet %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, out.String(), errb.String())
+	if err := cmd.Run(); err != nil {
+		return out.String(), errb.String(), fmt.Errorf("testnet %s: %v", strings.Join(args, " "), err)
 	}
-	return out.String(), nil
+	return out.String(), errb.String(), nil
 }
 
 func (s *script) must(args ...string) string {
