@@ -137,11 +137,13 @@
 // generation back. Coverage.Behind tells how far an owner's escrow is from
 // lapsing.
 //
-// Member lifecycle:
+// Member lifecycle, as a transition table (MemberStatus.Next; every change
+// of a member's status goes through it):
 //
 //	invite ──▶ joining ──commit──▶ active ──bound──▶ lapsed
+//	invite ──▶ active (direct admission, before the first generation; and the founder)
 //	           joining ──abort───▶ rejected
-//	rejected, lapsed ──invite──▶ joining (or active: direct admission)
+//	rejected, lapsed ──invite──▶ joining
 //	joining, active, lapsed ──remove──▶ removed (terminal)
 //
 // # Removal (R1)

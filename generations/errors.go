@@ -36,6 +36,7 @@ var (
 	ErrMemberRemoved       = errors.New("generations: member was removed")
 	ErrLastMember          = errors.New("generations: cannot remove the last active member")
 	ErrMemberLapsed        = errors.New("generations: member lapsed (retention bound); it must be invited again")
+	ErrInvalidMemberStatus = errors.New("generations: invalid member status transition")
 
 	// Invites (rule J1).
 	ErrDuplicateInvite = errors.New("generations: invite already exists")
@@ -176,6 +177,7 @@ var errorCodes = []struct {
 	{ErrBadSplit, "bad_split"},
 	{ErrSplitMismatch, "split_mismatch"},
 	{ErrOwnerSuspended, "owner_suspended"},
+	{ErrInvalidMemberStatus, "invalid_member_status"},
 }
 
 // ErrorCode returns the stable short code of the sentinel err wraps, or ""

@@ -297,8 +297,36 @@ func (l *Ledger) bootstrap(now int64, b *pb.Bootstrap) (Result, error) {
 		// changes an existing cluster's policy.
 		l.maxBehind = DefaultMaxGenerationsBehind
 	}
-	l.members[founder] = &member{status: StatusActive, joinedAt: now, admittedAt: now}
+	m := l.setStatus(founder, MemberAdmit)
+	m.joinedAt, m.admittedAt = now, now
 	return Result{}, nil
+}
+
+// setStatus moves p's status by e, through the member lifecycle table
+// (MemberStatus.Next), and returns p's record: every change of a member's
+// status goes through here. Join and admit start a fresh record (a rejected
+// or lapsed peer comes back as a new member); the other events keep it.
+//
+// The caller has checked the command against the state before mutating
+// anything, so an invalid transition here is a bug: setStatus panics, Apply
+// reports the panic as ErrInternal, and the property and fuzz tests fail on
+// that error.
+func (l *Ledger) setStatus(p peer.ID, e MemberEvent) *member {
+	m := l.members[p]
+	from := StatusUnknown
+	if m != nil {
+		from = m.status
+	}
+	next, err := from.Next(e)
+	if err != nil {
+		panic(fmt.Errorf("member %s: %w", p, err))
+	}
+	if m == nil || e == MemberJoin || e == MemberAdmit {
+		m = &member{}
+		l.members[p] = m
+	}
+	m.status = next
+	return m
 }
 
 // memberErr returns the sentinel for p not being a current member, or nil.
@@ -447,11 +475,13 @@ func (l *Ledger) consumeInvite(now int64, c *pb.ConsumeInvite) (Result, error) {
 	var res Result
 	addrs := slices.Clone(c.GetAddrs())
 	if timeout == 0 {
-		l.members[joiner] = &member{status: StatusActive, joinedAt: now, admittedAt: now, addrs: addrs}
+		m := l.setStatus(joiner, MemberAdmit)
+		m.joinedAt, m.admittedAt, m.addrs = now, now, addrs
 		res.Admitted = []peer.ID{joiner}
 		return res, nil
 	}
-	l.members[joiner] = &member{status: StatusJoining, joinedAt: now, addrs: addrs}
+	m := l.setStatus(joiner, MemberJoin)
+	m.joinedAt, m.addrs = now, addrs
 	if l.open() == nil {
 		res.Opened = l.openGeneration(now, deadline)
 	}
@@ -717,7 +747,7 @@ func (l *Ledger) maybeCommit(now int64, g *generation, res *Result) {
 	res.Committed = g.num
 	for _, j := range g.joiners {
 		if m := l.members[j]; m != nil && m.status == StatusJoining {
-			m.status, m.admittedAt = StatusActive, now
+			l.setStatus(j, MemberCommit).admittedAt = now
 			res.Admitted = append(res.Admitted, j)
 		}
 	}
@@ -742,7 +772,7 @@ func (l *Ledger) abortGenerationCmd(now int64, author peer.ID, c *pb.AbortGenera
 	l.abort(now, g)
 	for _, s := range res.Rejected {
 		if m := l.members[s.Joiner]; m != nil && m.status == StatusJoining {
-			m.status, m.reason = StatusRejected, s.String()
+			l.setStatus(s.Joiner, MemberAbort).reason = s.String()
 			delete(l.keyChecks, s.Joiner)
 		}
 	}
@@ -978,9 +1008,9 @@ func (l *Ledger) VotesNeeded(target peer.ID) int {
 // contains it is aborted, and a generation without it is opened (if at
 // least 2 members remain).
 func (l *Ledger) revoke(now int64, p peer.ID, deadline int64) Result {
-	m := l.members[p]
+	m := l.setStatus(p, MemberRemove)
 	res := Result{Removed: p}
-	m.status, m.removedAt = StatusRemoved, now
+	m.removedAt = now
 	m.removeVotes, m.reinstateVotes = nil, nil
 	delete(l.keyChecks, p)
 	for _, g := range l.gens {

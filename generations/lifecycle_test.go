@@ -67,6 +67,103 @@ func TestTransitionTable(t *testing.T) {
 	}
 }
 
+func TestMemberTransitionTable(t *testing.T) {
+	statuses := []MemberStatus{StatusUnknown, StatusJoining, StatusActive, StatusRejected, StatusLapsed, StatusRemoved, MemberStatus(99)}
+	events := []MemberEvent{MemberJoin, MemberAdmit, MemberCommit, MemberAbort, MemberLapse, MemberRemove, MemberEvent(99)}
+	type outcome struct {
+		next MemberStatus
+		err  error
+	}
+	// ok and bad build the rows: one outcome per event, in events' order.
+	ok := func(s MemberStatus) outcome { return outcome{s, nil} }
+	bad := func(s MemberStatus, err error) outcome { return outcome{s, err} }
+	want := map[MemberStatus][]outcome{
+		StatusUnknown: {
+			ok(StatusJoining), ok(StatusActive),
+			bad(StatusUnknown, ErrNotMember), bad(StatusUnknown, ErrNotMember),
+			bad(StatusUnknown, ErrNotMember), bad(StatusUnknown, ErrNotMember),
+			bad(StatusUnknown, ErrInvalidMemberStatus),
+		},
+		StatusJoining: {
+			bad(StatusJoining, ErrAlreadyMember), bad(StatusJoining, ErrAlreadyMember),
+			ok(StatusActive), ok(StatusRejected),
+			bad(StatusJoining, ErrNotActive), ok(StatusRemoved),
+			bad(StatusJoining, ErrInvalidMemberStatus),
+		},
+		StatusActive: {
+			bad(StatusActive, ErrAlreadyMember), bad(StatusActive, ErrAlreadyMember),
+			bad(StatusActive, ErrAlreadyMember), bad(StatusActive, ErrInvalidMemberStatus),
+			ok(StatusLapsed), ok(StatusRemoved),
+			bad(StatusActive, ErrInvalidMemberStatus),
+		},
+		StatusRejected: {
+			ok(StatusJoining), bad(StatusRejected, ErrDirectAdmission),
+			bad(StatusRejected, ErrNotMember), bad(StatusRejected, ErrNotMember),
+			bad(StatusRejected, ErrNotMember), bad(StatusRejected, ErrNotMember),
+			bad(StatusRejected, ErrInvalidMemberStatus),
+		},
+		StatusLapsed: {
+			ok(StatusJoining), bad(StatusLapsed, ErrDirectAdmission),
+			bad(StatusLapsed, ErrMemberLapsed), bad(StatusLapsed, ErrMemberLapsed),
+			bad(StatusLapsed, ErrMemberLapsed), ok(StatusRemoved),
+			bad(StatusLapsed, ErrInvalidMemberStatus),
+		},
+		StatusRemoved: {
+			bad(StatusRemoved, ErrMemberRemoved), bad(StatusRemoved, ErrMemberRemoved),
+			bad(StatusRemoved, ErrMemberRemoved), bad(StatusRemoved, ErrMemberRemoved),
+			bad(StatusRemoved, ErrMemberRemoved), bad(StatusRemoved, ErrMemberRemoved),
+			bad(StatusRemoved, ErrInvalidMemberStatus),
+		},
+		MemberStatus(99): {
+			bad(99, ErrInvalidMemberStatus), bad(99, ErrInvalidMemberStatus),
+			bad(99, ErrInvalidMemberStatus), bad(99, ErrInvalidMemberStatus),
+			bad(99, ErrInvalidMemberStatus), bad(99, ErrInvalidMemberStatus),
+			bad(99, ErrInvalidMemberStatus),
+		},
+	}
+	for _, s := range statuses {
+		if len(want[s]) != len(events) {
+			t.Fatalf("row %s has %d outcomes, want %d", s, len(want[s]), len(events))
+		}
+		for i, e := range events {
+			w := want[s][i]
+			t.Run(s.String()+"/"+e.String(), func(t *testing.T) {
+				next, err := s.Next(e)
+				if next != w.next {
+					t.Errorf("next = %s, want %s", next, w.next)
+				}
+				if w.err == nil && err != nil || w.err != nil && !errors.Is(err, w.err) {
+					t.Errorf("err = %v, want %v", err, w.err)
+				}
+				if err != nil && ErrorByCode(ErrorCode(err)) != w.err {
+					t.Errorf("code %q does not map back to %v", ErrorCode(err), w.err)
+				}
+			})
+		}
+	}
+}
+
+// TestSetStatusPanicsOnInvalidTransition: an invalid member transition in
+// the apply path is a bug; setStatus panics without changing the status,
+// and Apply turns the panic into ErrInternal, which the property and fuzz
+// tests fail on.
+func TestSetStatusPanicsOnInvalidTransition(t *testing.T) {
+	h, ids := cluster(t, 3)
+	l := h.l
+	defer func() {
+		r := recover()
+		err, ok := r.(error)
+		if !ok || !errors.Is(err, ErrAlreadyMember) {
+			t.Fatalf("recovered %v, want an error wrapping ErrAlreadyMember", r)
+		}
+		if m, _ := l.Member(ids[0]); m.Status != StatusActive {
+			t.Fatalf("status changed to %s", m.Status)
+		}
+	}()
+	l.setStatus(ids[0], MemberJoin)
+	t.Fatal("setStatus did not panic on active --join-->")
+}
+
 // joinWithDeadline invites and starts joiner through a generation.
 func joinWithDeadline(h *harness, issuer, joiner peer.ID, inv int, deadline time.Duration) Result {
 	h.tb.Helper()

@@ -406,6 +406,9 @@ func TestPropertyRandomSequences(t *testing.T) {
 		lapses, rejoins, setRetention                         int
 	}
 	var adversary struct{ adversarial, forged, replays int }
+	// edges counts the member status changes seen, each of which must be
+	// one transition of the member table.
+	edges := map[[2]MemberStatus]int{}
 	for seq := 0; seq < seqs; seq++ {
 		rng := rand.New(rand.NewSource(int64(seq)))
 		h := newHarness(t)
@@ -427,9 +430,20 @@ func TestPropertyRandomSequences(t *testing.T) {
 			}
 			gensBefore := h.l.Generations()
 			lapsedBefore := h.l.withStatus(StatusLapsed)
+			statusBefore := statuses(h.l, pool)
 			cmd, err := p.step()
 			if cmd == nil {
 				continue
+			}
+			for j, after := range statuses(h.l, pool) {
+				from := statusBefore[j]
+				if from == after {
+					continue
+				}
+				if !oneTransition(from, after) {
+					t.Fatalf("seq %d step %d: %T moved %s from %s to %s, not one transition of the member table", seq, i, cmd.GetBody(), pool[j], from, after)
+				}
+				edges[[2]MemberStatus{from, after}]++
 			}
 			if err == nil {
 				stats.applied++
@@ -491,6 +505,39 @@ func TestPropertyRandomSequences(t *testing.T) {
 		stats.lapses == 0 || stats.rejoins == 0 || stats.setRetention == 0 {
 		t.Fatalf("sequences do not exercise every transition: %+v", stats)
 	}
+	t.Logf("member status changes: %v", edges)
+	for from, row := range memberTransitions {
+		for e, to := range row {
+			if from == StatusUnknown && e == MemberAdmit {
+				continue // the founder's, at Bootstrap, before the first step
+			}
+			if edges[[2]MemberStatus{from, to}] == 0 {
+				t.Errorf("sequences never move a member %s --%s--> %s", from, e, to)
+			}
+		}
+	}
+}
+
+// statuses returns the status of each peer (StatusUnknown if unrecorded).
+func statuses(l *Ledger, peers []peer.ID) []MemberStatus {
+	out := make([]MemberStatus, len(peers))
+	for i, p := range peers {
+		if m, ok := l.Member(p); ok {
+			out[i] = m.Status
+		}
+	}
+	return out
+}
+
+// oneTransition reports whether some event of the member table moves a
+// member from one status to the other.
+func oneTransition(from, to MemberStatus) bool {
+	for _, next := range memberTransitions[from] {
+		if next == to {
+			return true
+		}
+	}
+	return false
 }
 
 // checkReplay replays log into fresh ledgers and compares snapshots.

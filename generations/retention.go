@@ -117,8 +117,7 @@ func (l *Ledger) applyBound(now int64, res *Result) {
 // take another active member below its threshold in every retained
 // generation, which is what G4 forbids.
 func (l *Ledger) lapse(now int64, lp lapse, maxBehind uint32) {
-	m := l.members[lp.peer]
-	m.status = StatusLapsed
+	m := l.setStatus(lp.peer, MemberLapse)
 	m.lapsedAt, m.lapsedGen, m.lapsedThrough = now, lp.gen, uint64(len(l.gens))
 	m.reason = fmt.Sprintf("lapsed: its newest escrowed generation %d was retired by the retention bound (max %d generations behind)", lp.gen, maxBehind)
 	delete(l.keyChecks, lp.peer)

@@ -146,6 +146,137 @@ func (s MemberStatus) String() string {
 // and must be invited again, but unlike a removed one it may be.
 func (s MemberStatus) IsMember() bool { return s == StatusJoining || s == StatusActive }
 
+// MemberEvent is something that moves a member to its next status:
+//
+//	(none), rejected, lapsed ──join──▶ joining ──commit──▶ active ──lapse──▶ lapsed
+//	(none) ──admit──▶ active
+//	joining ──abort──▶ rejected
+//	joining, active, lapsed ──remove──▶ removed
+//
+// A peer the ledger has never recorded has StatusUnknown. Removed is
+// terminal (R1). A rejected or lapsed peer is never admitted directly:
+// direct admission is allowed only before the first generation, and a peer
+// is rejected or lapsed only after one.
+type MemberEvent uint8
+
+// Member events.
+const (
+	// MemberJoin: the peer consumed an invite with a deadline and waits
+	// for the generation that takes it in.
+	MemberJoin MemberEvent = iota + 1
+	// MemberAdmit: the peer is admitted at once, as the founder at
+	// Bootstrap or by an invite without a deadline (direct admission).
+	MemberAdmit
+	// MemberCommit: the generation the peer joins committed (J4).
+	MemberCommit
+	// MemberAbort: the generation the peer joins was aborted (J5).
+	MemberAbort
+	// MemberLapse: the peer's newest escrow was retired by the retention
+	// bound.
+	MemberLapse
+	// MemberRemove: the peer left or was voted out (R1, R2).
+	MemberRemove
+)
+
+func (e MemberEvent) String() string {
+	switch e {
+	case MemberJoin:
+		return "join"
+	case MemberAdmit:
+		return "admit"
+	case MemberCommit:
+		return "commit"
+	case MemberAbort:
+		return "abort"
+	case MemberLapse:
+		return "lapse"
+	case MemberRemove:
+		return "remove"
+	default:
+		return fmt.Sprintf("member-event(%d)", uint8(e))
+	}
+}
+
+// memberTransitions is the whole member lifecycle table: the status each
+// event leads to from each status. A missing entry is an invalid
+// transition, and memberTransitionErrors says which sentinel reports it.
+var memberTransitions = map[MemberStatus]map[MemberEvent]MemberStatus{
+	StatusUnknown: {
+		MemberJoin:  StatusJoining,
+		MemberAdmit: StatusActive,
+	},
+	StatusJoining: {
+		MemberCommit: StatusActive,
+		MemberAbort:  StatusRejected,
+		MemberRemove: StatusRemoved,
+	},
+	StatusActive: {
+		MemberLapse:  StatusLapsed,
+		MemberRemove: StatusRemoved,
+	},
+	StatusRejected: {
+		MemberJoin: StatusJoining,
+	},
+	StatusLapsed: {
+		MemberJoin:   StatusJoining,
+		MemberRemove: StatusRemoved,
+	},
+}
+
+// memberTransitionErrors names the broken rule for the invalid (status,
+// event) pairs that have one; the others are ErrInvalidMemberStatus.
+var memberTransitionErrors = map[MemberStatus]map[MemberEvent]error{
+	StatusUnknown: {
+		MemberCommit: ErrNotMember,
+		MemberAbort:  ErrNotMember,
+		MemberLapse:  ErrNotMember,
+		MemberRemove: ErrNotMember,
+	},
+	StatusJoining: {
+		MemberJoin:  ErrAlreadyMember,
+		MemberAdmit: ErrAlreadyMember,
+		MemberLapse: ErrNotActive,
+	},
+	StatusActive: {
+		MemberJoin:   ErrAlreadyMember,
+		MemberAdmit:  ErrAlreadyMember,
+		MemberCommit: ErrAlreadyMember,
+	},
+	StatusRejected: {
+		MemberAdmit:  ErrDirectAdmission,
+		MemberCommit: ErrNotMember,
+		MemberAbort:  ErrNotMember,
+		MemberLapse:  ErrNotMember,
+		MemberRemove: ErrNotMember,
+	},
+	StatusLapsed: {
+		MemberAdmit:  ErrDirectAdmission,
+		MemberCommit: ErrMemberLapsed,
+		MemberAbort:  ErrMemberLapsed,
+		MemberLapse:  ErrMemberLapsed,
+	},
+	StatusRemoved: {
+		MemberJoin:   ErrMemberRemoved,
+		MemberAdmit:  ErrMemberRemoved,
+		MemberCommit: ErrMemberRemoved,
+		MemberAbort:  ErrMemberRemoved,
+		MemberLapse:  ErrMemberRemoved,
+		MemberRemove: ErrMemberRemoved,
+	},
+}
+
+// Next returns the status that e leads to from s, or the sentinel error of
+// the rule the transition would break.
+func (s MemberStatus) Next(e MemberEvent) (MemberStatus, error) {
+	if next, ok := memberTransitions[s][e]; ok {
+		return next, nil
+	}
+	if err, ok := memberTransitionErrors[s][e]; ok {
+		return s, fmt.Errorf("%w: cannot %s a %s member", err, e, s)
+	}
+	return s, fmt.Errorf("%w: %s on %s", ErrInvalidMemberStatus, e, s)
+}
+
 var (
 	_ = pb.GenerationState(StateRetired)
 	_ = pb.MemberStatus(StatusLapsed)
