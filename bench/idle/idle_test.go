@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,6 +58,13 @@ const (
 	targetWire        = 2048 // bytes/s per node, in and out
 )
 
+// The targets of issue 13 for an idle 25-node cluster.
+const (
+	target25TotalCPU  = 25.0 // % of a core, every daemon together
+	target25LeaderCPU = 5.0  // % of a core
+	target25RSS       = 40.0 // MB per daemon
+)
+
 // BenchmarkIdle measures idle p2pkey clusters against the hashicorp/raft TCP
 // baseline in the same run; see the package documentation.
 func BenchmarkIdle(b *testing.B) {
@@ -99,12 +107,15 @@ func BenchmarkIdle(b *testing.B) {
 			b.ReportMetric(s.followerMaxCPU, "follower-max-cpu-%")
 			b.ReportMetric(s.baseLeaderCPU, "base-leader-cpu-%")
 			b.ReportMetric(s.baseFollowerCPU, "base-follower-cpu-%")
+			b.ReportMetric(s.totalCPU, "total-cpu-%")
+			b.ReportMetric(s.baseTotalCPU, "base-total-cpu-%")
 			b.ReportMetric(s.ratio, "leader/base")
 			b.ReportMetric(s.wire, "wire-B/s/node")
 			b.ReportMetric(s.wireAvg, "wire-B/s/node-avg")
 			b.ReportMetric(s.baseWire, "base-wire-B/s/node")
 			b.ReportMetric(s.baseWireAvg, "base-wire-B/s/node-avg")
 			b.ReportMetric(s.rssMB, "rss-MB")
+			b.ReportMetric(s.rssMedMB, "rss-MB-median")
 			b.ReportMetric(s.baseRSSMB, "base-rss-MB")
 		})
 	}
@@ -195,14 +206,19 @@ func idleRun(n int, p2pkey, rafttcp string) (s summary, err error) {
 		runs = append(runs, summarize(res))
 	}
 	s = medianSummary(runs)
-	say("p2pkey, %d nodes (median of %d windows of %v): leader %.2f%% of a core, followers %.2f%% (max %.2f%%), on the wire %.0f B/s in+out at the busiest node, %.0f B/s per node on average, RSS up to %.1f MB",
-		n, len(runs), *flagWindow, s.leaderCPU, s.followerCPU, s.followerMaxCPU, s.wire, s.wireAvg, s.rssMB)
-	say("hashicorp/raft TCP baseline, same run: leader %.2f%%, followers %.2f%%, %.0f B/s at the busiest node, %.0f B/s per node on average, RSS up to %.1f MB; p2pkey leader / baseline leader = %.2f",
-		s.baseLeaderCPU, s.baseFollowerCPU, s.baseWire, s.baseWireAvg, s.baseRSSMB, s.ratio)
+	say("p2pkey, %d nodes (median of %d windows of %v): %.2f%% of a core in all, leader %.2f%%, followers %.2f%% (max %.2f%%), on the wire %.0f B/s in+out at the busiest node, %.0f B/s per node on average, RSS %.1f MB median, up to %.1f MB",
+		n, len(runs), *flagWindow, s.totalCPU, s.leaderCPU, s.followerCPU, s.followerMaxCPU, s.wire, s.wireAvg, s.rssMedMB, s.rssMB)
+	say("hashicorp/raft TCP baseline, same run: %.2f%% in all, leader %.2f%%, followers %.2f%%, %.0f B/s at the busiest node, %.0f B/s per node on average, RSS up to %.1f MB; p2pkey leader / baseline leader = %.2f",
+		s.baseTotalCPU, s.baseLeaderCPU, s.baseFollowerCPU, s.baseWire, s.baseWireAvg, s.baseRSSMB, s.ratio)
 	if n == 5 {
 		say("issue 13 targets: leader <= %.1f%%: %s; each follower <= %.1f%%: %s; leader <= %.1fx baseline: %s; <= %d B/s per node: %s at the busiest node, %s on average",
 			targetLeaderCPU, met(s.leaderCPU <= targetLeaderCPU), targetFollowerCPU, met(s.followerMaxCPU <= targetFollowerCPU),
 			targetRatio, met(s.ratio <= targetRatio), targetWire, met(s.wire <= targetWire), met(s.wireAvg <= targetWire))
+	}
+	if n == 25 {
+		say("issue 13 targets: all daemons <= %.0f%% of a core: %s; leader <= %.0f%%: %s; RSS <= %.0f MB per daemon: %s (median), %s (max)",
+			target25TotalCPU, met(s.totalCPU <= target25TotalCPU), target25LeaderCPU, met(s.leaderCPU <= target25LeaderCPU),
+			target25RSS, met(s.rssMedMB <= target25RSS), met(s.rssMB <= target25RSS))
 	}
 	return s, nil
 }
@@ -396,19 +412,28 @@ func printTable(res []result) {
 
 // summary is one window's figures by cluster and role.
 //
-// wire is the busiest node's traffic, in and out; wireAvg is the cluster's
-// traffic (every byte counted once, at its sender) over its size.
+// totalCPU is every daemon's CPU together; wire is the busiest node's
+// traffic, in and out; wireAvg is the cluster's traffic (every byte counted
+// once, at its sender) over its size; rssMB is the largest daemon's RSS and
+// rssMedMB the median daemon's.
 type summary struct {
 	leaderCPU, followerCPU, followerMaxCPU, wire, wireAvg, rssMB     float64
 	baseLeaderCPU, baseFollowerCPU, baseWire, baseWireAvg, baseRSSMB float64
+	totalCPU, baseTotalCPU, rssMedMB                                 float64
 	ratio                                                            float64
 }
 
 func summarize(res []result) summary {
 	var s summary
-	var fol, baseFol []float64
+	var fol, baseFol, rss []float64
 	for _, r := range res {
 		p2p := r.cluster == "p2pkey"
+		if p2p {
+			s.totalCPU += r.cpu
+			rss = append(rss, r.rssMB)
+		} else {
+			s.baseTotalCPU += r.cpu
+		}
 		switch {
 		case p2p && r.role == "leader":
 			s.leaderCPU = r.cpu
@@ -434,6 +459,7 @@ func summarize(res []result) summary {
 	s.wireAvg /= float64(len(fol) + 1)
 	s.baseWireAvg /= float64(len(baseFol) + 1)
 	s.followerCPU, s.baseFollowerCPU = median(fol), median(baseFol)
+	s.rssMedMB = median(rss)
 	if s.baseLeaderCPU > 0 {
 		s.ratio = s.leaderCPU / s.baseLeaderCPU
 	}
@@ -460,6 +486,42 @@ func medianSummary(runs []summary) summary {
 		baseFollowerCPU: pick(func(s summary) float64 { return s.baseFollowerCPU }),
 		baseWire:        pick(func(s summary) float64 { return s.baseWire }),
 		baseRSSMB:       pick(func(s summary) float64 { return s.baseRSSMB }),
+		totalCPU:        pick(func(s summary) float64 { return s.totalCPU }),
+		baseTotalCPU:    pick(func(s summary) float64 { return s.baseTotalCPU }),
+		rssMedMB:        pick(func(s summary) float64 { return s.rssMedMB }),
 		ratio:           pick(func(s summary) float64 { return s.ratio }),
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	r := func(cluster, role string, cpu, rss float64, sent uint64) result {
+		return result{watched: watched{cluster: cluster, role: role}, cpu: cpu, rssMB: rss, secs: 10,
+			net: sockCount{sent: sent, recv: sent, segsOut: 1, segsIn: 1}}
+	}
+	res := []result{
+		r("p2pkey", "follower", 0.2, 30, 100),
+		r("p2pkey", "leader", 1.0, 40, 1000),
+		r("p2pkey", "follower", 0.4, 32, 100),
+		r("raft", "leader", 2.0, 12, 2000),
+		r("raft", "follower", 0.3, 9, 200),
+	}
+	s := summarize(res)
+	want := summary{
+		leaderCPU: 1.0, followerCPU: 0.3, followerMaxCPU: 0.4, totalCPU: 1.6, rssMB: 40, rssMedMB: 32,
+		baseLeaderCPU: 2.0, baseFollowerCPU: 0.3, baseTotalCPU: 2.3, baseRSSMB: 12, ratio: 0.5,
+		// In and out at the busiest node: (1000+66)*2 bytes over 10 s;
+		// sent, with headers, over the cluster's size.
+		wire: 213.2, wireAvg: (1066 + 166 + 166) / 10.0 / 3, baseWire: 413.2, baseWireAvg: (2066 + 266) / 10.0 / 2,
+	}
+	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
+	got := []float64{s.leaderCPU, s.followerCPU, s.followerMaxCPU, s.totalCPU, s.rssMB, s.rssMedMB, s.baseLeaderCPU, s.baseFollowerCPU, s.baseTotalCPU, s.baseRSSMB, s.ratio, s.wire, s.wireAvg, s.baseWire, s.baseWireAvg}
+	exp := []float64{want.leaderCPU, want.followerCPU, want.followerMaxCPU, want.totalCPU, want.rssMB, want.rssMedMB, want.baseLeaderCPU, want.baseFollowerCPU, want.baseTotalCPU, want.baseRSSMB, want.ratio, want.wire, want.wireAvg, want.baseWire, want.baseWireAvg}
+	for i := range got {
+		if !near(got[i], exp[i]) {
+			t.Errorf("field %d = %v, want %v (summary %+v)", i, got[i], exp[i], s)
+		}
+	}
+	if m := medianSummary([]summary{s, want, {totalCPU: 100}}); !near(m.totalCPU, 1.6) || !near(m.rssMedMB, 32) {
+		t.Errorf("medianSummary: total %v, RSS median %v", m.totalCPU, m.rssMedMB)
 	}
 }
