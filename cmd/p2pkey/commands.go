@@ -18,20 +18,35 @@ import (
 
 func newInitCmd(g *globals) *cobra.Command {
 	var listen, announce, relays []string
+	port := defaultPort()
 	cmd := &cobra.Command{
 		Use:   "init [--listen MULTIADDR]... [--relay MULTIADDR]...",
 		Short: "Create this node's identity and configuration",
 		Long: `init creates the data directory (mode 0700), a new Ed25519 libp2p identity
 (identity.key, mode 0600) and config.json with the listen addresses, and prints
-the node's peer ID. It refuses to overwrite an existing identity.
+the node's peer ID. It refuses to overwrite an existing identity, and refuses a
+listen address no transport can use (a UDP address needs /quic-v1), naming it.
 
-The default listen addresses are TCP and QUIC on port 4001, IPv4 and IPv6.`,
+The default listen addresses are
+  ` + strings.Join(p2p.DefaultListenAddrs, "\n  ") + `
+
+` + configHelp,
 		Example: `  p2pkey init
-  p2pkey --data /var/lib/p2pkey init --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1`,
+  p2pkey --data /var/lib/p2pkey init --listen /ip4/0.0.0.0/tcp/` + port + ` --listen /ip4/0.0.0.0/udp/` + port + `/quic-v1`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(listen) == 0 {
 				listen = p2p.DefaultListenAddrs
+			}
+			for _, a := range listen {
+				if err := checkListenAddr(a); err != nil {
+					return &statusError{code: exitUsage, err: fmt.Errorf("--listen %w", err)}
+				}
+			}
+			for _, a := range announce {
+				if err := checkListenAddr(a); err != nil {
+					return &statusError{code: exitUsage, err: fmt.Errorf("--announce %w", err)}
+				}
 			}
 			cfg := node.DefaultConfig(g.dataDir)
 			cfg.ListenAddrs, cfg.AnnounceAddrs, cfg.Relays = listen, announce, relays
@@ -59,11 +74,24 @@ The default listen addresses are TCP and QUIC on port 4001, IPv4 and IPv6.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringArrayVar(&listen, "listen", nil, "multiaddr to listen on (repeatable)")
+	cmd.Flags().StringArrayVar(&listen, "listen", nil, "multiaddr to listen on (repeatable; default "+strings.Join(p2p.DefaultListenAddrs, ", ")+")")
 	cmd.Flags().StringArrayVar(&announce, "announce", nil, "multiaddr to advertise instead of the listen addresses (repeatable)")
 	cmd.Flags().StringArrayVar(&relays, "relay", nil, "multiaddr (with /p2p/ID) of a member that relays for this node behind NAT (repeatable)")
 	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 	return cmd
+}
+
+// defaultPort is the port of p2p.DefaultListenAddrs, for examples.
+func defaultPort() string {
+	for _, a := range p2p.DefaultListenAddrs {
+		parts := strings.Split(a, "/")
+		for i, p := range parts {
+			if (p == "tcp" || p == "udp") && i+1 < len(parts) {
+				return parts[i+1]
+			}
+		}
+	}
+	return "PORT"
 }
 
 func newDaemonCmd(g *globals) *cobra.Command {
@@ -118,12 +146,17 @@ and owned by that group; otherwise it is 0666 and the rules alone decide.
 All of these can also be set in DATA/config.json: luks_socket,
 luks_allow_uids, luks_wait, app_socket, app_group, app_allow.
 
+--bootstrap and --join are for the first start only: on a node that already
+belongs to a cluster they are an error (exit 2), never silently ignored.
+
+` + configHelp + `
+
 Logs go to stderr. Set GOLOG_LOG_LEVEL to change the level, for example
 GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 		Example: `  p2pkey daemon --bootstrap
   p2pkey daemon --join-file invite.txt
   ssh member p2pkey invite | p2pkey daemon --join -
-  p2pkey daemon --relay /ip4/203.0.113.7/udp/4001/quic-v1/p2p/12D3KooW...
+  p2pkey daemon --relay /ip4/203.0.113.7/udp/` + defaultPort() + `/quic-v1/p2p/12D3KooW...
   p2pkey daemon`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -134,6 +167,14 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			fc, err := readFileConfig(g.dataDir)
 			if err != nil {
 				return err
+			}
+			if cl := memberOf(g.dataDir); cl != "" && (bootstrap || token != "") {
+				flag := "--bootstrap"
+				if token != "" {
+					flag = "--join"
+				}
+				return &statusError{code: exitUsage, err: fmt.Errorf("%s: this node is already a member of cluster %s (its state is in %s); "+
+					"start it without --bootstrap or --join to resume, or init a new data directory to start a new node", flag, cl, g.dataDir)}
 			}
 			if err := secureDataDir(cmd, g.dataDir); err != nil {
 				return err

@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/p2pkey/p2pkey/node"
@@ -49,9 +49,24 @@ Exit status: 0 success, 1 error, 2 usage error, 3 the node is locked.`,
   p2pkey invite --ttl 30m > invite.txt   # on a member: print an invite
   p2pkey daemon --join-file invite.txt   # on the new machine
   p2pkey status`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:               true,
+		SilenceErrors:              true,
+		Version:                    readVersion().String(),
+		SuggestionsMinimumDistance: 2,
+		// Runnable, so that an unknown command reaches Args and exits 2.
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				msg += "\nDid you mean " + strings.Join(s, " or ") + "?"
+			}
+			return &statusError{code: exitUsage, err: fmt.Errorf("%s\nRun '%s --help' for usage", msg, cmd.CommandPath())}
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.dataDir, "data", "", "data directory (default $P2PKEY_DATA, else ~/.p2pkey)")
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "talk to the daemon on this socket instead of DATA/p2pkey.sock, e.g. the application key socket (default $P2PKEY_SOCKET)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
@@ -95,6 +110,7 @@ Exit status: 0 success, 1 error, 2 usage error, 3 the node is locked.`,
 		newAuditCmd(g),
 		newRecoveryKitCmd(g),
 		newRecoverCmd(g),
+		newVersionCmd(g),
 	)
 	return root
 }
@@ -139,47 +155,4 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-// fileConfig is DATA/config.json, written by init. The daemon's flags of
-// the same names override (or, for lists, add to) what it says.
-type fileConfig struct {
-	Version    int      `json:"version"`
-	Listen     []string `json:"listen"`
-	Announce   []string `json:"announce,omitempty"`
-	Relays     []string `json:"relays,omitempty"`
-	NATPortMap bool     `json:"nat_portmap,omitempty"`
-
-	// LUKSSocket serves systemd-cryptsetup's key-file socket there.
-	LUKSSocket string `json:"luks_socket,omitempty"`
-	// LUKSAllowUIDs may read LUKS keys besides root.
-	LUKSAllowUIDs []uint32 `json:"luks_allow_uids,omitempty"`
-	// LUKSWait is how long a LUKS request waits for unlock ("30s").
-	LUKSWait string `json:"luks_wait,omitempty"`
-	// AppSocket serves the application key socket there.
-	AppSocket string `json:"app_socket,omitempty"`
-	// AppGroup owns the application key socket (mode 0660).
-	AppGroup string `json:"app_group,omitempty"`
-	// AppAllow are the application rules, e.g. "uid:1000=app/*".
-	AppAllow []string `json:"app_allow,omitempty"`
-}
-
-func configPath(dataDir string) string { return filepath.Join(dataDir, "config.json") }
-
-func readFileConfig(dataDir string) (fileConfig, error) {
-	var fc fileConfig
-	data, err := os.ReadFile(configPath(dataDir))
-	if errors.Is(err, os.ErrNotExist) {
-		return fc, fmt.Errorf("%s is not initialised: run 'p2pkey init --data %s' first", dataDir, dataDir)
-	}
-	if err != nil {
-		return fc, err
-	}
-	if err := json.Unmarshal(data, &fc); err != nil {
-		return fc, fmt.Errorf("%s: %w", configPath(dataDir), err)
-	}
-	if fc.Version != 1 {
-		return fc, fmt.Errorf("%s: config version %d is not supported", configPath(dataDir), fc.Version)
-	}
-	return fc, nil
 }
