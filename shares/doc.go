@@ -36,6 +36,12 @@
 //     pusher is the authenticated owner, the envelope is addressed to this
 //     holder and this cluster, one envelope per (generation, owner, holder),
 //     size limits, deadlines, and a per-peer fetch rate limit.
+//   - The record of share releases: every envelope a holder stores, serves,
+//     refuses or deletes is an Event, logged at INFO (owner, holder,
+//     generation, split, reason), counted in Service.Stats, passed to an
+//     Observer (WithObserver, for metrics) and appended to the AuditLog
+//     given with WithAuditLog: JSON lines, 0600, rotated by size, read back
+//     oldest first with ReadAuditLog. Events never hold share bytes or keys.
 //
 // # Deletion
 //

@@ -196,7 +196,7 @@ func (n *testNode) refusedLog(from peer.ID, code pb.Response_Code) map[string]an
 	waitFor(n.t, fmt.Sprintf("a %s refusal of %s logged", code, from), func() bool {
 		for _, e := range n.logs.FilterMessage("share request refused").All() {
 			f := e.ContextMap()
-			if f["peer"] == from.String() && f["code"] == code.String() {
+			if f["owner"] == from.String() && f["reason"] == code.String() {
 				fields = f
 				return true
 			}

@@ -61,6 +61,8 @@ type config struct {
 	log        *logging.ZapEventLogger
 	tracer     Tracer
 	splits     SplitDecision
+	audit      *AuditLog
+	observer   Observer
 }
 
 func defaultConfig() config {
@@ -129,6 +131,31 @@ func WithSplitDecision(d SplitDecision) Option {
 func WithTracer(t Tracer) Option {
 	return func(c *config) error {
 		c.tracer = t
+		return nil
+	}
+}
+
+// WithAuditLog records every envelope this holder stores, serves, refuses
+// or deletes in a (see AuditLog). The service does not own a: close it
+// after the service.
+func WithAuditLog(a *AuditLog) Option {
+	return func(c *config) error {
+		if a == nil {
+			return fmt.Errorf("shares: nil audit log")
+		}
+		c.audit = a
+		return nil
+	}
+}
+
+// WithObserver sets the observer the service reports its events and
+// request latencies to, for metrics (see Observer).
+func WithObserver(o Observer) Option {
+	return func(c *config) error {
+		if o == nil {
+			return fmt.Errorf("shares: nil observer")
+		}
+		c.observer = o
 		return nil
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -52,6 +53,10 @@ type Service struct {
 	closed  bool
 	streams map[network.Stream]struct{}
 	wg      sync.WaitGroup
+
+	stats       stats
+	auditFailed atomic.Bool // the last audit append failed (logged once)
+	deleteHook  *deleteHook // installed on store while open
 }
 
 // NewService registers the share protocol handler on h. self must be h's
@@ -89,6 +94,9 @@ func NewService(h host.Host, store *Store, self crypto.PrivKey, clusterID string
 		limiter:   p2p.NewPeerLimiter(cfg.fetchRate, cfg.fetchBurst),
 		streams:   make(map[network.Stream]struct{}),
 	}
+	hook := deleteHook(s.deleted)
+	s.deleteHook = &hook
+	store.onDelete.Store(s.deleteHook)
 	h.SetStreamHandler(ProtocolID, s.handleStream)
 	return s, nil
 }
@@ -104,6 +112,7 @@ func (s *Service) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.store.onDelete.CompareAndSwap(s.deleteHook, nil)
 	return nil
 }
 
@@ -137,14 +146,17 @@ func (s *Service) handleStream(str network.Stream) {
 	}
 	defer s.untrack(str)
 	remote := str.Conn().RemotePeer()
+	// Whose envelope it is: the authenticated remote peer's, the only one
+	// it may push or fetch.
+	ev := Event{Op: opUnknown, Owner: remote, Holder: s.selfID, Remote: remote}
 
 	if err := str.Scope().SetService(ServiceName); err != nil {
-		s.refused(opUnknown, remote, 0, fmt.Errorf("%w: attach to resource scope: %w", ErrInternal, err))
+		s.refused(ev, fmt.Errorf("%w: attach to resource scope: %w", ErrInternal, err))
 		str.Reset()
 		return
 	}
 	if err := str.Scope().ReserveMemory(MaxMessageSize, network.ReservationPriorityAlways); err != nil {
-		s.refused(opUnknown, remote, 0, fmt.Errorf("%w: reserve memory: %w", ErrInternal, err))
+		s.refused(ev, fmt.Errorf("%w: reserve memory: %w", ErrInternal, err))
 		str.Reset()
 		return
 	}
@@ -153,34 +165,40 @@ func (s *Service) handleStream(str network.Stream) {
 
 	req, err := decodeRequest(bufio.NewReader(str))
 	if err != nil {
-		s.refused(opUnknown, remote, 0, err)
+		s.refused(ev, err)
 		str.Reset()
 		return
 	}
+	ev.Op, ev.Generation = req.op, req.gen
 	var resp *pb.Response
 	switch req.op {
 	case opPush:
-		resp, err = s.servePush(remote, req)
+		resp, err = s.servePush(remote, req, &ev)
 	case opFetch:
-		resp, err = s.serveFetch(remote, req)
+		resp, err = s.serveFetch(remote, req, &ev)
 	}
 	if err != nil {
-		s.refused(req.op, remote, req.gen, err)
+		s.refused(ev, err)
 		resp = errorResponse(s.clusterID, err)
 	}
-	if werr := writeDelimited(str, resp); werr != nil {
+	werr := writeDelimited(str, resp)
+	if err == nil {
+		if werr != nil {
+			ev.Reason = ReasonNotSent
+		}
+		s.served(ev)
+	}
+	if werr != nil {
 		s.log.Debugw("share response not sent", "op", req.op, "peer", remote, "generation", req.gen, "err", werr)
 		str.Reset()
 		return
-	}
-	if err == nil {
-		s.served(req.op, remote, req.gen)
 	}
 	str.Close()
 }
 
 // servePush checks and stores a pushed envelope and returns the receipt.
-func (s *Service) servePush(remote peer.ID, req *request) (*pb.Response, error) {
+// It sets ev.Split once the envelope is read.
+func (s *Service) servePush(remote peer.ID, req *request, ev *Event) (*pb.Response, error) {
 	if req.clusterID != s.clusterID {
 		return nil, fmt.Errorf("%w: request for cluster %q", ErrWrongCluster, req.clusterID)
 	}
@@ -192,6 +210,7 @@ func (s *Service) servePush(remote peer.ID, req *request) (*pb.Response, error) 
 		return nil, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	b := env.Binding
+	ev.Split = b.Split
 	switch {
 	case b.ClusterID != s.clusterID:
 		return nil, fmt.Errorf("%w: envelope bound to cluster %q", ErrWrongCluster, b.ClusterID)
@@ -277,14 +296,13 @@ func (s *Service) replace(env *Envelope) error {
 		}
 		return err
 	}
-	s.log.Infow("envelope replaced by another split", "owner", b.Owner, "generation", b.Generation,
-		"stored_split", fmt.Sprintf("%x", old.Binding.Split[:]), "split", fmt.Sprintf("%x", b.Split[:]))
 	return nil
 }
 
 // serveFetch returns the caller's own envelope. The store is keyed by the
 // authenticated remote peer, so nobody can name another owner's envelope.
-func (s *Service) serveFetch(remote peer.ID, req *request) (*pb.Response, error) {
+// It sets ev.Split to the split of the envelope it found.
+func (s *Service) serveFetch(remote peer.ID, req *request, ev *Event) (*pb.Response, error) {
 	if req.clusterID != s.clusterID {
 		return nil, fmt.Errorf("%w: request for cluster %q", ErrWrongCluster, req.clusterID)
 	}
@@ -302,6 +320,7 @@ func (s *Service) serveFetch(remote peer.ID, req *request) (*pb.Response, error)
 		return nil, fmt.Errorf("%w: store: %w", ErrInternal, err)
 	}
 	b := env.Binding
+	ev.Split = b.Split
 	if b.Owner != remote || b.Holder != s.selfID || b.ClusterID != s.clusterID || b.Generation != req.gen {
 		// Get checks the key against the binding; this is defence in depth.
 		return nil, fmt.Errorf("%w: stored envelope does not match", ErrInternal)
@@ -313,18 +332,40 @@ func (s *Service) serveFetch(remote peer.ID, req *request) (*pb.Response, error)
 	return &pb.Response{Version: WireVersion, ClusterId: s.clusterID, Code: pb.Response_OK, Envelope: raw}, nil
 }
 
-func (s *Service) refused(op string, remote peer.ID, gen uint64, err error) {
-	s.log.Warnw("share request refused", "op", op, "peer", remote, "generation", gen,
-		"code", codeOf(err).String(), "err", err)
+// refused records a refused (or unreadable) request. A refusal is part
+// of normal operation (a fetch of a generation this holder does not hold,
+// a push racing the ledger), so it is logged at INFO, with its wire code as
+// the reason and its text, which never holds secrets.
+func (s *Service) refused(ev Event, err error) {
+	ev.Kind, ev.Reason = EventRefused, codeOf(err).String()
+	s.record(ev, "err", err)
 	if s.cfg.tracer != nil {
-		s.cfg.tracer.Refused(op, remote, gen, err)
+		s.cfg.tracer.Refused(ev.Op, ev.Remote, ev.Generation, err)
 	}
 }
 
-func (s *Service) served(op string, remote peer.ID, gen uint64) {
-	s.log.Debugw("share request served", "op", op, "peer", remote, "generation", gen)
-	if s.cfg.tracer != nil {
-		s.cfg.tracer.Served(op, remote, gen)
+// served records a push stored or a fetch answered.
+func (s *Service) served(ev Event) {
+	ev.Kind = EventServed
+	if ev.Op == opPush {
+		ev.Kind = EventStored
+	}
+	s.record(ev)
+	if s.cfg.tracer != nil && ev.Reason == "" {
+		s.cfg.tracer.Served(ev.Op, ev.Remote, ev.Generation)
+	}
+}
+
+// deleted is the store's delete hook: it records each deleted envelope.
+func (s *Service) deleted(reason string, gone []Binding) {
+	now := time.Now().UTC()
+	for _, b := range gone {
+		holder := b.Holder
+		if holder == "" {
+			holder = s.selfID // a record that did not parse
+		}
+		s.record(Event{Time: now, Kind: EventDeleted, Owner: b.Owner, Holder: holder,
+			Generation: b.Generation, Split: b.Split, Reason: reason})
 	}
 }
 
@@ -334,7 +375,9 @@ func (s *Service) served(op string, remote peer.ID, gen uint64) {
 // cluster and for holder. Pushing to this node itself stores env in the
 // local store and signs the receipt locally, without asking the Policy (the
 // SplitDecision still decides a change of split).
-func (s *Service) Push(ctx context.Context, holder peer.ID, env *Envelope) (*Receipt, error) {
+func (s *Service) Push(ctx context.Context, holder peer.ID, env *Envelope) (_ *Receipt, err error) {
+	start := time.Now()
+	defer func() { s.observeRequest(opPush, holder, start, err) }()
 	raw, err := env.MarshalBinary()
 	if err != nil {
 		return nil, err
@@ -379,10 +422,10 @@ func (s *Service) Push(ctx context.Context, holder peer.ID, env *Envelope) (*Rec
 // open it. The envelope's Binding.Split says which split it belongs to:
 // combine only shares of one split. Fetching from this node itself reads
 // the local store.
-func (s *Service) Fetch(ctx context.Context, holder peer.ID, gen uint64) (*Envelope, error) {
-	var env *Envelope
+func (s *Service) Fetch(ctx context.Context, holder peer.ID, gen uint64) (env *Envelope, err error) {
+	start := time.Now()
+	defer func() { s.observeRequest(opFetch, holder, start, err) }()
 	if holder == s.selfID {
-		var err error
 		if env, err = s.store.Get(gen, s.selfID); err != nil {
 			return nil, err
 		}

@@ -128,6 +128,14 @@ func TestPushOtherSplitDecided(t *testing.T) {
 	if err != nil || got.Binding.Split != sp2 || Digest(got) != Digest(second) {
 		t.Fatalf("fetch after the replacement: %v", err)
 	}
+	// The old envelope's deletion is recorded, naming its split.
+	if st := b.svc.Stats(); st.Deleted[DeletedReplaced] != 1 {
+		t.Fatalf("replacement not counted as a deletion: %+v", st)
+	}
+	del := b.logs.FilterMessage("share envelope deleted").All()
+	if len(del) != 1 || del[0].ContextMap()["reason"] != DeletedReplaced || del[0].ContextMap()["split"] != fmt.Sprintf("%x", a.split[:]) {
+		t.Fatalf("replacement logged as %+v", del)
+	}
 	// A retry of the replacement is idempotent and asks nobody.
 	n := len(d.log())
 	if r2, err := a.svc.Push(ctx(t), b.id, second); err != nil || r2.Digest != r.Digest {

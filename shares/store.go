@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -89,6 +90,27 @@ type Store struct {
 	// fault, in tests, is called at each stage of a rewrite; an error
 	// stops it there, as a crash would.
 	fault func(stage string) error
+
+	// onDelete, if set (by the Service using this store), is told of the
+	// envelopes each delete removed, once it has committed.
+	onDelete atomic.Pointer[deleteHook]
+}
+
+// deleteHook is told which envelopes one Store call deleted and why (a
+// Deleted* reason). The bindings are read from the deleted records; a
+// record that does not parse gives only its generation and owner.
+type deleteHook func(reason string, deleted []Binding)
+
+// deletedBinding is the binding of a record about to be deleted.
+func deletedBinding(k, v []byte) Binding {
+	key, err := decodeKey(k)
+	if err != nil {
+		return Binding{}
+	}
+	if env, err := decodeValue(key, v); err == nil {
+		return env.Binding
+	}
+	return Binding{Generation: key.Generation, Owner: key.Owner}
 }
 
 // eraseRound is one rewrite of the file, shared by every delete that
@@ -299,18 +321,18 @@ func (s *Store) Replace(gen uint64, owner peer.ID, old, env *Envelope) error {
 		return err
 	}
 	k := encodeKey(gen, owner)
-	return s.deleting(func(tx *bolt.Tx) (int, error) {
+	return s.deleting(DeletedReplaced, func(tx *bolt.Tx) ([]Binding, error) {
 		b := tx.Bucket(bucketEnvelopes)
 		cur := b.Get(k)
 		switch {
 		case cur == nil:
-			return 0, fmt.Errorf("%w: gen %d, owner %s", ErrNotFound, gen, owner)
+			return nil, fmt.Errorf("%w: gen %d, owner %s", ErrNotFound, gen, owner)
 		case bytes.Equal(cur, v):
-			return 0, nil // already replaced
+			return nil, nil // already replaced
 		case !bytes.Equal(cur, was):
-			return 0, fmt.Errorf("%w: gen %d, owner %s: another envelope than the one to replace", ErrExists, gen, owner)
+			return nil, fmt.Errorf("%w: gen %d, owner %s: another envelope than the one to replace", ErrExists, gen, owner)
 		}
-		return 1, b.Put(k, v)
+		return []Binding{old.Binding}, b.Put(k, v)
 	})
 }
 
@@ -343,20 +365,22 @@ func (s *Store) Delete(gen uint64, owner peer.ID) error {
 // erases them from the disk with one rewrite of the file. Missing ones are
 // skipped. Prefer it to a loop of Delete, each of which rewrites the file.
 func (s *Store) DeleteKeys(keys []Key) error {
-	return s.deleting(func(tx *bolt.Tx) (int, error) {
+	return s.deleting(DeletedKeys, func(tx *bolt.Tx) ([]Binding, error) {
 		b := tx.Bucket(bucketEnvelopes)
-		n := 0
+		var gone []Binding
 		for _, key := range keys {
 			k := encodeKey(key.Generation, key.Owner)
-			if b.Get(k) == nil {
+			v := b.Get(k)
+			if v == nil {
 				continue
 			}
+			bd := deletedBinding(k, v)
 			if err := b.Delete(k); err != nil {
-				return n, err
+				return nil, err
 			}
-			n++
+			gone = append(gone, bd)
 		}
-		return n, nil
+		return gone, nil
 	})
 }
 
@@ -364,57 +388,62 @@ func (s *Store) DeleteKeys(keys []Key) error {
 // R1: a removed member's envelopes are deleted), and erases them from the
 // disk.
 func (s *Store) DeleteOwner(owner peer.ID) error {
-	return s.deleteWhere(nil, func(k []byte) bool { return peer.ID(k[8:]) == owner })
+	return s.deleteWhere(DeletedOwner, nil, func(k []byte) bool { return peer.ID(k[8:]) == owner })
 }
 
 // DeleteGeneration removes every envelope of generation gen (rules G3 and
 // G4: aborted and retired generations), and erases them from the disk.
 func (s *Store) DeleteGeneration(gen uint64) error {
-	return s.deleteWhere(binary.BigEndian.AppendUint64(nil, gen), func([]byte) bool { return true })
+	return s.deleteWhere(DeletedGeneration, binary.BigEndian.AppendUint64(nil, gen), func([]byte) bool { return true })
 }
 
 // deleteWhere deletes, in one transaction, every key with the prefix for
 // which match is true. Keys are collected first: deleting under a moving
 // bbolt cursor skips items.
-func (s *Store) deleteWhere(prefix []byte, match func(k []byte) bool) error {
-	return s.deleting(func(tx *bolt.Tx) (int, error) {
+func (s *Store) deleteWhere(reason string, prefix []byte, match func(k []byte) bool) error {
+	return s.deleting(reason, func(tx *bolt.Tx) ([]Binding, error) {
 		b := tx.Bucket(bucketEnvelopes)
 		var keys [][]byte
+		var gone []Binding
 		c := b.Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			if len(k) > 8 && match(k) {
 				keys = append(keys, append([]byte(nil), k...))
+				gone = append(gone, deletedBinding(k, v))
 			}
 		}
-		for i, k := range keys {
+		for _, k := range keys {
 			if err := b.Delete(k); err != nil {
-				return i, err
+				return nil, err
 			}
 		}
-		return len(keys), nil
+		return gone, nil
 	})
 }
 
-// deleting runs fn, which deletes or overwrites envelopes and says how
-// many, in a write transaction, then returns only once the file holds no
-// trace of them: a rewrite that started after the commit has completed.
-// If an earlier rewrite failed, it tries again even when fn deleted
-// nothing, so a retried delete does not return before its data is erased.
+// deleting runs fn, which deletes or overwrites envelopes and returns
+// their bindings, in a write transaction, then returns only once the file
+// holds no trace of them: a rewrite that started after the commit has
+// completed. If an earlier rewrite failed, it tries again even when fn
+// deleted nothing, so a retried delete does not return before its data is
+// erased. Once the transaction has committed, the delete hook (if any) is
+// told of the deleted envelopes, with reason.
 //
 // Concurrent deletes share a bbolt Batch (fn must be idempotent: Batch may
 // run it twice) and then one rewrite.
-func (s *Store) deleting(fn func(tx *bolt.Tx) (int, error)) error {
+func (s *Store) deleting(reason string, fn func(tx *bolt.Tx) ([]Binding, error)) error {
 	s.emu.Lock()
 	s.inflight++
 	s.emu.Unlock()
-	n := 0
+	var gone []Binding
 	var seq uint64
 	err := s.view(func(db *bolt.DB) error {
 		err := db.Batch(func(tx *bolt.Tx) error {
 			var err error
-			n, err = fn(tx)
+			gone, err = fn(tx)
 			return err
 		})
+		n := len(gone)
 		// Counted while mu is held shared, so a rewrite, which holds it
 		// exclusively, sees every committed delete.
 		s.emu.Lock()
@@ -430,6 +459,9 @@ func (s *Store) deleting(fn func(tx *bolt.Tx) (int, error)) error {
 	s.emu.Unlock()
 	if err != nil {
 		return err
+	}
+	if h := s.onDelete.Load(); h != nil && len(gone) > 0 {
+		(*h)(reason, gone)
 	}
 	return s.waitErased(seq)
 }
