@@ -337,6 +337,12 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 		})
 		switch {
 		case me.Status == generations.StatusActive && n.isVoter():
+			if n.dropForeignKey() {
+				// It was admitted before it was killed, and this process's
+				// K is not the one the cluster holds: it unlocks from its
+				// shares like any restarted member.
+				log.Infow("this node was admitted before it restarted; locked until a threshold of its shares is back", "cluster", n.ClusterID())
+			}
 			n.events.publish(Event{Type: EventJoined, Peer: n.host.ID(), Detail: resp.GetClusterId()})
 			log.Infow("joined the cluster", "cluster", n.ClusterID())
 			return nil
@@ -482,7 +488,10 @@ func (n *Node) joinCommand(inv Invite) ([]byte, error) {
 
 // resume answers a joiner that presents the invite it already consumed and
 // is still joining with (it restarted mid-join): it is told its generation
-// again rather than refused. It reports whether resp was filled so.
+// again rather than refused. A joiner admitted (active) before it was killed
+// with no Raft state yet is answered too, with the members and the leader
+// and no generation: it catches up as a voter and then unlocks like any
+// restarted member (issue 12). It reports whether resp was filled so.
 func (js *joinService) resume(remote peer.ID, cmd *gpb.Command, err error, resp *pb.JoinResponse) bool {
 	if cmd == nil || !errors.Is(err, generations.ErrInviteUsed) {
 		return false
@@ -491,11 +500,11 @@ func (js *joinService) resume(remote peer.ID, cmd *gpb.Command, err error, resp 
 	js.n.view(func(l *generations.Ledger) {
 		inv, found := l.Invite(cmd.GetConsumeInvite().GetHash())
 		m, _ := l.Member(remote)
-		if !found || inv.UsedBy != remote || m.Status != generations.StatusJoining {
+		if !found || inv.UsedBy != remote || (m.Status != generations.StatusJoining && m.Status != generations.StatusActive) {
 			return
 		}
 		ok = true
-		if g, open := l.Open(); open && slices.Contains(g.Members, remote) {
+		if g, open := l.Open(); open && m.Status == generations.StatusJoining && slices.Contains(g.Members, remote) {
 			resp.Generation, resp.Threshold = g.Number, uint32(g.Threshold)
 			for _, p := range g.Members {
 				resp.GenerationMembers = append(resp.GenerationMembers, []byte(p))

@@ -8,6 +8,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -281,6 +282,9 @@ func (n *Node) keyDuties() {
 	if isMem && me.Suspended {
 		n.keys.setProgress(UnlockProgress{Reason: fmt.Sprintf("locked: suspended by %d of %d votes; holders keep its shares but serve none until a majority reinstates it", len(me.RemoveVotes), me.VotesNeeded)})
 	}
+	if len(checkOK) > 0 && n.dropForeignKey() {
+		log.Infow("the key in memory is not the one the ledger records for this node; locked until a threshold of its shares is back")
+	}
 	k := n.keys.get()
 	if k == nil && n.neverEscrowed(isMem, me, cov, checkOK) {
 		// A member that was never escrowed (a cluster of one, or a
@@ -339,6 +343,33 @@ func (n *Node) keyDuties() {
 	default:
 		n.keys.setProgress(UnlockProgress{Reason: "not yet escrowed in a committed generation"})
 	}
+}
+
+// dropForeignKey wipes the K in memory when the ledger records a key-check
+// value for this node that K does not match, and reports whether it did. K
+// never changes for a member (rule K1), so a mismatch means this process
+// made a K of its own that is not the escrowed one: a joiner admitted just
+// before it was killed, which resumed its join with a fresh K. Serving keys
+// derived from it, or escrowing it, would be wrong; the escrowed K comes
+// back from the holders.
+func (n *Node) dropForeignKey() bool {
+	var check []byte
+	n.view(func(l *generations.Ledger) { check, _ = l.KeyCheck(n.host.ID()) })
+	k := n.keys.get()
+	if k == nil || len(check) == 0 {
+		clear(k)
+		return false
+	}
+	defer clear(k)
+	if subtle.ConstantTimeCompare(keyCheck(k, n.ClusterID(), n.host.ID()), check) == 1 {
+		return false
+	}
+	n.keys.wipe()
+	n.keys.mu.Lock()
+	clear(n.keys.made)
+	n.keys.mu.Unlock()
+	n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
+	return true
 }
 
 // reshareIfNoMargin opens a generation when this node is escrowed in the
@@ -437,6 +468,23 @@ func (n *Node) distribute(clusterID string, k []byte, gen uint64, holders []peer
 		apply = func(ctx context.Context, cmd *gpb.Command) error {
 			_, err := n.applyResult(ctx, cmd)
 			return err
+		}
+	}
+	n.keys.mu.Lock()
+	hasSplit := n.keys.splits[g.Number] != nil
+	n.keys.mu.Unlock()
+	if !hasSplit && ok {
+		// A new split is decided on a ledger confirmed current: a node that
+		// restarted (a cold restart of the whole cluster above all) may
+		// replay a ledger that does not yet show the escrow its earlier
+		// process made in g, and splitting again then would replace what
+		// the cluster counts (issue 12).
+		fctx, fcancel := context.WithTimeout(n.ctx, freshWait)
+		err := n.cons.Fresh(fctx)
+		fcancel()
+		if err != nil {
+			log.Debugw("not splitting yet: the ledger is not confirmed current", "generation", gen, "err", err)
+			return
 		}
 	}
 	sp, envs := n.sealFor(clusterID, k, g, holders)
@@ -1084,16 +1132,29 @@ const freshWait = 3 * time.Second
 // generation replaces a split it never completed; an escrowed split is
 // never overwritten, so a holder never loses a share the ledger counts.
 func (p sharePolicy) splitDecision(owner peer.ID, gen uint64, stored, pushed generations.SplitID) error {
-	var escrowedWith generations.SplitID
-	var escrowed bool
-	p.n.view(func(l *generations.Ledger) {
-		for _, e := range l.Coverage(owner).Live {
-			if e.Generation == gen && e.Escrowed {
-				escrowedWith, escrowed = e.Split, true
+	escrowedWith := func() (split generations.SplitID, escrowed bool) {
+		p.n.view(func(l *generations.Ledger) {
+			for _, e := range l.Coverage(owner).Live {
+				if e.Generation == gen && e.Escrowed {
+					split, escrowed = e.Split, true
+				}
 			}
-		}
-	})
-	if escrowed && escrowedWith == stored {
+		})
+		return split, escrowed
+	}
+	if split, escrowed := escrowedWith(); escrowed && split == stored {
+		return shares.RefuseNewSplit(owner, gen, stored, pushed)
+	}
+	// Replacing is decided on a ledger confirmed current: a holder that
+	// restarted may not yet have applied the receipts that made the stored
+	// split the counted one (issue 12). Unconfirmed, it keeps what it has;
+	// the owner's next round asks again.
+	ctx, cancel := context.WithTimeout(p.n.ctx, freshWait)
+	defer cancel()
+	if err := p.n.cons.Fresh(ctx); err != nil {
+		return fmt.Errorf("%w: this holder cannot confirm its ledger is current (%v), so it keeps the split it has", shares.ErrForbidden, err)
+	}
+	if split, escrowed := escrowedWith(); escrowed && split == stored {
 		return shares.RefuseNewSplit(owner, gen, stored, pushed)
 	}
 	return nil
