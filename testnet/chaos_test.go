@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -38,8 +39,14 @@ import (
 // The seed picks the order of the scenarios, the victims and the moments; the
 // machine's scheduling does the rest, so a seed replays the same faults, not
 // the same interleaving. A failing run keeps every daemon's log in a
-// directory it names. The summary table (runs, failures, median and max
-// recovery time per scenario) is logged at the end.
+// directory it names, and its message names the verifier's invariant that
+// failed, the trail of invariants that failed on the way, and the evidence
+// (every node's view, one member's ledger with its holder matrices). The
+// summary table is logged at the end (and after each seed of a long run):
+// per scenario its runs, the recoveries checked and failed, the median and
+// max recovery time, the failed seeds and invariants, and the faults
+// injected (joins, kill -9, SIGTERM, SIGSTOP, restarts, lost disks,
+// removals), then the seeds that ran.
 func TestChaos(t *testing.T) {
 	seed := *chaosSeed
 	if seed == 0 {
@@ -127,9 +134,16 @@ type chaosRun struct {
 	r     *rand.Rand
 	c     *tnet
 	stats *chaosStats
+	// scen is the scenario running, whose row counts the faults injected.
+	scen string
 }
 
+// fault counts one injected fault of a kind (see faultKinds) against the
+// running scenario.
+func (ch *chaosRun) fault(kind string) { ch.stats.fault(ch.scen, kind) }
+
 func runChaosSeed(t *testing.T, seed uint64, repeat int, stats *chaosStats) {
+	stats.seeds = append(stats.seeds, seed)
 	ch := &chaosRun{t: t, seed: seed, r: rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)), stats: stats}
 	var plan []scenario
 	for range repeat {
@@ -158,19 +172,21 @@ func runChaosSeed(t *testing.T, seed uint64, repeat int, stats *chaosStats) {
 		}
 		if ch.c == nil {
 			if err := ch.fresh(); err != nil {
-				stats.fail("setup")
+				stats.fail("setup", seed, invariantOf(err))
 				t.Errorf("seed %d: setup: %v", seed, err)
 				return
 			}
 		}
 		start := time.Now()
+		ch.scen = s.name
+		stats.row(s.name).started++
 		err := s.run(ch)
 		if err == nil {
 			continue
 		}
 		var rec recordedErr
 		if !errors.As(err, &rec) {
-			stats.fail(s.name)
+			stats.fail(s.name, seed, invariantOf(err))
 		}
 		stats.failed++
 		logs := ch.c.keepLogs(fmt.Sprintf("seed%d-%s", seed, s.name))
@@ -233,7 +249,7 @@ func (ch *chaosRun) await(name string, since time.Time) error {
 	_, err := ch.c.settle(*chaosBound, checkOpts{})
 	took := time.Since(since)
 	if err != nil {
-		ch.stats.fail(name)
+		ch.stats.fail(name, ch.seed, invariantOf(err))
 		return recordedErr{fmt.Errorf("%s: %w", name, err)}
 	}
 	ch.stats.ok(name, took)
@@ -302,6 +318,7 @@ func (ch *chaosRun) joinFault(name string, who victimKind, sig syscall.Signal) e
 	if err := c.launchJoiner(j, inv); err != nil {
 		return err
 	}
+	ch.fault("join")
 	launched := time.Now()
 	// The moment: early (around the invite), right after the invite is
 	// consumed, or late (around the commit and the top-ups after it).
@@ -322,6 +339,7 @@ func (ch *chaosRun) joinFault(name string, who victimKind, sig syscall.Signal) e
 		if err := c.pause(victim.i); err != nil {
 			return err
 		}
+		ch.fault("stop")
 		ch.pause(time.Second, 4*time.Second)
 		since = time.Now()
 		if err := c.resume(victim.i); err != nil {
@@ -331,11 +349,13 @@ func (ch *chaosRun) joinFault(name string, who victimKind, sig syscall.Signal) e
 		if err := c.kill(victim.i); err != nil {
 			return err
 		}
+		ch.fault("kill")
 		ch.pause(0, 2*time.Second)
 		since = time.Now()
 		if err := c.start(victim.i); err != nil {
 			return err
 		}
+		ch.fault("restart")
 	}
 	err = ch.await(name, since)
 	ch.logf("%s: joiner node %d ended %s", name, j.i, j.role)
@@ -372,6 +392,7 @@ func (ch *chaosRun) trim() error {
 	if err != nil {
 		return err
 	}
+	ch.fault("remove")
 	target.role = roleRemoved
 	ch.logf("trim: node %d removed with %d votes", target.i, votes)
 	if err := c.kill(target.i); err != nil {
@@ -393,6 +414,7 @@ func (ch *chaosRun) coldRestart() error {
 		if err := c.signal(m.i, sig); err != nil {
 			return err
 		}
+		ch.faultSignal(sig)
 	}
 	ch.pause(0, time.Second)
 	since := time.Now()
@@ -403,6 +425,7 @@ func (ch *chaosRun) coldRestart() error {
 		if err := c.launch(m.i); err != nil {
 			return err
 		}
+		ch.fault("restart")
 	}
 	ch.logf("cold-restart: %d members killed and started", len(ms))
 	return ch.await("cold-restart", since)
@@ -420,11 +443,13 @@ func (ch *chaosRun) rollingRestart() error {
 		if err := c.signal(m.i, sig); err != nil {
 			return err
 		}
+		ch.faultSignal(sig)
 		ch.pause(0, time.Second)
 		since := time.Now()
 		if err := c.start(m.i); err != nil {
 			return err
 		}
+		ch.fault("restart")
 		if err := ch.await("rolling-restart", since); err != nil {
 			return err
 		}
@@ -445,14 +470,17 @@ func (ch *chaosRun) loseDisk(name string, h *tnode) error {
 	if err := c.kill(h.i); err != nil {
 		return err
 	}
+	ch.fault("kill")
 	if err := os.Remove(filepath.Join(h.dir, "shares.db")); err != nil {
 		return err
 	}
+	ch.fault("disk")
 	ch.pause(0, time.Second)
 	since := time.Now()
 	if err := c.start(h.i); err != nil {
 		return err
 	}
+	ch.fault("restart")
 	// The holder must be back (unlocked from the others' shares) for the
 	// audit to tell a lost envelope from an absent holder.
 	if err := poll(*chaosBound, func() (bool, string) {
@@ -512,16 +540,19 @@ func (ch *chaosRun) churn() error {
 		if err := c.launchJoiner(j, inv); err != nil {
 			return err
 		}
+		ch.fault("join")
 		ch.pause(0, 400*time.Millisecond)
 		v := ch.pick(c.liveMembers())
 		if err := c.kill(v.i); err != nil {
 			return err
 		}
+		ch.fault("kill")
 		ch.pause(0, time.Second)
 		since := time.Now()
 		if err := c.start(v.i); err != nil {
 			return err
 		}
+		ch.fault("restart")
 		ch.logf("churn: node %d joins, node %d killed and restarted", j.i, v.i)
 		if err := ch.await("churn", since); err != nil {
 			return err
@@ -538,10 +569,12 @@ func (ch *chaosRun) churn() error {
 		if err := c.kill(k.i); err != nil {
 			return err
 		}
+		ch.fault("kill")
 		ch.pause(0, time.Second)
 		if err := c.start(k.i); err != nil {
 			return err
 		}
+		ch.fault("restart")
 		if err != nil { // not final after the first vote: the others vote
 			more, err := c.remove(target, voters[1:])
 			if err != nil {
@@ -550,14 +583,17 @@ func (ch *chaosRun) churn() error {
 			votes += more
 		}
 		target.role = roleRemoved
+		ch.fault("remove")
 		// The removed node restarts: it must stay locked.
 		if err := c.kill(target.i); err != nil {
 			return err
 		}
+		ch.fault("kill")
 		since = time.Now()
 		if err := c.start(target.i); err != nil {
 			return err
 		}
+		ch.fault("restart")
 		ch.logf("churn: node %d removed with %d votes (node %d killed between votes), then restarted", target.i, votes, k.i)
 		err = ch.await("churn", since)
 		c.signal(target.i, syscall.SIGTERM) // it has shown it stays locked; spare the CPU
@@ -603,6 +639,8 @@ func (ch *chaosRun) openGenerationRestart() error {
 			return err
 		}
 		defer c.resume(j.i)
+		ch.fault("join")
+		ch.fault("stop")
 	} else {
 		if lead = c.leader(); lead == nil {
 			return errors.New("no leader")
@@ -611,10 +649,13 @@ func (ch *chaosRun) openGenerationRestart() error {
 			return err
 		}
 		defer c.resume(j.i)
+		ch.fault("join")
+		ch.fault("stop")
 		if mode == "killed" {
 			if err := c.kill(j.i); err != nil {
 				return err
 			}
+			ch.fault("kill")
 		}
 		if og, err = c.openGeneration(lead.i); err != nil {
 			return err
@@ -634,10 +675,12 @@ func (ch *chaosRun) openGenerationRestart() error {
 	if err := c.kill(x.i); err != nil {
 		return err
 	}
+	ch.fault("kill")
 	ch.pause(0, 300*time.Millisecond)
 	if err := c.start(x.i); err != nil {
 		return err
 	}
+	ch.fault("restart")
 	if err := poll(*chaosBound, func() (bool, string) {
 		st, err := c.status(x.i)
 		return err == nil && st.Lock == node.LockUnlocked, unlockWhy(x, st, err)
@@ -667,6 +710,7 @@ func (ch *chaosRun) openGenerationRestart() error {
 	switch mode {
 	case "killed":
 		err = c.start(j.i)
+		ch.fault("restart")
 	default:
 		err = c.resume(j.i)
 	}
@@ -688,10 +732,12 @@ func (ch *chaosRun) openGenerationRestart() error {
 	if err := c.kill(x.i); err != nil {
 		return err
 	}
+	ch.fault("kill")
 	since = time.Now()
 	if err := c.start(x.i); err != nil {
 		return err
 	}
+	ch.fault("restart")
 	return ch.await("open-generation-holder-loss", since)
 }
 
@@ -887,8 +933,10 @@ func indexes(ns []*tnode) []int {
 	return out
 }
 
-// chaosStats is the per-scenario record: recovery times and failures.
+// chaosStats is the per-scenario record: recovery times, failures with
+// their seeds and invariants, and the faults injected.
 type chaosStats struct {
+	seeds []uint64
 	order []string
 	rows  map[string]*chaosRow
 	// failed counts the failed scenario runs (a scenario stops at its
@@ -899,17 +947,31 @@ type chaosStats struct {
 // tooMany reports whether -chaos.maxfail scenarios have failed.
 func (s *chaosStats) tooMany() bool { return *chaosFails > 0 && s.failed >= *chaosFails }
 
+// A chaosRow is one name's record. A scenario's own row counts its runs
+// (started) and its faults; the recoveries of its steps that await under
+// another name (removal, open-generation-holder-loss) have rows of their
+// own.
 type chaosRow struct {
+	started    int
 	recoveries []time.Duration
 	failures   int
+	// failedSeeds and invariants: which seeds failed, and on which
+	// invariant (a verifier tag, or "step" for a scenario's own step).
+	failedSeeds []uint64
+	invariants  map[string]int
+	faults      map[string]int
 }
+
+// faultKinds orders the fault counts of the table: joins started, kill -9,
+// SIGTERM, SIGSTOP, restarts, lost disks, removals by vote.
+var faultKinds = []string{"join", "kill", "term", "stop", "restart", "disk", "remove"}
 
 func newChaosStats() *chaosStats { return &chaosStats{rows: map[string]*chaosRow{}} }
 
 func (s *chaosStats) row(name string) *chaosRow {
 	r := s.rows[name]
 	if r == nil {
-		r = &chaosRow{}
+		r = &chaosRow{invariants: map[string]int{}, faults: map[string]int{}}
 		s.rows[name] = r
 		s.order = append(s.order, name)
 	}
@@ -921,27 +983,102 @@ func (s *chaosStats) ok(name string, d time.Duration) {
 	r.recoveries = append(r.recoveries, d)
 }
 
-func (s *chaosStats) fail(name string) { s.row(name).failures++ }
+func (s *chaosStats) fail(name string, seed uint64, invariant string) {
+	r := s.row(name)
+	r.failures++
+	if !slices.Contains(r.failedSeeds, seed) {
+		r.failedSeeds = append(r.failedSeeds, seed)
+	}
+	r.invariants[invariant]++
+}
 
-// table renders the summary: scenario, runs, failures, median and max
-// recovery time of the successful runs.
+func (s *chaosStats) fault(name, kind string) { s.row(name).faults[kind]++ }
+
+// faultSignal counts a kill -9 or a SIGTERM.
+func (ch *chaosRun) faultSignal(sig syscall.Signal) {
+	if sig == syscall.SIGTERM {
+		ch.fault("term")
+	} else {
+		ch.fault("kill")
+	}
+}
+
+// invariantOf names what err says failed: the verifier's invariant, or
+// "step" (one of a scenario's own steps, such as an invite or an audit).
+func invariantOf(err error) string {
+	var ve *verifyError
+	if errors.As(err, &ve) {
+		if ve.safety {
+			return "SAFETY " + ve.v.Invariant
+		}
+		return ve.v.Invariant
+	}
+	return "step"
+}
+
+// table renders the summary: per name, the scenario runs, the checks
+// (recoveries awaited) and their failures, the median and max recovery
+// time of the successful ones, the failed seeds and invariants, and the
+// faults injected; then the totals and the seeds.
 func (s *chaosStats) table() string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tRUNS\tFAILURES\tMEDIAN RECOVERY\tMAX RECOVERY")
+	fmt.Fprintln(tw, "SCENARIO\tRUNS\tCHECKS\tFAILED\tMEDIAN RECOVERY\tMAX RECOVERY\tFAILED SEEDS\tFAILED INVARIANTS\tFAULTS")
 	names := slices.Sorted(slices.Values(s.order))
 	var all []time.Duration
-	runs, fails := 0, 0
+	started, checks, fails := 0, 0, 0
+	total := map[string]int{}
 	for _, name := range names {
 		r := s.rows[name]
 		n := len(r.recoveries) + r.failures
-		runs, fails = runs+n, fails+r.failures
+		started, checks, fails = started+r.started, checks+n, fails+r.failures
 		all = append(all, r.recoveries...)
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", name, n, r.failures, medianDur(r.recoveries), maxDur(r.recoveries))
+		for k, v := range r.faults {
+			total[k] += v
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", name, dash(r.started), n, r.failures,
+			medianDur(r.recoveries), maxDur(r.recoveries), seedList(r.failedSeeds), countList(r.invariants, nil), countList(r.faults, faultKinds))
 	}
-	fmt.Fprintf(tw, "all\t%d\t%d\t%s\t%s\n", runs, fails, medianDur(all), maxDur(all))
+	fmt.Fprintf(tw, "all\t%d\t%d\t%d\t%s\t%s\t\t\t%s\n", started, checks, fails, medianDur(all), maxDur(all), countList(total, faultKinds))
 	tw.Flush()
+	fmt.Fprintf(&b, "seeds run (%d): %s\n", len(s.seeds), seedList(s.seeds))
 	return b.String()
+}
+
+func dash(n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
+}
+
+func seedList(seeds []uint64) string {
+	if len(seeds) == 0 {
+		return "-"
+	}
+	out := make([]string, len(seeds))
+	for k, s := range seeds {
+		out[k] = fmt.Sprint(s)
+	}
+	return strings.Join(out, ",")
+}
+
+// countList renders counts as "a×2 b×1", in order's order (or by name).
+func countList(m map[string]int, order []string) string {
+	keys := order
+	if keys == nil {
+		keys = slices.Sorted(maps.Keys(m))
+	}
+	var out []string
+	for _, k := range keys {
+		if m[k] > 0 {
+			out = append(out, fmt.Sprintf("%s×%d", k, m[k]))
+		}
+	}
+	if len(out) == 0 {
+		return "-"
+	}
+	return strings.Join(out, " ")
 }
 
 func medianDur(ds []time.Duration) string {

@@ -14,18 +14,29 @@ import (
 // The verifier, in the spirit of hashicorp/raft's fuzzy/verifier.go: after a
 // fault, the cluster must come back to a state where
 //
-//   - every member runs, knows the same single leader, and is unlocked;
+//   - every member runs and answers (members-running, members-answer),
+//     knows the same single leader (one-leader), in one cluster
+//     (one-cluster), under its own identity (identity), and is unlocked
+//     (unlocked);
 //   - its derived key (`key --purpose chaos`) is byte for byte the one it
-//     had before the fault;
-//   - every node sees one current generation, the same one, and none open;
-//   - the active members are exactly the test's members, all voters;
-//   - removed nodes stay locked (`key` exits 3);
-//   - the escrow invariant holds (escrow_test.go).
+//     had before the fault (same-derived-keys);
+//   - every node sees one current generation, the same one
+//     (one-current-generation), and none open (none-open);
+//   - the active members are exactly the test's members, all voters
+//     (membership), and a faulted joiner is admitted or gone
+//     (joiners-settled);
+//   - removed nodes stay out of the ledger's active rows
+//     (removed-stay-out) and locked, `key` exiting 3 (removed-locked);
+//   - the escrow invariant holds (escrow-recoverable, escrow_test.go).
+//
+// A failed check names its invariant by the tag in parentheses; a failed
+// settle (verifyError) adds the trail of invariants that failed on the way
+// and the evidence: every node's view and one member's ledger.
 //
 // A joiner whose fate was open (its join was faulted) is settled on the way:
 // admitted, it becomes a member; refused or gone, its daemon is stopped.
 //
-// check returns what is not yet so (why), or a safety violation (fatal)
+// check returns the first condition not yet so (why), or a safety violation (fatal)
 // that no later state can undo: a derived key that changed, a removed node
 // that unlocked or came back, a member dropped without a vote.
 
@@ -34,7 +45,7 @@ type checkOpts struct {
 	skipEscrow bool
 }
 
-func (c *tnet) check(o checkOpts) (why string, fatal error) {
+func (c *tnet) check(o checkOpts) (why, fatal *violation) {
 	type answer struct {
 		st  node.Status
 		err error
@@ -42,7 +53,7 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 	members := c.members()
 	for _, m := range members {
 		if !c.alive(m.i) {
-			return fmt.Sprintf("member node %d is not running", m.i), nil
+			return vio("members-running", "member node %d is not running", m.i), nil
 		}
 	}
 	sts := map[int]answer{}
@@ -63,7 +74,7 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 	wg.Wait()
 	for _, m := range members {
 		if a := sts[m.i]; a.err != nil {
-			return a.err.Error(), nil
+			return vio("members-answer", "%v", a.err), nil
 		}
 	}
 
@@ -74,26 +85,26 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 		st := sts[m.i].st
 		switch {
 		case st.Raft.Leader == "":
-			return fmt.Sprintf("node %d knows no leader", m.i), nil
+			return vio("one-leader", "node %d knows no leader", m.i), nil
 		case leaderID == "":
 			leaderID = st.Raft.Leader
 		case st.Raft.Leader != leaderID:
-			return fmt.Sprintf("node %d follows %s, others %s", m.i, short(st.Raft.Leader), short(leaderID)), nil
+			return vio("one-leader", "node %d follows %s, others %s", m.i, short(st.Raft.Leader), short(leaderID)), nil
 		}
 		if st.Raft.State == "leader" {
 			leaders++
 		}
 		if st.PeerID != m.peer.String() {
-			return "", fmt.Errorf("node %d answers as %s, its identity is %s", m.i, st.PeerID, m.peer)
+			return nil, vio("identity", "node %d answers as %s, its identity is %s", m.i, st.PeerID, m.peer)
 		}
 	}
 	lead := c.byPeer(leaderID)
 	if lead == nil || (lead.role != roleMember && lead.role != roleJoining) {
-		return fmt.Sprintf("the leader %s is not a member", short(leaderID)), nil
+		return vio("one-leader", "the leader %s is not a member", short(leaderID)), nil
 	}
 	la, ok := sts[lead.i]
 	if !ok || la.err != nil {
-		return fmt.Sprintf("the leader, joiner node %d, does not answer", lead.i), nil
+		return vio("one-leader", "the leader, joiner node %d, does not answer", lead.i), nil
 	}
 	lst := la.st
 	ledger := map[string]node.MemberStatus{}
@@ -107,19 +118,19 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 		switch s := ledger[j.peer.String()].Status; {
 		case s == "active":
 			j.role = roleMember
-			return fmt.Sprintf("joiner node %d was admitted", j.i), nil
+			return vio("joiners-settled", "joiner node %d was admitted", j.i), nil
 		case s == "joining", s == "" && c.alive(j.i):
-			return fmt.Sprintf("joiner node %d is %q in the ledger", j.i, s), nil
+			return vio("joiners-settled", "joiner node %d is %q in the ledger", j.i, s), nil
 		default: // refused, or gone before its invite was consumed
 			if err := c.kill(j.i); err != nil {
-				return err.Error(), nil
+				return vio("joiners-settled", "%v", err), nil
 			}
 			j.role = roleGone
 		}
 	}
 
 	if leaders != 1 {
-		return fmt.Sprintf("%d nodes say they lead", leaders), nil
+		return vio("one-leader", "%d nodes say they lead", leaders), nil
 	}
 
 	// One current generation, the same everywhere, none open.
@@ -127,13 +138,13 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 	for _, m := range members {
 		st := sts[m.i].st
 		if o := st.Generation.Open; o != nil {
-			return fmt.Sprintf("node %d sees generation %d open", m.i, o.Number), nil
+			return vio("none-open", "node %d sees generation %d open", m.i, o.Number), nil
 		}
 		if st.Generation.Current == nil || cur == nil || *st.Generation.Current != *cur {
-			return fmt.Sprintf("node %d's current generation is %v, the leader's %v", m.i, deref(st.Generation.Current), deref(cur)), nil
+			return vio("one-current-generation", "node %d's current generation is %v, the leader's %v", m.i, deref(st.Generation.Current), deref(cur)), nil
 		}
 		if st.ClusterID != lst.ClusterID {
-			return "", fmt.Errorf("node %d is in cluster %s, the leader in %s", m.i, st.ClusterID, lst.ClusterID)
+			return nil, vio("one-cluster", "node %d is in cluster %s, the leader in %s", m.i, st.ClusterID, lst.ClusterID)
 		}
 	}
 
@@ -144,13 +155,13 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 		e, ok := ledger[m.peer.String()]
 		switch {
 		case !ok:
-			return fmt.Sprintf("member node %d is not in the leader's ledger", m.i), nil
+			return vio("membership", "member node %d is not in the leader's ledger", m.i), nil
 		case e.Status == "removed" || e.Status == "lapsed" || e.Status == "rejected":
-			return "", fmt.Errorf("member node %d is %s in the ledger although the test removed nothing (%s)", m.i, e.Status, e.Reason)
+			return nil, vio("membership", "member node %d is %s in the ledger although the test removed nothing (%s)", m.i, e.Status, e.Reason)
 		case e.Status != "active":
-			return fmt.Sprintf("member node %d is %s", m.i, e.Status), nil
+			return vio("membership", "member node %d is %s", m.i, e.Status), nil
 		case !e.Voter:
-			return fmt.Sprintf("member node %d is not a voter", m.i), nil
+			return vio("membership", "member node %d is not a voter", m.i), nil
 		}
 	}
 	for id, e := range ledger {
@@ -158,20 +169,20 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 			continue
 		}
 		if n := c.byPeer(id); n != nil && n.role == roleRemoved {
-			return "", fmt.Errorf("removed node %d is active again", n.i)
+			return nil, vio("removed-stay-out", "removed node %d is active again", n.i)
 		}
-		return fmt.Sprintf("%s is active but not a member the test knows", short(id)), nil
+		return vio("membership", "%s is active but not a member the test knows", short(id)), nil
 	}
 	for _, r := range c.byRole(roleRemoved) {
 		if s := ledger[r.peer.String()].Status; s != "removed" {
-			return fmt.Sprintf("removed node %d is %q in the ledger", r.i, s), nil
+			return vio("removed-stay-out", "removed node %d is %q in the ledger", r.i, s), nil
 		}
 	}
 
 	// Unlocked, with the same derived keys; removed nodes locked.
 	for _, m := range members {
 		if st := sts[m.i].st; st.Lock != node.LockUnlocked {
-			return fmt.Sprintf("node %d is %s (%s)", m.i, st.Lock, st.Unlock.Reason), nil
+			return vio("unlocked", "node %d is %s (%s)", m.i, st.Lock, st.Unlock.Reason), nil
 		}
 	}
 	type keyAnswer struct {
@@ -196,34 +207,34 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 	for _, r := range c.byRole(roleRemoved) {
 		a, ok := keys[r.i]
 		if ok && a.err == nil && a.code == 0 {
-			return "", fmt.Errorf("removed node %d derived a key: it is not locked", r.i)
+			return nil, vio("removed-locked", "removed node %d derived a key: it is not locked", r.i)
 		}
 	}
 	for _, m := range members {
 		a := keys[m.i]
 		switch {
 		case a.err != nil:
-			return a.err.Error(), nil
+			return vio("same-derived-keys", "%v", a.err), nil
 		case a.code != 0:
-			return fmt.Sprintf("key on node %d: exit %d: %s", m.i, a.code, strings.TrimSpace(a.key)), nil
+			return vio("same-derived-keys", "key on node %d: exit %d: %s", m.i, a.code, strings.TrimSpace(a.key)), nil
 		case m.key == "":
 			m.key = a.key
 		case a.key != m.key:
-			return "", fmt.Errorf("node %d derives a different key than before", m.i)
+			return nil, vio("same-derived-keys", "node %d derives a different key than before", m.i)
 		}
 	}
 
 	// The leader's generations agree, and the escrow invariant holds.
 	gens, err := c.generations(lead.i)
 	if err != nil {
-		return err.Error(), nil
+		return vio("escrow-recoverable", "%v", err), nil
 	}
 	current, open := 0, 0
 	for _, g := range gens {
 		if g.Current {
 			current++
 			if g.Number != *cur {
-				return fmt.Sprintf("generations names %d current, status %d", g.Number, *cur), nil
+				return vio("one-current-generation", "generations names %d current, status %d", g.Number, *cur), nil
 			}
 		}
 		if g.State == "open" {
@@ -231,36 +242,208 @@ func (c *tnet) check(o checkOpts) (why string, fatal error) {
 		}
 	}
 	if current != 1 || open != 0 {
-		return fmt.Sprintf("%d current and %d open generations", current, open), nil
+		return vio("none-open", "%d current and %d open generations", current, open), nil
 	}
 	if o.skipEscrow {
-		return "", nil
+		return nil, nil
 	}
 	if err := c.checkEscrow(lst, gens); err != nil {
-		return err.Error(), nil
+		return vio("escrow-recoverable", "%v", err), nil
 	}
-	return "", nil
+	return nil, nil
+}
+
+// A violation is a verifier condition that does not hold: the invariant's
+// name (one of the list at the top of this file, as a short tag) and what was
+// seen.
+type violation struct {
+	Invariant string
+	Detail    string
+}
+
+func (v *violation) Error() string { return v.Invariant + ": " + v.Detail }
+
+func vio(invariant, format string, args ...any) *violation {
+	return &violation{invariant, fmt.Sprintf(format, args...)}
+}
+
+// verifyError is a failed settle: the invariant that failed last (or the
+// safety violation), how long it had failed, the trail of what failed on
+// the way, and the cluster as every node saw it then.
+type verifyError struct {
+	safety   bool
+	v        *violation
+	timeout  time.Duration
+	since    time.Duration // how long v.Invariant had been failing at the end
+	trail    []string
+	evidence string
+}
+
+func (e *verifyError) Error() string {
+	var b strings.Builder
+	if e.safety {
+		fmt.Fprintf(&b, "SAFETY: invariant %s violated: %s", e.v.Invariant, e.v.Detail)
+	} else {
+		fmt.Fprintf(&b, "%v within %v: invariant %s fails (for the last %v): %s",
+			errNotRecovered, e.timeout, e.v.Invariant, e.since.Round(100*time.Millisecond), e.v.Detail)
+	}
+	if len(e.trail) > 0 {
+		fmt.Fprintf(&b, "\n  trail (when each invariant began to fail, since the check began):\n    %s", strings.Join(e.trail, "\n    "))
+	}
+	if e.evidence != "" {
+		fmt.Fprintf(&b, "\n  evidence:\n%s", e.evidence)
+	}
+	return b.String()
+}
+
+func (e *verifyError) Unwrap() error {
+	if e.safety {
+		return e.v
+	}
+	return errNotRecovered
 }
 
 // settle polls check until the cluster is healthy, a safety violation, or
-// timeout; it returns how long recovery took.
+// timeout; it returns how long recovery took. Its error is a *verifyError.
 func (c *tnet) settle(timeout time.Duration, o checkOpts) (time.Duration, error) {
 	start := time.Now()
-	var why string
+	var (
+		last      *violation
+		lastSince time.Duration
+		trail     []string
+	)
+	note := func(v *violation) {
+		at := time.Since(start)
+		if last == nil || last.Invariant != v.Invariant {
+			lastSince = at
+			if len(trail) < 40 {
+				d := v.Detail
+				if len(d) > 200 {
+					d = d[:200] + "…"
+				}
+				trail = append(trail, fmt.Sprintf("+%v %s: %s", at.Round(100*time.Millisecond), v.Invariant, d))
+			}
+		}
+		last = v
+	}
 	for {
 		w, fatal := c.check(o)
 		if fatal != nil {
-			return time.Since(start), fmt.Errorf("SAFETY: %w", fatal)
+			note(fatal)
+			return time.Since(start), &verifyError{safety: true, v: fatal, trail: trail, evidence: c.evidence()}
 		}
-		if w == "" {
+		if w == nil {
 			return time.Since(start), nil
 		}
-		why = w
+		note(w)
 		if time.Since(start) > timeout {
-			return time.Since(start), fmt.Errorf("%w within %v: %s", errNotRecovered, timeout, why)
+			return time.Since(start), &verifyError{v: last, timeout: timeout, since: time.Since(start) - lastSince,
+				trail: trail, evidence: c.evidence()}
 		}
 		time.Sleep(100 * time.Millisecond) // pacing between polls of an observable condition
 	}
+}
+
+// evidence is the cluster as each node sees it, for a failure dump: one line
+// per node (role, process state, Raft view, lock, generations), then the
+// ledger of one member that answers: its member rows and every generation
+// with its holder matrix, peers shown as node numbers. No key material.
+func (c *tnet) evidence() string {
+	var b strings.Builder
+	idx := make([]int, 0, len(c.nodes))
+	for i := range c.nodes {
+		idx = append(idx, i)
+	}
+	slices.Sort(idx)
+	name := func(id string) string {
+		if n := c.byPeer(id); n != nil {
+			return fmt.Sprintf("n%d", n.i)
+		}
+		return short(id)
+	}
+	var ledger *node.Status
+	var from int
+	for _, i := range idx {
+		n := c.nodes[i]
+		proc := "down"
+		if p := c.pid(i); p > 0 && c.alive(i) {
+			proc = fmt.Sprintf("pid %d %s", p, procState(p))
+		}
+		fmt.Fprintf(&b, "    node %d %-7s %-14s", i, n.role, proc)
+		if proc == "down" {
+			b.WriteString("\n")
+			continue
+		}
+		st, err := c.status(i)
+		if err != nil {
+			fmt.Fprintf(&b, " status: %v\n", err)
+			continue
+		}
+		open := "none"
+		if st.Generation.Open != nil {
+			open = fmt.Sprintf("%d (%d members, t=%d, deadline %s)", st.Generation.Open.Number, st.Generation.Open.Members,
+				st.Generation.Open.Threshold, st.Generation.Open.Deadline.UTC().Format("15:04:05.000"))
+		}
+		lock := st.Lock
+		if st.Unlock.Reason != "" {
+			lock += " (" + st.Unlock.Reason + ")"
+		}
+		leader := "none"
+		if st.Raft.Leader != "" {
+			leader = name(st.Raft.Leader)
+		}
+		fmt.Fprintf(&b, " raft %s term %d applied %d leader %s | %s | gen current %v open %s\n",
+			st.Raft.State, st.Raft.Term, st.Raft.AppliedIndex, leader, lock, deref(st.Generation.Current), open)
+		if ledger == nil && n.role == roleMember && st.Raft.Leader != "" {
+			ledger, from = &st, i
+		}
+	}
+	if ledger == nil {
+		return b.String()
+	}
+	fmt.Fprintf(&b, "    ledger of node %d:\n", from)
+	for _, m := range ledger.Members {
+		fmt.Fprintf(&b, "      member %-4s %-9s voter %-5v escrow gen %v held %d/%d behind %d %s\n",
+			name(m.PeerID), m.Status, m.Voter, deref(m.EscrowGeneration), m.SharesHeld, m.Threshold, m.Behind, m.Reason)
+	}
+	gens, err := c.generations(from)
+	if err != nil {
+		fmt.Fprintf(&b, "      generations: %v\n", err)
+		return b.String()
+	}
+	for _, g := range gens {
+		names := make([]string, len(g.Members))
+		for k, id := range g.Members {
+			names[k] = name(id)
+		}
+		cur := ""
+		if g.Current {
+			cur = " current"
+		}
+		fmt.Fprintf(&b, "      gen %d %s%s t=%d members [%s] opened %s", g.Number, g.State, cur, g.Threshold,
+			strings.Join(names, " "), g.OpenedAt.UTC().Format("15:04:05.000"))
+		if len(g.Joiners) > 0 {
+			js := make([]string, len(g.Joiners))
+			for k, id := range g.Joiners {
+				js[k] = name(id)
+			}
+			fmt.Fprintf(&b, " joiners [%s]", strings.Join(js, " "))
+		}
+		b.WriteString("\n")
+		for row, has := range g.Matrix {
+			if row >= len(names) {
+				break
+			}
+			var hs []string
+			for k, h := range has {
+				if h && k < len(names) {
+					hs = append(hs, names[k])
+				}
+			}
+			fmt.Fprintf(&b, "        %s's shares at [%s]\n", names[row], strings.Join(hs, " "))
+		}
+	}
+	return b.String()
 }
 
 var errNotRecovered = errors.New("not recovered")
