@@ -239,11 +239,15 @@ func deadline(ctx context.Context, d time.Duration) time.Time {
 }
 
 // ctxError says that err was caused by ctx's end, the stream having been
-// reset by it: a deadline makes it ErrTimeout (and context.DeadlineExceeded)
+// reset by it or its deadline, which is ctx's, having passed: a deadline makes it ErrTimeout (and context.DeadlineExceeded)
 // instead of ErrIncomplete; a cancellation adds context.Canceled. Refusals
 // of the peer's bytes stay as they are.
 func ctxError(ctx context.Context, err error) error {
 	cerr := ctx.Err()
+	if cerr == nil && errors.Is(err, ErrTimeout) {
+		// The stream's deadline is ctx's, and it fired first.
+		cerr = context.DeadlineExceeded
+	}
 	switch {
 	case cerr == nil, refused(err), errors.Is(err, cerr):
 		return err
