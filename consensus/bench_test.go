@@ -32,7 +32,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -277,8 +276,7 @@ func (cl *benchCluster) agreedLeader() *benchNode {
 func (cl *benchCluster) term() uint64 {
 	var t uint64
 	for _, nd := range cl.nodes {
-		n, _ := strconv.ParseUint(nd.raft.Stats()["term"], 10, 64)
-		t = max(t, n)
+		t = max(t, nd.raft.CurrentTerm())
 	}
 	return t
 }

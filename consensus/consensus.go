@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -441,10 +440,12 @@ func (c *Consensus) Leader() peer.ID {
 	return p
 }
 
-// State returns "Leader", "Follower", "Candidate" or "Shutdown".
+// State returns "Leader", "Follower", "Candidate" or "Shutdown". RaftState
+// has it typed (Role).
 func (c *Consensus) State() string { return c.raft.State().String() }
 
-// Stats returns Raft's own statistics (term, indexes, ...).
+// Stats returns Raft's own statistics as strings, for display; RaftState has
+// the term and indexes typed.
 func (c *Consensus) Stats() map[string]string { return c.raft.Stats() }
 
 // AppliedIndex returns the index of the last entry applied to the FSM.
@@ -651,7 +652,7 @@ func (c *Consensus) commandAt(index uint64) bool {
 	}
 	// A restored snapshot (at start, or installed by the leader) covers
 	// every entry up to its index, though the log keeps trailing entries.
-	if snap, err := strconv.ParseUint(c.raft.Stats()["last_snapshot_index"], 10, 64); err == nil && index <= snap {
+	if index <= c.lastSnapshotIndex() {
 		return false
 	}
 	var l raft.Log

@@ -104,7 +104,7 @@ func TestLeaderFailoverAndRestartFromDisk(t *testing.T) {
 func TestStrangerCannotDeposeLeader(t *testing.T) {
 	cl := newCluster(t, 3)
 	leader := cl.waitLeader(cl.nodes)
-	before := map[peer.ID]string{}
+	before := map[peer.ID]uint64{}
 	for _, nd := range cl.nodes {
 		before[nd.host.ID()] = term(nd.c)
 	}
@@ -148,7 +148,7 @@ func TestStrangerCannotDeposeLeader(t *testing.T) {
 	apply(t, cl.byID(leader).c, "still here")
 	for _, nd := range cl.nodes {
 		if got := term(nd.c); got != before[nd.host.ID()] {
-			t.Errorf("node %s term changed from %s to %s", nd.host.ID(), before[nd.host.ID()], got)
+			t.Errorf("node %s term changed from %d to %d", nd.host.ID(), before[nd.host.ID()], got)
 		}
 		if got := nd.c.Leader(); got != leader {
 			t.Errorf("node %s leader changed from %s to %s", nd.host.ID(), leader, got)

@@ -1,7 +1,6 @@
 package consensus
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -14,8 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/p2pkey/p2pkey/consensus/pb"
-	"google.golang.org/protobuf/encoding/protodelim"
-	"google.golang.org/protobuf/proto"
+	"github.com/p2pkey/p2pkey/wire"
 )
 
 // ForwardProtocol carries commands from followers to the leader.
@@ -55,9 +53,10 @@ const (
 )
 
 // ErrBadForward is returned for a malformed forward message: bytes that do
-// not parse, exceed MaxForwardSize or carry an unknown version. A stream that
-// ends, is reset or times out before a whole message arrived is not malformed
-// (see errNoAnswer).
+// not parse, exceed MaxForwardSize or carry an unknown version (the error
+// also wraps wire's ErrMalformed, ErrTooLarge or ErrBadVersion). A stream
+// that ends, is reset or times out before a whole message arrived is not
+// malformed (see errNoAnswer).
 var ErrBadForward = errors.New("consensus: malformed forward message")
 
 // errNoAnswer means the stream ended, was reset or timed out before a whole
@@ -87,101 +86,96 @@ func newForwarder(c *Consensus) *forwarder {
 
 func (f *forwarder) close() { f.c.cfg.Host.RemoveStreamHandler(ForwardProtocol) }
 
+// forwardWire is the forward protocol's shape: one request, one response,
+// each at most MaxForwardSize, which is what each side reserves.
+var forwardWire = wire.Protocol{
+	ID:          ForwardProtocol,
+	Service:     forwardServiceName,
+	MaxRequest:  MaxForwardSize,
+	MaxResponse: MaxForwardSize,
+	Timeout:     forwardTimeout,
+	Versions:    []uint32{forwardVersion1, forwardVersion2},
+}
+
 // DecodeForwardRequest reads one size-bounded, version-checked request.
 func DecodeForwardRequest(r io.Reader) (*pb.ForwardRequest, error) {
 	req := &pb.ForwardRequest{}
-	if err := readDelimited(r, req); err != nil {
+	if err := wire.ReadMsg(r, req, MaxForwardSize, forwardWire.Versions...); err != nil {
+		return nil, forwardReadError(err)
+	}
+	if err := checkForwardKind(req); err != nil {
 		return nil, err
 	}
-	switch v := req.GetVersion(); {
-	case v == forwardVersion1 && req.GetKind() == pb.Kind_KIND_COMMAND:
-	case v == forwardVersion2 && (req.GetKind() == pb.Kind_KIND_COMMAND || req.GetKind() == pb.Kind_KIND_READ_INDEX):
-	default:
-		return nil, fmt.Errorf("%w: version %d, kind %d", ErrBadForward, v, req.GetKind())
-	}
 	return req, nil
+}
+
+// checkForwardKind refuses a kind the request's version cannot ask.
+func checkForwardKind(req *pb.ForwardRequest) error {
+	switch v, k := req.GetVersion(), req.GetKind(); {
+	case v == forwardVersion1 && k == pb.Kind_KIND_COMMAND:
+	case v == forwardVersion2 && (k == pb.Kind_KIND_COMMAND || k == pb.Kind_KIND_READ_INDEX):
+	default:
+		return fmt.Errorf("%w: version %d, kind %d", ErrBadForward, v, k)
+	}
+	return nil
 }
 
 // DecodeForwardResponse reads one size-bounded, version-checked response.
 func DecodeForwardResponse(r io.Reader) (*pb.ForwardResponse, error) {
 	resp := &pb.ForwardResponse{}
-	if err := readDelimited(r, resp); err != nil {
-		return nil, err
-	}
-	if v := resp.GetVersion(); v != forwardVersion1 && v != forwardVersion2 {
-		return nil, fmt.Errorf("%w: version %d", ErrBadForward, v)
+	if err := wire.ReadMsg(r, resp, MaxForwardSize, forwardWire.Versions...); err != nil {
+		return nil, forwardReadError(err)
 	}
 	return resp, nil
 }
 
-// readDelimited reads one length-delimited message of at most MaxForwardSize
-// bytes. It tells a stream that failed or ended early (errNoAnswer) from bytes
-// that do not parse (ErrBadForward).
-func readDelimited(r io.Reader, m proto.Message) error {
-	er := &errReader{r: r}
-	err := (protodelim.UnmarshalOptions{MaxSize: MaxForwardSize}).UnmarshalFrom(bufio.NewReader(er), m)
-	switch {
-	case err == nil:
-		return nil
-	case er.err != nil:
-		return fmt.Errorf("%w: %v", errNoAnswer, er.err)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return fmt.Errorf("%w: the stream ended before a whole message", errNoAnswer)
+// forwardReadError gives a failed read of a forward message this package's
+// sentinel, keeping wire's: a stream that failed, ended or timed out before a
+// whole message arrived is errNoAnswer; bytes that were refused are
+// ErrBadForward.
+func forwardReadError(err error) error {
+	if errors.Is(err, wire.ErrIncomplete) || errors.Is(err, wire.ErrTimeout) {
+		return fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
-	return fmt.Errorf("%w: %v", ErrBadForward, err)
-}
-
-// errReader remembers the error of its reader, other than io.EOF.
-type errReader struct {
-	r   io.Reader
-	err error
-}
-
-func (e *errReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF {
-		e.err = err
-	}
-	return n, err
+	return fmt.Errorf("%w: %w", ErrBadForward, err)
 }
 
 func (f *forwarder) handle(s network.Stream) {
 	c := f.c
 	remote := s.Conn().RemotePeer()
-	if err := s.Scope().SetService(forwardServiceName); err != nil {
-		s.Reset()
-		return
-	}
-	if err := s.Scope().ReserveMemory(MaxForwardSize, network.ReservationPriorityAlways); err != nil {
-		s.Reset()
-		return
-	}
-	defer s.Scope().ReleaseMemory(MaxForwardSize)
-	_ = s.SetDeadline(time.Now().Add(forwardTimeout))
-
 	inConf := c.InConfiguration(remote)
 	// Before reading anything, refuse peers that may ask nothing at all.
 	if c.adm.denied(remote) || !(inConf || call(c.cfg.AllowForward, remote) || call(c.cfg.AllowMember, remote)) {
 		log.Warnw("refused a forward request from a peer that is neither in the Raft configuration nor a member", "peer", remote)
-		f.reply(s, &pb.ForwardResponse{Version: forwardVersion1, ErrorCode: codeNotAllowed, ErrorMessage: ErrNotAllowed.Error()})
+		wire.Reply(s, forwardWire, &pb.ForwardResponse{Version: forwardVersion1, ErrorCode: codeNotAllowed, ErrorMessage: ErrNotAllowed.Error()})
 		return
 	}
-	req, err := DecodeForwardRequest(s)
-	if errors.Is(err, errNoAnswer) {
-		s.Reset()
-		return
-	}
-	if err != nil {
+	err := wire.Serve(context.Background(), s, forwardWire, func(ctx context.Context, req *pb.ForwardRequest) (*pb.ForwardResponse, error) {
+		return f.serve(ctx, remote, inConf, req), nil
+	}, wire.WithBadRequest(func(err error) *pb.ForwardResponse {
+		err = forwardReadError(err)
 		log.Warnw("refused malformed forward request", "peer", remote, "err", err)
-		f.reply(s, &pb.ForwardResponse{Version: forwardVersion1, ErrorCode: codeBadRequest, ErrorMessage: err.Error()})
-		return
+		return &pb.ForwardResponse{Version: forwardVersion1, ErrorCode: codeBadRequest, ErrorMessage: err.Error()}
+	}))
+	if err != nil {
+		log.Debugw("forward request refused or unanswered", "peer", remote, "err", err)
 	}
+}
+
+// serve answers one well-formed request from remote; every refusal is an
+// answer the follower reads.
+func (f *forwarder) serve(ctx context.Context, remote peer.ID, inConf bool, req *pb.ForwardRequest) *pb.ForwardResponse {
+	c := f.c
 	resp := &pb.ForwardResponse{Version: req.GetVersion()}
+	if err := checkForwardKind(req); err != nil {
+		log.Warnw("refused malformed forward request", "peer", remote, "err", err)
+		resp.Version, resp.ErrorCode, resp.ErrorMessage = forwardVersion1, codeBadRequest, err.Error()
+		return resp
+	}
 	if want := c.cfg.ClusterID(); want != "" && req.GetClusterId() != want {
 		log.Warnw("refused a forward request for another cluster", "peer", remote, "cluster", req.GetClusterId())
 		resp.ErrorCode, resp.ErrorMessage = codeBadRequest, fmt.Sprintf("wrong cluster %q", req.GetClusterId())
-		f.reply(s, resp)
-		return
+		return resp
 	}
 	kind := req.GetKind()
 	// Commands come from servers and from the peers AllowForward names (a
@@ -191,16 +185,13 @@ func (f *forwarder) handle(s network.Stream) {
 		(kind == pb.Kind_KIND_READ_INDEX && call(c.cfg.AllowMember, remote)); !allowed {
 		log.Warnw("refused a forward request the peer may not make", "peer", remote, "kind", kind)
 		resp.ErrorCode, resp.ErrorMessage = codeNotAllowed, ErrNotAllowed.Error()
-		f.reply(s, resp)
-		return
+		return resp
 	}
 	if !c.IsLeader() {
 		resp.ErrorCode, resp.ErrorMessage = codeNotLeader, ErrNotLeader.Error()
-		f.reply(s, resp)
-		return
+		return resp
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
-	defer cancel()
+	var err error
 	switch kind {
 	case pb.Kind_KIND_READ_INDEX:
 		resp.Index, err = c.localReads.do(ctx)
@@ -210,7 +201,7 @@ func (f *forwarder) handle(s network.Stream) {
 	if err != nil {
 		resp.ErrorCode, resp.ErrorMessage = f.code(err), err.Error()
 	}
-	f.reply(s, resp)
+	return resp
 }
 
 func (f *forwarder) code(err error) string {
@@ -238,14 +229,6 @@ func (f *forwarder) code(err error) string {
 		}
 	}
 	return codeInternal
-}
-
-func (f *forwarder) reply(s network.Stream, resp *pb.ForwardResponse) {
-	if _, err := protodelim.MarshalTo(s, resp); err != nil {
-		s.Reset()
-		return
-	}
-	s.Close()
 }
 
 // send forwards cmd to leader in one attempt. An attempt whose request may
@@ -286,31 +269,13 @@ func (f *forwarder) readIndex(ctx context.Context, leader peer.ID) (uint64, erro
 // ctx, at most the attempt timeout, and no longer than Raft takes to name
 // another leader. Errors: ErrNoLeader if the request was not sent,
 // errNoAnswer if it was but no whole answer came back, ErrBadForward if the
-// answer did not parse.
+// answer did not parse; each keeps wire's sentinel.
 func (f *forwarder) roundTrip(ctx context.Context, leader peer.ID, req *pb.ForwardRequest) (*pb.ForwardResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.c.attemptTimeout)
 	defer cancel()
-	s, err := f.c.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "p2pkey-forward"), leader, ForwardProtocol)
-	if err != nil {
-		return nil, fmt.Errorf("%w: open stream to leader %s: %v", ErrNoLeader, leader, err)
-	}
-	if err := s.Scope().SetService(forwardServiceName); err != nil {
-		s.Reset()
-		return nil, fmt.Errorf("%w: forward stream scope: %v", ErrNoLeader, err)
-	}
-	if err := s.Scope().ReserveMemory(MaxForwardSize, network.ReservationPriorityAlways); err != nil {
-		s.Reset()
-		return nil, fmt.Errorf("%w: forward stream memory: %v", ErrNoLeader, err)
-	}
-	defer s.Scope().ReleaseMemory(MaxForwardSize)
-	if dl, ok := ctx.Deadline(); ok {
-		_ = s.SetDeadline(dl)
-	}
-	// Reset the stream, so a blocked read returns, when the attempt ends
-	// or Raft names another leader.
+	// End the attempt, which resets the stream so a blocked read returns,
+	// when Raft names another leader.
 	var moved atomic.Pointer[peer.ID]
-	stop := context.AfterFunc(ctx, func() { s.Reset() })
-	defer stop()
 	go func() {
 		for {
 			changed := f.c.LeaderChanged()
@@ -326,29 +291,20 @@ func (f *forwarder) roundTrip(ctx context.Context, leader peer.ID, req *pb.Forwa
 			}
 		}
 	}()
-
-	if _, err := protodelim.MarshalTo(s, req); err != nil {
-		s.Reset()
-		return nil, fmt.Errorf("%w: send to leader %s: %v", ErrNoLeader, leader, err)
+	resp, err := wire.Call[pb.ForwardResponse](network.WithAllowLimitedConn(ctx, "p2pkey-forward"), f.c.cfg.Host, leader, forwardWire, req)
+	switch {
+	case err == nil:
+		return resp, nil
+	case errors.Is(err, wire.ErrNotSent):
+		return nil, fmt.Errorf("%w: forward to leader %s: %w", ErrNoLeader, leader, err)
 	}
-	if err := s.CloseWrite(); err != nil {
-		s.Reset()
-		return nil, fmt.Errorf("%w: send to leader %s: %v", errNoAnswer, leader, err)
+	if l := moved.Load(); l != nil {
+		return nil, fmt.Errorf("%w: %s is no longer the leader (%s is): %w", errNoAnswer, leader, *l, err)
 	}
-	resp, err := DecodeForwardResponse(s)
-	if err != nil {
-		s.Reset()
-		if l := moved.Load(); l != nil {
-			return nil, fmt.Errorf("%w: %s is no longer the leader (%s is)", errNoAnswer, leader, *l)
-		}
-		if errors.Is(err, errNoAnswer) && ctx.Err() != nil {
-			return nil, fmt.Errorf("%w: %s within %v", errNoAnswer, leader, f.c.attemptTimeout)
-		}
-		return nil, err
+	if (errors.Is(err, wire.ErrIncomplete) || errors.Is(err, wire.ErrTimeout)) && ctx.Err() != nil {
+		return nil, fmt.Errorf("%w: %s within %v: %w", errNoAnswer, leader, f.c.attemptTimeout, err)
 	}
-	stop()
-	s.Close()
-	return resp, nil
+	return nil, forwardReadError(err)
 }
 
 func (f *forwarder) remoteError(resp *pb.ForwardResponse) error {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -87,7 +86,7 @@ func (a *adversary) installSnapshot(to *testNode, req *raft.InstallSnapshotReque
 // nodeState is what an attack must not change on a node.
 type nodeState struct {
 	leader  peer.ID
-	term    string
+	term    uint64
 	last    uint64
 	servers []Server
 }
@@ -125,8 +124,8 @@ func (cl *cluster) checkUnchanged(before map[peer.ID]nodeState, refused map[peer
 		nd := cl.byID(id)
 		for i := b.last + 1; i <= after.last; i++ {
 			var l raft.Log
-			if err := nd.c.logs.GetLog(i, &l); err != nil || l.Type != raft.LogBarrier || strconv.FormatUint(l.Term, 10) != b.term {
-				t.Errorf("node %s appended entry %d (type %v, term %d, err %v), not a barrier of term %s", id, i, l.Type, l.Term, err, b.term)
+			if err := nd.c.logs.GetLog(i, &l); err != nil || l.Type != raft.LogBarrier || l.Term != b.term {
+				t.Errorf("node %s appended entry %d (type %v, term %d, err %v), not a barrier of term %d", id, i, l.Type, l.Term, err, b.term)
 			}
 		}
 	}

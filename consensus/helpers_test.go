@@ -436,7 +436,7 @@ func apply(t testing.TB, c *Consensus, cmd string) []byte {
 	return res
 }
 
-func term(c *Consensus) string { return c.Stats()["term"] }
+func term(c *Consensus) uint64 { return c.RaftState().Term }
 
 func newHostWithKey(t testing.TB, priv crypto.PrivKey) host.Host {
 	t.Helper()
