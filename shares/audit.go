@@ -28,7 +28,8 @@ type EventKind string
 const (
 	// EventStored: a push was stored and its receipt sent.
 	EventStored EventKind = "stored"
-	// EventServed: a fetch was answered with the owner's envelope.
+	// EventServed: a fetch is answered with the owner's envelope (recorded
+	// just before the answer is sent; the stream may still fail).
 	EventServed EventKind = "served"
 	// EventRefused: a request was refused or could not be read; Reason is
 	// the refusal's wire code.
@@ -53,11 +54,6 @@ const (
 	// split of the envelope that went.
 	DeletedReplaced = "REPLACED"
 )
-
-// ReasonNotSent is the Reason of an EventStored or EventServed whose answer
-// could not be written back (the stream failed or timed out): the envelope
-// was stored, or may have left, but the peer may not have its answer.
-const ReasonNotSent = "RESPONSE_NOT_SENT"
 
 // Event is one thing a holder did with an envelope: what the INFO log line,
 // the audit log and an Observer are told. It never holds share bytes, an
@@ -84,7 +80,7 @@ type Event struct {
 	Split generations.SplitID
 	// Reason is a stable code: the wire code of a refusal
 	// (pb.Response_Code's name, for example "OWNER_REMOVED"), a Deleted*
-	// constant for a deletion, ReasonNotSent, or empty.
+	// constant for a deletion, or empty.
 	Reason string
 	// Remote is the peer on the other end of the stream; empty for a
 	// deletion.

@@ -27,7 +27,8 @@ func readAll(t *testing.T, path string) []Event {
 }
 
 func testEvent(gen uint64) Event {
-	return Event{Time: time.Now(), Kind: EventServed, Op: opFetch, Owner: testPeer, Holder: testPeer,
+	// A fixed time, so every record has the same length.
+	return Event{Time: time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC), Kind: EventServed, Op: opFetch, Owner: testPeer, Holder: testPeer,
 		Generation: gen, Split: testSplit, Remote: testPeer}
 }
 

@@ -181,17 +181,18 @@ func (s *Service) handleStream(str network.Stream) {
 		s.refused(ev, err)
 		resp = errorResponse(s.clusterID, err)
 	}
-	werr := writeDelimited(str, resp)
 	if err == nil {
-		if werr != nil {
-			ev.Reason = ReasonNotSent
-		}
+		// Recorded before the answer leaves: the record of a release
+		// precedes it, and the owner's next request is recorded after it.
 		s.served(ev)
 	}
-	if werr != nil {
+	if werr := writeDelimited(str, resp); werr != nil {
 		s.log.Debugw("share response not sent", "op", req.op, "peer", remote, "generation", req.gen, "err", werr)
 		str.Reset()
 		return
+	}
+	if err == nil && s.cfg.tracer != nil {
+		s.cfg.tracer.Served(req.op, remote, req.gen)
 	}
 	str.Close()
 }
@@ -344,16 +345,13 @@ func (s *Service) refused(ev Event, err error) {
 	}
 }
 
-// served records a push stored or a fetch answered.
+// served records a push stored or a fetch about to be answered.
 func (s *Service) served(ev Event) {
 	ev.Kind = EventServed
 	if ev.Op == opPush {
 		ev.Kind = EventStored
 	}
 	s.record(ev)
-	if s.cfg.tracer != nil && ev.Reason == "" {
-		s.cfg.tracer.Served(ev.Op, ev.Remote, ev.Generation)
-	}
 }
 
 // deleted is the store's delete hook: it records each deleted envelope.
