@@ -11,6 +11,14 @@
 // limiters (ConnLimiter, PeerLimiter) for handlers a stranger can reach. It also routes go-libp2p's slog output into go-log/v2, so the
 // GOLOG_* environment variables govern every log line the process writes.
 //
+// New listens on every listen address or fails with ErrListen naming the
+// one it cannot (a port held by another process, TCP or QUIC); the default
+// port is DefaultPort (4766), not kubo's 4001. CountConns counts
+// connections by type (direct, hole-punched, relayed) for metrics, and
+// WithMetricsRegisterer puts go-libp2p's own metrics in a caller's
+// Prometheus registry. go-libp2p's routine identify failures are logged at
+// DEBUG, not WARN.
+//
 // It must not know about Raft, the custody ledger or shares: those packages
 // take the host.Host this package returns and register their own protocols.
 package p2p

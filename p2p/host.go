@@ -18,6 +18,7 @@ import (
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 var log = logging.Logger("p2pkey/p2p")
@@ -25,14 +26,6 @@ var log = logging.Logger("p2pkey/p2p")
 // MemberTag is the connection-manager tag that protects connections to
 // cluster members from being trimmed.
 const MemberTag = "p2pkey-member"
-
-// DefaultListenAddrs listens on TCP and QUIC, IPv4 and IPv6, on port 4001.
-var DefaultListenAddrs = []string{
-	"/ip4/0.0.0.0/tcp/4001",
-	"/ip4/0.0.0.0/udp/4001/quic-v1",
-	"/ip6/::/tcp/4001",
-	"/ip6/::/udp/4001/quic-v1",
-}
 
 // Relay client timing. go-libp2p's defaults (1 h backoff after a refused
 // reservation, 30 s between polls of the relay list) suit a public network
@@ -55,6 +48,7 @@ type options struct {
 	connGrace    time.Duration
 	holePunch    bool
 	metrics      bool
+	metricsReg   prometheus.Registerer
 	natPortMap   bool
 	staticRelays []peer.AddrInfo
 	relayMember  func(peer.ID) bool
@@ -105,9 +99,25 @@ func WithConnLimits(low, high int, grace time.Duration) Option {
 }
 
 // WithMetrics turns go-libp2p's Prometheus metrics on (off by default: they
-// cost memory on small hosts).
+// cost memory on small hosts). They register with
+// prometheus.DefaultRegisterer; see WithMetricsRegisterer for another.
 func WithMetrics(on bool) Option {
 	return func(o *options) error { o.metrics = on; return nil }
+}
+
+// WithMetricsRegisterer turns go-libp2p's Prometheus metrics on and
+// registers them with reg: swarm, transports, identify, AutoNAT,
+// AutoRelay, hole punching, the resource manager and the event bus.
+// Several hosts may share one registry (tests): a collector registered
+// twice is kept once.
+func WithMetricsRegisterer(reg prometheus.Registerer) Option {
+	return func(o *options) error {
+		if reg == nil {
+			return errors.New("metrics: nil registerer")
+		}
+		o.metrics, o.metricsReg = true, reg
+		return nil
+	}
 }
 
 // WithNATPortMap asks the gateway for a port mapping with UPnP or NAT-PMP
@@ -186,6 +196,10 @@ func WithLibp2pOptions(opts ...libp2p.Option) Option {
 
 // New starts a libp2p host with the given identity.
 //
+// It listens on every listen address or fails: an address it cannot listen
+// on (a port in use, by another p2pkey daemon or anything else, TCP or
+// QUIC) is an error that wraps ErrListen and names the address.
+//
 // Besides the transports, it always runs AutoNAT (v1 client and service, v2
 // client and server: a small cluster has no one else to ask), hole punching
 // (DCUtR) and the relay transport. The options add port mapping, the relay
@@ -220,6 +234,14 @@ func New(priv crypto.PrivKey, opts ...Option) (host.Host, error) {
 		return nil, fmt.Errorf("start NAT tracking: %w", err)
 	}
 	h := &natHost{Host: inner, nat: st}
+	listen := make([]ma.Multiaddr, 0, len(o.listen))
+	for _, a := range o.listen {
+		listen = append(listen, ma.StringCast(a)) // checked by WithListenAddrs or a constant
+	}
+	if err := listenAll(h, listen); err != nil {
+		h.Close()
+		return nil, err
+	}
 	log.Infow("libp2p host started", "peer", h.ID(), "addrs", h.Addrs(),
 		"relays", len(o.staticRelays), "relay_service", o.relayMember != nil, "nat_port_map", o.natPortMap)
 	return h, nil
@@ -235,13 +257,24 @@ func (o *options) libp2pOptions(priv crypto.PrivKey, tracker holepunch.EventTrac
 	// add its per-service limits (relay, hole punching, AutoNAT, identify).
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), relayConnLimits(o.staticRelays)...)
+	rmOpts := relayConnLimits(o.staticRelays)
+	if o.metrics {
+		// go-libp2p registers the resource manager's metrics, but only a
+		// resource manager it builds itself reports to them.
+		str, err := rcmgr.NewStatsTraceReporter()
+		if err != nil {
+			return nil, fmt.Errorf("resource manager metrics: %w", err)
+		}
+		rmOpts = append(rmOpts, rcmgr.WithTraceReporter(str))
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rmOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
 	}
 	lopts := []libp2p.Option{
 		libp2p.Identity(priv),
-		libp2p.ListenAddrStrings(o.listen...),
+		// New listens itself, address by address (listenAll).
+		libp2p.NoListenAddrs,
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.DefaultTransports,
@@ -258,12 +291,19 @@ func (o *options) libp2pOptions(priv crypto.PrivKey, tracker holepunch.EventTrac
 		if o.metrics {
 			// go-libp2p adds its metrics tracer first; WithTracer would
 			// replace it, so pass both.
-			hp = holepunch.WithMetricsAndEventTracer(holepunch.NewMetricsTracer(), tracker)
+			var mopts []holepunch.MetricsTracerOption
+			if o.metricsReg != nil {
+				mopts = append(mopts, holepunch.WithRegisterer(o.metricsReg))
+			}
+			hp = holepunch.WithMetricsAndEventTracer(holepunch.NewMetricsTracer(mopts...), tracker)
 		}
 		lopts = append(lopts, libp2p.EnableHolePunching(hp))
 	}
-	if !o.metrics {
+	switch {
+	case !o.metrics:
 		lopts = append(lopts, libp2p.DisableMetrics())
+	case o.metricsReg != nil:
+		lopts = append(lopts, libp2p.PrometheusRegisterer(o.metricsReg))
 	}
 	if o.natPortMap {
 		lopts = append(lopts, libp2p.NATPortMap())

@@ -266,6 +266,38 @@ func ConnType(h host.Host, p peer.ID) string {
 	return ConnNone
 }
 
+// ConnCounts counts a host's open connections by how they were made.
+type ConnCounts struct {
+	// Direct counts direct connections that no hole punch opened.
+	Direct int
+	// HolePunched counts direct connections opened by a DCUtR hole punch.
+	HolePunched int
+	// Relayed counts connections through a circuit relay.
+	Relayed int
+}
+
+// CountConns counts h's open connections, to every peer, by type (the same
+// classification as ConnType, per connection). A host not made by New
+// counts no hole-punched connection.
+func CountConns(h host.Host) ConnCounts {
+	st := stateOf(h)
+	var n ConnCounts
+	for _, c := range h.Network().Conns() {
+		if c.IsClosed() {
+			continue
+		}
+		switch {
+		case isRelayedConn(c):
+			n.Relayed++
+		case st != nil && st.punches.punched(c):
+			n.HolePunched++
+		default:
+			n.Direct++
+		}
+	}
+	return n
+}
+
 // Reachability is h's reachability as AutoNAT last reported it: "public",
 // "private" or "unknown". A host not made by New is always "unknown".
 func Reachability(h host.Host) string {

@@ -202,6 +202,9 @@ func TestRelayedStreamsThenDirect(t *testing.T) {
 	if got := ConnType(c.b, c.a.ID()); got != ConnRelayed {
 		t.Fatalf("b→a connection type = %q, want relayed", got)
 	}
+	if n := CountConns(c.b); n.Relayed < 1 || n.HolePunched != 0 {
+		t.Fatalf("b's connection counts: %+v, want one relayed at least", n)
+	}
 	if got := ConnType(c.a, c.b.ID()); got != ConnRelayed {
 		t.Fatalf("a→b connection type = %q, want relayed", got)
 	}
@@ -372,6 +375,9 @@ func TestConnTypeHolePunched(t *testing.T) {
 		Evt: &holepunch.EndHolePunchEvt{Success: true, EllapsedTime: end.Sub(start)}})
 	if got := ConnType(a, b.ID()); got != ConnHolePunched {
 		t.Fatalf("after a punch: %q, want hole-punched", got)
+	}
+	if n := CountConns(a); n.HolePunched != len(a.Network().ConnsToPeer(b.ID())) || n.HolePunched == 0 || n.Direct != 0 || n.Relayed != 0 {
+		t.Fatalf("after a punch: counts %+v", n)
 	}
 	// A failed punch marks nothing; closing forgets the connection.
 	for _, c := range a.Network().ConnsToPeer(b.ID()) {
