@@ -43,6 +43,11 @@ const (
 	// DefaultMaxGenerationsBehind is the retention bound a cluster gets
 	// when Bootstrap does not set one (see Retention).
 	DefaultMaxGenerationsBehind = 3
+	// LapseGrace is how long an active member may stay behind the
+	// retention bound before its newest escrow retires and it lapses:
+	// counted from the commit of the first generation it missed, in the
+	// leader's time. A restart during a burst of generations costs no key.
+	LapseGrace = time.Hour
 	// MaxGenerationsBehindLimit is the largest retention bound accepted.
 	// A bound this large is, in practice, no bound at all; anything larger
 	// is a mistake and is refused (ErrBadRetention).

@@ -96,9 +96,13 @@
 // generations behind c: |{g in (h, c] : g committed or retired}| >
 // MaxGenerationsBehind. Aborted generations do not count (nothing was
 // re-shared in them, so an absent member missed nothing there); without
-// aborts this is c - h > MaxGenerationsBehind. The bound is applied before
-// G4, after every commit and every SetRetention (the only events that move
-// it). Every active member whose newest escrow was a generation retired by
+// aborts this is c - h > MaxGenerationsBehind. A generation that is an
+// active member's newest escrow is kept past the bound for LapseGrace (one
+// hour of the leader's time) after the first generation that member missed
+// committed, and while a generation is open: a member down for a restart
+// during a burst of joins and removals loses nothing. The bound is applied
+// before G4, after every successful command (commits and SetRetention move
+// the count, time moves the grace). Every active member whose newest escrow was a generation retired by
 // the bound is escrowed nowhere any more and becomes lapsed, with Reason
 // "lapsed: its newest escrowed generation N was retired by the retention
 // bound (max K generations behind)":

@@ -251,6 +251,10 @@ func (l *Ledger) ApplyCommand(stamp int64, cmd *pb.Command) (res Result, err err
 	if err == nil {
 		l.seqs[author] = cmd.GetSeq()
 		l.lastNow = now
+		// Time moves the retention bound too (LapseGrace): whatever a
+		// member's grace held back is retired at the first command after
+		// the grace, when no generation is open.
+		l.retireEligible(now, &res)
 	}
 	return res, err
 }

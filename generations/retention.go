@@ -59,7 +59,14 @@ type lapse struct {
 // one that are more than maxBehind committed generations behind it
 // (ascending), and the active members whose newest escrow is one of them
 // (sorted by peer ID). Nothing if there is no current generation.
-func (l *Ledger) boundPlan(maxBehind uint32) (retire []*generation, lapses []lapse) {
+//
+// A generation that is some active member's newest escrow is kept, though
+// the bound is exceeded, until LapseGrace has passed since the first
+// generation that member missed committed: a member that is down for a
+// restart while a burst of joins and removals commits must not lose its key
+// for it (issue 12). The bound is applied again at the next commit or
+// successful command after the grace with no generation open.
+func (l *Ledger) boundPlan(now int64, maxBehind uint32) (retire []*generation, lapses []lapse) {
 	cur := l.current()
 	if cur == nil {
 		return nil, nil
@@ -83,6 +90,23 @@ func (l *Ledger) boundPlan(maxBehind uint32) (retire []*generation, lapses []lap
 	for _, g := range retire {
 		gone[g.num] = true
 	}
+	open := l.open() != nil
+	for _, p := range sortedKeys(l.members) {
+		if l.members[p].status != StatusActive {
+			continue
+		}
+		// While a generation is open nothing lapses (a lapsed member must
+		// never sit in an open generation): the bound only moves at a
+		// commit, with nothing open, so a lapse found now is a grace that
+		// ran out, and it waits for the open generation to end.
+		if e := l.newestEscrow(p); gone[e] && (open || now-l.missedSince(e) < int64(LapseGrace)) {
+			delete(gone, e)
+		}
+	}
+	retire = slices.DeleteFunc(retire, func(g *generation) bool { return !gone[g.num] })
+	if len(retire) == 0 {
+		return nil, nil
+	}
 	for _, p := range sortedKeys(l.members) {
 		if l.members[p].status != StatusActive {
 			continue
@@ -94,11 +118,22 @@ func (l *Ledger) boundPlan(maxBehind uint32) (retire []*generation, lapses []lap
 	return retire, lapses
 }
 
+// missedSince returns when the first generation committed after g did: the
+// moment a member whose newest escrow is g started to fall behind.
+func (l *Ledger) missedSince(g uint64) int64 {
+	for i := g + 1; i <= uint64(len(l.gens)); i++ {
+		if s := l.gens[i-1].state; s == StateCommitted || s == StateRetired {
+			return l.gens[i-1].committedAt
+		}
+	}
+	return 0
+}
+
 // applyBound retires what the retention bound requires and lapses the
 // members whose newest escrow went with it.
 func (l *Ledger) applyBound(now int64, res *Result) {
 	k := l.maxGenerationsBehind()
-	retire, lapses := l.boundPlan(k)
+	retire, lapses := l.boundPlan(now, k)
 	for _, g := range retire {
 		l.retire(now, g)
 		res.Retired = append(res.Retired, g.num)
@@ -139,7 +174,7 @@ func (l *Ledger) setRetention(now int64, c *pb.SetRetention) (Result, error) {
 		if g := l.open(); g != nil {
 			return Result{}, fmt.Errorf("%w: generation %d; lowering the retention bound waits for it to commit or abort", ErrGenerationOpen, g.num)
 		}
-		if _, lapses := l.boundPlan(k); len(lapses) > 0 && len(lapses) >= l.countActive() {
+		if _, lapses := l.boundPlan(now, k); len(lapses) > 0 && len(lapses) >= l.countActive() {
 			return Result{}, fmt.Errorf("%w: a bound of %d would lapse every active member", ErrLastMember, k)
 		}
 	}

@@ -17,6 +17,10 @@ import (
 // among its members that are not absent.
 func commitRound(t *testing.T, h *harness, absent ...peer.ID) Result {
 	t.Helper()
+	// Each round comes LapseGrace after the last: the absent members are
+	// past their grace, so the bound applies at this commit as it did
+	// before the grace existed.
+	h.now = h.now.Add(LapseGrace)
 	h.must(NewOpenGeneration(h.now.Add(time.Hour), h.tick()))
 	g, _ := h.l.Open()
 	var present []peer.ID
@@ -488,4 +492,55 @@ func TestRetentionSnapshot(t *testing.T) {
 	if err := r.Restore(b); !errors.Is(err, ErrBadSnapshot) {
 		t.Fatalf("receipt of a lapsed owner in snapshot: %v", err)
 	}
+}
+
+// TestLapseGraceKeepsARestartingMember is issue 12's "a member restarting
+// during a burst of generations lapses": with a bound of 1, x is away while
+// three generations commit within a minute. It stays active and able to
+// unlock with its generation 1 (kept past the bound by LapseGrace), comes
+// back, escrows in the current generation and never lapses. A second absence
+// that outlasts the grace lapses it at the first command after the grace.
+func TestLapseGraceKeepsARestartingMember(t *testing.T) {
+	h, ids := clusterWith(t, 4, 1)
+	a, x := ids[0], ids[3]
+	burst := func() (res Result) {
+		h.must(NewOpenGeneration(h.now.Add(time.Hour), h.tick()))
+		g, _ := h.l.Open()
+		return h.must(NewRecordReceipts(h.fullReceipts(g.Number, slices.DeleteFunc(slices.Clone(g.Members), func(p peer.ID) bool { return p == x })), h.tick()))
+	}
+	for range 3 {
+		if res := burst(); len(res.Lapsed) != 0 {
+			t.Fatalf("x lapsed within its grace: %+v", res)
+		}
+	}
+	if m, _ := h.l.Member(x); m.Status != StatusActive {
+		t.Fatalf("x is %s within its grace", m.Status)
+	}
+	if cov := h.l.Coverage(x); cov.Generation != 1 || !cov.CanUnlock {
+		t.Fatalf("x cannot unlock with generation 1 within its grace: %+v", cov)
+	}
+	// x is back: it escrows late in the current generation (G5), which
+	// releases generation 1.
+	cur, _ := h.l.Current()
+	var late []Receipt
+	for _, hd := range cur.Members {
+		late = append(late, signed(t, testCluster, cur.Number, x, hd, digestOf(cur.Number, x, hd)))
+	}
+	res := h.must(NewRecordReceipts(late, h.tick()))
+	if cov := h.l.Coverage(x); cov.Generation != cur.Number || !slices.Contains(res.Retired, 1) {
+		t.Fatalf("x's late escrow: coverage %+v, result %+v", cov, res)
+	}
+
+	// Away again, for longer than the grace.
+	burst()
+	burst()
+	if m, _ := h.l.Member(x); m.Status != StatusActive {
+		t.Fatalf("x is %s within its grace", m.Status)
+	}
+	h.now = h.now.Add(LapseGrace)
+	res = h.must(NewRecordKeyCheck(a, []byte("kc-a"), h.tick()))
+	if !slices.Equal(res.Lapsed, []peer.ID{x}) {
+		t.Fatalf("x must lapse at the first command after its grace: %+v", res)
+	}
+	assertNothingServable(t, h.l, x, ids)
 }
