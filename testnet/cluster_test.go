@@ -356,7 +356,7 @@ func (c *tnet) launch(i int, args ...string) error {
 	defer logf.Close()
 	fmt.Fprint(logf, logLine("info", "testnet/cluster_test.go", "launch", "node", i, "args", strings.Join(args, " ")))
 	cmd := exec.Command(c.bin, append(append([]string{"--data", d, "daemon"}, args...), "--no-mdns")...)
-	cmd.Env = append(os.Environ(), "GOLOG_LOG_LEVEL=info")
+	cmd.Env = os.Environ() // the daemon's default levels, as the script's launch
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
