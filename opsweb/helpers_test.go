@@ -56,13 +56,6 @@ func (m *member) stop() {
 	m.n.Close()
 }
 
-// restart closes the node and starts it again from its data directory.
-func (m *member) restart(t *testing.T) {
-	t.Helper()
-	m.stop()
-	m.start(t)
-}
-
 func newMember(t *testing.T, cfg node.Config) *member {
 	t.Helper()
 	m := &member{cfg: cfg, web: opsweb.New(opsweb.WithGatherer(nil))}

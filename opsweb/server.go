@@ -128,9 +128,14 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// noCache serves the page's files with headers that keep a browser from
+// caching a stale page across an upgrade, and from running anything but
+// the page's own script.
 func noCache(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
 		h.ServeHTTP(w, r)
 	})
 }

@@ -191,17 +191,22 @@ function renderTimeline(gens, now) {
 
 async function poll() {
   try {
-    const r = await fetch("api/status", { cache: "no-store" });
-    if (!r.ok) throw new Error(r.status + " " + (await r.text()));
-    const d = await r.json();
+    let d;
+    try {
+      const r = await fetch("api/status", { cache: "no-store" });
+      if (!r.ok) throw new Error(r.status + " " + (await r.text()));
+      d = await r.json();
+    } catch (e) {
+      document.getElementById("banner").hidden = false;
+      document.getElementById("updated").textContent = "no answer: " + e.message;
+      return;
+    }
+    // A bug in render is thrown, not shown as a lost node.
     render(d);
     polls++;
     document.body.dataset.polls = polls;
     document.getElementById("banner").hidden = true;
     document.getElementById("updated").textContent = "updated " + new Date(d.time).toLocaleTimeString();
-  } catch (e) {
-    document.getElementById("banner").hidden = false;
-    document.getElementById("updated").textContent = "no answer: " + e.message;
   } finally {
     setTimeout(poll, POLL_MS);
   }
