@@ -28,9 +28,10 @@ lost.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := reqCtx(cmd, 2*time.Minute)
 			defer cancel()
-			rep, err := g.client().Audit(ctx)
+			c := g.client()
+			rep, err := c.Audit(ctx)
 			if err != nil {
-				return lockedErr(err)
+				return explain(c, err, "run the audit", 2*time.Minute, false)
 			}
 			if g.jsonOut {
 				if err := printJSON(cmd.OutOrStdout(), rep); err != nil {

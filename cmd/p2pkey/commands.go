@@ -2,12 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	logging "github.com/ipfs/go-log/v2"
@@ -267,14 +267,18 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 }
 
 func newInviteCmd(g *globals) *cobra.Command {
-	var ttl time.Duration
+	var ttl, timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "invite [--ttl DURATION]",
 		Short: "Print a single-use invite for a new node",
 		Long: `invite asks the running daemon for a single-use invite and prints it on
 stdout. The invite carries the cluster ID, a secret and the addresses of live
 members. Only a hash of the secret is recorded in the cluster's ledger. It
-expires after --ttl: at least 1m, at most 168h (7 days), 1h by default.`,
+expires after --ttl: at least 1m, at most 168h (7 days), 1h by default.
+
+The invite is recorded through Raft, so it needs a leader: without one (no
+quorum of members reachable) invite fails at once and says which members this
+node cannot reach.`,
 		Example: `  p2pkey invite
   p2pkey invite --ttl 10m > invite.txt
   p2pkey invite --json | jq -r .invite`,
@@ -283,11 +287,27 @@ expires after --ttl: at least 1m, at most 168h (7 days), 1h by default.`,
 			if err := checkTTL(ttl); err != nil {
 				return err
 			}
-			ctx, cancel := reqCtx(cmd, 30*time.Second)
-			defer cancel()
-			inv, err := g.client().Invite(ctx, ttl)
-			if err != nil {
+			if err := checkTimeout(timeout); err != nil {
 				return err
+			}
+			c := g.client()
+			// An invite is a ledger entry: without a Raft leader it cannot be
+			// recorded, so say so now rather than after the timeout.
+			sctx, scancel := reqCtx(cmd, diagnoseTimeout)
+			st, err := c.Status(sctx)
+			scancel()
+			var ae *node.APIError
+			if err != nil && !errors.As(err, &ae) {
+				return explain(c, err, "issue an invite", diagnoseTimeout, false)
+			}
+			if err == nil && st.Raft.Leader == "" {
+				return fmt.Errorf("cannot issue an invite: %s", noLeader(st))
+			}
+			ctx, cancel := reqCtx(cmd, timeout)
+			defer cancel()
+			inv, err := c.Invite(ctx, ttl)
+			if err != nil {
+				return explain(c, err, "issue an invite", timeout, false)
 			}
 			if g.jsonOut {
 				return printJSON(cmd.OutOrStdout(), inv)
@@ -298,147 +318,8 @@ expires after --ttl: at least 1m, at most 168h (7 days), 1h by default.`,
 		},
 	}
 	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the invite stays valid (1m to 168h)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "give up when the cluster has not recorded the invite after this long")
 	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 	return cmd
 }
 
-func newStatusCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "status [--json]",
-		Short: "Show the node, the cluster, the lock state and every member's coverage",
-		Long: `status shows this node's peer ID, the cluster ID, the lock state of its key,
-its view of Raft (state, leader, term), the current and open key generations,
-and one row per member with its status, connection and share coverage.
-
---json prints the same as a JSON object with at least: peer_id, cluster_id,
-lock ("unlocked", "locked" or "unescrowed"), raft.state, raft.leader,
-generation.current, generation.open (null when none), and members[] with
-peer_id, status, escrow_generation, shares_held, threshold.`,
-		Example: `  p2pkey status
-  p2pkey status --json | jq '.members[] | {peer_id, shares_held}'`,
-		Args: usageArgs(0),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := reqCtx(cmd, 10*time.Second)
-			defer cancel()
-			raw, err := g.client().StatusJSON(ctx)
-			if err != nil {
-				return err
-			}
-			if g.jsonOut {
-				// As the daemon sent it: fields this CLI does not know yet too.
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			st, votes, err := decodeStatus(raw)
-			if err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "peer:        %s\n", st.PeerID)
-			fmt.Fprintf(w, "cluster:     %s\n", st.ClusterID)
-			lock := st.Lock
-			if u := st.Unlock; st.Lock != "unlocked" && u.Reason != "" {
-				lock += " (" + u.Reason + ")"
-			} else if u.Need > 0 {
-				lock += fmt.Sprintf(" (generation %d: %d shares held, threshold %d)", u.Generation, u.Have, u.Need)
-			}
-			fmt.Fprintf(w, "lock:        %s\n", lock)
-			fmt.Fprintf(w, "recovery:    %s\n", kitLine(decodeKit(raw)))
-			fmt.Fprintf(w, "reachable:   %s\n", st.Reachability)
-			if c := st.CatchingUp; c != nil {
-				fmt.Fprintf(w, "catching up: heard of generation %d from %s\n", c.Generation, short(c.From))
-			}
-			leader := st.Raft.Leader
-			if leader == "" {
-				leader = "(none)"
-			}
-			fmt.Fprintf(w, "raft:        %s, term %d, applied %d, leader %s\n", strings.ToLower(st.Raft.State), st.Raft.Term, st.Raft.AppliedIndex, short(leader))
-			cur := "(none)"
-			if st.Generation.Current != nil {
-				cur = fmt.Sprint(*st.Generation.Current)
-			}
-			open := "(none)"
-			if o := st.Generation.Open; o != nil {
-				open = fmt.Sprintf("%d (%d members, threshold %d, deadline %s)", o.Number, o.Members, o.Threshold, o.Deadline.Format(time.RFC3339))
-			}
-			fmt.Fprintf(w, "generation:  current %s, open %s\n", cur, open)
-			if warn := clusterWarning(st); warn != "" {
-				fmt.Fprintf(w, "warning:     %s\n", warn)
-			}
-			fmt.Fprintln(w)
-			printMembers(w, st.Members, votes, st.PeerID)
-			return nil
-		},
-	}
-	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
-	return cmd
-}
-
-func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberStatus, votes map[string]memberVotes, self string) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATUS\tVOTER\tCONNECTION\tESCROW GEN\tSHARES HELD\tNOTE")
-	for _, m := range ms {
-		id := m.PeerID
-		if id == self {
-			id += " (self)"
-		}
-		gen, held := "-", "-"
-		if m.EscrowGeneration != nil {
-			gen = fmt.Sprint(*m.EscrowGeneration)
-			held = fmt.Sprintf("%d (threshold %d)", m.SharesHeld, m.Threshold)
-		}
-		note := m.Reason
-		if m.CatchingUp {
-			note = fmt.Sprintf("catching up (%d generations behind)", m.Behind)
-		}
-		if v := votes[m.PeerID].note(m.Status); v != "" {
-			note = strings.TrimPrefix(note+"; "+v, "; ")
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", id, m.Status, m.Voter, m.Connection, gen, held, note)
-	}
-	tw.Flush()
-}
-
-func short(id string) string {
-	if len(id) > 16 {
-		return id[:8] + "…" + id[len(id)-6:]
-	}
-	return id
-}
-
-func newMembersCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "members [--json]",
-		Short: "List the cluster's members",
-		Long: `members lists every member the ledger knows, with its status (joining, active,
-suspended, removed, rejected), whether it votes in Raft, how this node reaches
-it, its share coverage, and the remove and reinstate votes cast about it.`,
-		Example: `  p2pkey members
-  p2pkey members --json | jq -r '.[] | select(.status=="active") | .peer_id'`,
-		Args: usageArgs(0),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := reqCtx(cmd, 10*time.Second)
-			defer cancel()
-			raw, err := g.client().StatusJSON(ctx)
-			if err != nil {
-				return err
-			}
-			if g.jsonOut {
-				var full struct {
-					Members json.RawMessage `json:"members"`
-				}
-				if err := json.Unmarshal(raw, &full); err != nil {
-					return fmt.Errorf("status from the daemon: %w", err)
-				}
-				return printJSON(cmd.OutOrStdout(), full.Members)
-			}
-			st, votes, err := decodeStatus(raw)
-			if err != nil {
-				return err
-			}
-			printMembers(cmd.OutOrStdout(), st.Members, votes, st.PeerID)
-			return nil
-		},
-	}
-	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
-	return cmd
-}

@@ -59,13 +59,14 @@ the current key. The node must be unlocked (exit 3 otherwise).`,
 			}
 			ctx, cancel := reqCtx(cmd, 30*time.Second)
 			defer cancel()
-			res, err := g.client().RecoveryKit(ctx, recipients)
+			c := g.client()
+			res, err := c.RecoveryKit(ctx, recipients)
 			if err != nil {
 				if f != nil {
 					f.Close()
 					os.Remove(out)
 				}
-				return lockedErr(err)
+				return explain(c, err, "make a recovery kit", 30*time.Second, true)
 			}
 			w := cmd.OutOrStdout()
 			if f != nil {
@@ -173,7 +174,7 @@ would, with no daemon and no network:
 	keyCmd.Flags().StringVar(&purpose, "purpose", "default", "what the key is for")
 	keyCmd.Flags().StringVar(&format, "format", "hex", "output format: hex, base64 or raw")
 
-	ageCmd := func(use, short string, run func(out io.Writer, in io.Reader, pass string) error) *cobra.Command {
+	ageCmd := func(use, short string, run func(out io.Writer, in io.Reader, pass, purpose string) error) *cobra.Command {
 		var purpose string
 		c := &cobra.Command{
 			Use:   use + " [--purpose NAME] < IN > OUT",
@@ -191,7 +192,7 @@ would, with no daemon and no network:
 				}
 				pass := hex.EncodeToString(k)
 				clear(k)
-				return run(cmd.OutOrStdout(), cmd.InOrStdin(), pass)
+				return run(cmd.OutOrStdout(), cmd.InOrStdin(), pass, purpose)
 			},
 		}
 		c.Flags().StringVar(&purpose, "purpose", agePurpose, "purpose of the derived key")
@@ -227,8 +228,20 @@ would, with no daemon and no network:
 	showCmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 
 	cmd.AddCommand(keyCmd,
-		ageCmd("decrypt", "Decrypt an age file made by 'p2pkey encrypt'", ageDecrypt),
-		ageCmd("encrypt", "Encrypt as 'p2pkey encrypt' does", ageEncrypt),
+		ageCmd("decrypt", "Decrypt an age file made by 'p2pkey encrypt'", func(out io.Writer, in io.Reader, pass, purpose string) error {
+			// As decrypt does: nothing is written until the file is
+			// authenticated.
+			buf := limitedBuffer{max: maxDecryptBuffer}
+			defer clear(buf.b.Bytes())
+			if err := ageDecrypt(&buf, in, pass, purpose); err != nil {
+				return err
+			}
+			_, err := out.Write(buf.b.Bytes())
+			return err
+		}),
+		ageCmd("encrypt", "Encrypt as 'p2pkey encrypt' does", func(out io.Writer, in io.Reader, pass, _ string) error {
+			return ageEncrypt(out, in, pass)
+		}),
 		showCmd)
 	return cmd
 }

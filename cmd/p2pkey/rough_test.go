@@ -2,12 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/p2pkey/p2pkey/node"
 )
 
 // The rough edges of issue 16, one test each (the live ones share a
@@ -153,4 +157,88 @@ func reflectJSONKeys(v any) []string {
 		keys = append(keys, name)
 	}
 	return keys
+}
+
+// hang answers nothing until the client gives up.
+func hang(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
+
+// TestTimeoutsExplained: every wait has --timeout, and a request that runs
+// out of time says why instead of `Post "http://p2pkey/v1/...": context
+// deadline exceeded`: key, encrypt and decrypt --wait exit 3 naming the
+// lock's reason (once, no doubled "locked:"); invite without a Raft leader
+// fails at once naming the members it cannot reach; wait --unlocked exits 3;
+// a daemon that drops the connection is said to have gone away.
+func TestTimeoutsExplained(t *testing.T) {
+	self, a, b := randID(t), randID(t), randID(t)
+	st := node.Status{PeerID: self.String(), ClusterID: "c1", Lock: "locked",
+		Unlock: node.UnlockProgress{Generation: 4, Have: 1, Need: 2, Reason: "locked: 1 of 2 shares gathered for generation 4"},
+		Members: []node.MemberStatus{
+			{PeerID: self.String(), Status: "active", Voter: true, Connection: "self"},
+			{PeerID: a.String(), Status: "active", Voter: true, Connection: "none"},
+			{PeerID: b.String(), Status: "active", Voter: true, Connection: "none"},
+		}}
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/status", reply(http.StatusOK, st))
+	mux.HandleFunc("POST /v1/key", hang)
+	mux.HandleFunc("POST /v1/invite", hang)
+	data := fakeDaemon(t, mux)
+
+	for _, args := range [][]string{
+		{"key", "--wait", "--timeout", "1s"},
+		{"encrypt", "--wait", "--timeout", "1s"},
+		{"decrypt", "--wait", "--timeout", "1s"},
+	} {
+		start := time.Now()
+		r := cli(t, data, strings.NewReader("x"), args...)
+		want := "p2pkey: the node is still locked after 1s: 1 of 2 shares gathered for generation 4; there is no Raft leader"
+		if r.code != exitLocked || !strings.HasPrefix(r.stderr, want) || strings.Contains(r.stderr, "http://") || strings.Contains(r.stderr, "locked: locked") {
+			t.Errorf("%s: want exit 3 and %q; got %v", strings.Join(args, " "), want, r)
+		}
+		if d := time.Since(start); d > 8*time.Second {
+			t.Errorf("%s took %v", args[0], d)
+		}
+	}
+	if r := cli(t, data, nil, "encrypt", "--timeout", "0s"); r.code != exitUsage || !strings.Contains(r.stderr, "--timeout must be positive") {
+		t.Errorf("encrypt --timeout 0s: %v", r)
+	}
+
+	start := time.Now()
+	r := cli(t, data, nil, "invite")
+	if r.code != 1 || !strings.Contains(r.stderr, "cannot issue an invite: there is no Raft leader") ||
+		!strings.Contains(r.stderr, "reaches 1 of 3 voting members and a leader needs 2") || !strings.Contains(r.stderr, a.String()) || strings.Contains(r.stderr, "http://") {
+		t.Errorf("invite without a leader: %v", r)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("invite without a leader took %v", d)
+	}
+
+	r = cli(t, data, nil, "wait", "--unlocked", "--timeout", "1s", "--json")
+	var wj waitJSON
+	if err := json.Unmarshal([]byte(r.stdout), &wj); r.code != exitLocked || err != nil || wj.Healthy || wj.Lock != "locked" || !strings.Contains(wj.WaitingFor, "1 of 2 shares") {
+		t.Errorf("wait --unlocked on a locked node: %v (%v)", r, err)
+	}
+	if r := cli(t, data, nil, "wait", "--timeout", "1s"); r.code != 1 || !strings.Contains(r.stderr, "there is no Raft leader") {
+		t.Errorf("wait without a leader: %v", r)
+	}
+
+	// A leader, but the invite never comes back: the timeout says so.
+	st.Raft.Leader = a.String()
+	mux2 := http.NewServeMux()
+	mux2.Handle("GET /v1/status", reply(http.StatusOK, st))
+	mux2.HandleFunc("POST /v1/invite", hang)
+	mux2.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, r *http.Request) {
+		// A daemon that dies mid-request.
+		hj, _ := w.(http.Hijacker)
+		c, _, _ := hj.Hijack()
+		c.Close()
+	})
+	data2 := fakeDaemon(t, mux2)
+	r = cli(t, data2, nil, "invite", "--timeout", "1s")
+	if r.code != 1 || !strings.Contains(r.stderr, "cannot issue an invite: no answer within 1s (Raft leader") || strings.Contains(r.stderr, "http://") {
+		t.Errorf("invite that times out: %v", r)
+	}
+	r = cli(t, data2, nil, "leave", "--yes")
+	if r.code != 1 || !strings.Contains(r.stderr, "cannot leave the cluster: the daemon on") || !strings.Contains(r.stderr, "closed the connection") || strings.Contains(r.stderr, "http://") {
+		t.Errorf("leave with a daemon that drops the connection: %v", r)
+	}
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/node"
 	"github.com/spf13/cobra"
 )
@@ -26,7 +25,7 @@ const (
 func newRemoveCmd(g *globals) *cobra.Command {
 	var yes bool
 	cmd := &cobra.Command{
-		Use:   "remove PEER_ID [--yes] [--json]",
+		Use:   "remove PEER [--yes] [--json]",
 		Short: "Vote to remove a member (the first vote suspends it)",
 		Long: `remove records this node's vote to remove a member (rule R2). The first vote
 suspends the member at once: holders keep its shares but stop serving them, so
@@ -43,21 +42,24 @@ status).
 
 On a terminal, remove says what will be lost and asks for confirmation; it
 warns when the cluster would be left with fewer than 3 members. Without a
-terminal it refuses unless --yes is given (exit 2).`,
+terminal it refuses unless --yes is given (exit 2).
+
+PEER is a peer ID, or any unambiguous abbreviation of a member's: its start
+(12D3KooWQx) or the short form the tables print (12D3KooW…x7Qd2a).`,
 		Example: `  p2pkey remove 12D3KooWQ...
   p2pkey remove --yes --json 12D3KooWQ... | jq .final`,
 		Args: usageArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := peer.Decode(args[0])
-			if err != nil {
-				return &statusError{code: exitUsage, err: fmt.Errorf("%q is not a peer ID: %w", args[0], err)}
-			}
 			ctx, cancel := reqCtx(cmd, time.Minute)
 			defer cancel()
 			c := g.client()
 			st, err := c.Status(ctx)
 			if err != nil {
-				return forbiddenAs("remove", err)
+				return explain(c, forbiddenAs("remove", err), "read the status", time.Minute, false)
+			}
+			id, err := resolvePeer(ctx, c, &st, args[0])
+			if err != nil {
+				return err
 			}
 			act := destructiveAct{
 				question: fmt.Sprintf("Vote to remove %s?", id),
@@ -70,7 +72,7 @@ terminal it refuses unless --yes is given (exit 2).`,
 			}
 			res, err := c.Remove(ctx, id)
 			if err != nil {
-				return err
+				return explain(c, err, "record the remove vote", time.Minute, false)
 			}
 			return printVote(cmd, g, res)
 		},
@@ -82,7 +84,7 @@ terminal it refuses unless --yes is given (exit 2).`,
 
 func newReinstateCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "reinstate PEER_ID [--json]",
+		Use:   "reinstate PEER [--json]",
 		Short: "Vote to lift a member's suspension",
 		Long: `reinstate records this node's vote to lift a suspended member's suspension
 (rule R2). When a majority of the other active members have voted, holders
@@ -91,19 +93,23 @@ already final cannot be undone.
 
 It prints the target's status and the votes so far, for example
   12D3KooW...: suspended (reinstate votes: 1 of 2 needed)
-and --json prints the vote result object.`,
+and --json prints the vote result object.
+
+PEER is a peer ID, or any unambiguous abbreviation of a member's: its start
+(12D3KooWQx) or the short form the tables print (12D3KooW…x7Qd2a).`,
 		Example: `  p2pkey reinstate 12D3KooWQ...`,
 		Args:    usageArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := peer.Decode(args[0])
-			if err != nil {
-				return &statusError{code: exitUsage, err: fmt.Errorf("%q is not a peer ID: %w", args[0], err)}
-			}
 			ctx, cancel := reqCtx(cmd, time.Minute)
 			defer cancel()
-			res, err := g.client().Reinstate(ctx, id)
+			c := g.client()
+			id, err := resolvePeer(ctx, c, nil, args[0])
 			if err != nil {
 				return err
+			}
+			res, err := c.Reinstate(ctx, id)
+			if err != nil {
+				return explain(c, err, "record the reinstate vote", time.Minute, false)
 			}
 			return printVote(cmd, g, res)
 		},
@@ -112,10 +118,16 @@ and --json prints the vote result object.`,
 	return cmd
 }
 
+// leaveJSON is `leave --json`.
+type leaveJSON struct {
+	Left      string `json:"left"`
+	ClusterID string `json:"cluster_id"`
+}
+
 func newLeaveCmd(g *globals) *cobra.Command {
 	var yes bool
 	cmd := &cobra.Command{
-		Use:   "leave [--yes]",
+		Use:   "leave [--yes] [--json]",
 		Short: "Take this node out of the cluster",
 		Long: `leave takes this node out of the cluster at once (rule R1; no vote is needed
 for a node's own departure), and the daemon exits. Holders delete this node's
@@ -133,7 +145,7 @@ unless --yes is given (exit 2).`,
 			c := g.client()
 			raw, err := c.StatusJSON(ctx)
 			if err != nil {
-				return forbiddenAs("leave", err)
+				return explain(c, forbiddenAs("leave", err), "read the status", time.Minute, false)
 			}
 			st, _, err := decodeStatus(raw)
 			if err != nil {
@@ -149,13 +161,17 @@ unless --yes is given (exit 2).`,
 				return err
 			}
 			if err := c.Leave(ctx); err != nil {
-				return err
+				return explain(c, err, "leave the cluster", time.Minute, false)
+			}
+			if g.jsonOut {
+				return printJSON(cmd.OutOrStdout(), leaveJSON{Left: st.PeerID, ClusterID: st.ClusterID})
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "left the cluster")
 			return nil
 		},
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation (needed without a terminal)")
+	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print {left, cluster_id} as JSON")
 	return cmd
 }
 
