@@ -322,4 +322,3 @@ node cannot reach.`,
 	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 	return cmd
 }
-
