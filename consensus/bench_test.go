@@ -150,7 +150,7 @@ func newBenchCluster(b testing.TB, kind string, inmem bool) *benchCluster {
 			nd.stream = newStreamLayer(nd.host, adm.stream, adm.rpc)
 			nd.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 				ServerAddressProvider: addrProvider{},
-				Logger:                newHCLogger(log, "self", string(nd.id)).Named("transport"),
+				Logger:                newHCLogger(&log.SugaredLogger, "self", string(nd.id)).Named("transport"),
 				Stream:                nd.stream,
 				MaxPool:               defaultMaxPool,
 				Timeout:               benchRPCTimeout,
@@ -214,7 +214,7 @@ func (cl *benchCluster) startRaft(nd *benchNode) {
 		}
 		logs = cache
 	}
-	hl := newHCLogger(log, "self", string(nd.id))
+	hl := newHCLogger(&log.SugaredLogger, "self", string(nd.id))
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hl.Named("snapshots"))
 	if err != nil {
 		b.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.etcd.io/bbolt"
 	bbolterrors "go.etcd.io/bbolt/errors"
+	"go.uber.org/zap"
 )
 
 var log = logging.Logger("p2pkey/consensus")
@@ -102,6 +103,9 @@ type Config struct {
 	Now func() time.Time
 	// Errors maps state-machine errors to codes across forwarding.
 	Errors ErrorCodec
+	// Logger receives everything consensus logs, Raft's own lines
+	// included. If nil, go-log's "p2pkey/consensus" logger.
+	Logger *zap.SugaredLogger
 
 	// HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout and
 	// CommitTimeout are Raft's timing, as in Timing: a zero field takes
@@ -186,6 +190,7 @@ type Consensus struct {
 	// which closes and replaces leaderCh at each leader change.
 	observer     *raft.Observer
 	observations chan raft.Observation
+	contacts     *contactLog
 	// notifee nudges when a server connects (see connected), at most once
 	// per heartbeat timeout per server (connectNudged).
 	notifee       *network.NotifyBundle
@@ -222,11 +227,14 @@ func New(cfg Config) (*Consensus, error) {
 	if cfg.AllowForward == nil {
 		cfg.AllowForward = cfg.AllowMember
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = &log.SugaredLogger
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
 	self := cfg.Host.ID()
-	hl := newHCLogger(log, "self", self.String())
+	hl := newHCLogger(cfg.Logger, "self", self.String())
 
 	store, err := openStore(filepath.Join(cfg.Dir, "raft.db"))
 	if err != nil {
@@ -258,6 +266,7 @@ func New(cfg Config) (*Consensus, error) {
 	c.stamp = &stamper{now: cfg.Now, floor: c.fsm.maxStamp.Load}
 	c.adm = &admission{raft: c.ready.Load, allowUnconfigured: cfg.AllowUnconfigured, allowMember: cfg.AllowMember, deny: cfg.Deny}
 	c.stream = newStreamLayer(cfg.Host, c.adm.stream, c.adm.rpc)
+	c.stream.log = cfg.Logger
 	c.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: addrProvider{},
 		Logger:                hl.Named("transport"),
@@ -299,11 +308,12 @@ func New(cfg Config) (*Consensus, error) {
 	}
 	c.observer = raft.NewObserver(c.observations, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.RaftState, raft.LeaderObservation, raft.ResumedHeartbeatObservation:
+		case raft.RaftState, raft.LeaderObservation, raft.ResumedHeartbeatObservation, raft.FailedHeartbeatObservation:
 			return true
 		}
 		return false
 	})
+	c.contacts = newContactLog(cfg.Logger.With("self", self.String()), cfg.Now, c.inConfigID)
 	r.RegisterObserver(c.observer)
 	c.raft = r
 	c.ready.Store(r)
@@ -359,8 +369,9 @@ func (c *Consensus) closeTransport() {
 }
 
 // InConfiguration reports whether p is a server in the latest configuration.
-func (c *Consensus) InConfiguration(p peer.ID) bool {
-	id := raft.ServerID(p.String())
+func (c *Consensus) InConfiguration(p peer.ID) bool { return c.inConfigID(raft.ServerID(p.String())) }
+
+func (c *Consensus) inConfigID(id raft.ServerID) bool {
 	for _, s := range c.raft.GetConfiguration().Configuration().Servers {
 		if s.ID == id {
 			return true
@@ -403,7 +414,7 @@ func HasState(dir string) (bool, error) {
 		return false, err
 	}
 	defer store.Close()
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, newHCLogger(log))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, newHCLogger(&log.SugaredLogger))
 	if err != nil {
 		return false, err
 	}

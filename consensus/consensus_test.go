@@ -116,7 +116,7 @@ func TestStrangerCannotDeposeLeader(t *testing.T) {
 	sl := newStreamLayer(stranger, func(peer.ID) bool { return true }, nil)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: addrProvider{}, Stream: sl, MaxPool: 1, Timeout: 2 * time.Second,
-		Logger: newHCLogger(log),
+		Logger: newHCLogger(&log.SugaredLogger),
 	})
 	defer trans.Close()
 	for _, nd := range cl.nodes {

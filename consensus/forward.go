@@ -146,7 +146,7 @@ func (f *forwarder) handle(s network.Stream) {
 	inConf := c.InConfiguration(remote)
 	// Before reading anything, refuse peers that may ask nothing at all.
 	if c.adm.denied(remote) || !(inConf || call(c.cfg.AllowForward, remote) || call(c.cfg.AllowMember, remote)) {
-		log.Warnw("refused a forward request from a peer that is neither in the Raft configuration nor a member", "peer", remote)
+		c.cfg.Logger.Warnw("refused a forward request from a peer that is neither in the Raft configuration nor a member", "peer", remote)
 		wire.Reply(s, forwardWire, &pb.ForwardResponse{Version: forwardVersion1, ErrorCode: codeNotAllowed, ErrorMessage: ErrNotAllowed.Error()})
 		return
 	}
@@ -154,11 +154,11 @@ func (f *forwarder) handle(s network.Stream) {
 		return f.serve(ctx, remote, inConf, req), nil
 	}, wire.WithBadRequest(func(err error) *pb.ForwardResponse {
 		err = forwardReadError(err)
-		log.Warnw("refused malformed forward request", "peer", remote, "err", err)
+		c.cfg.Logger.Warnw("refused malformed forward request", "peer", remote, "err", err)
 		return &pb.ForwardResponse{Version: forwardVersion1, ErrorCode: codeBadRequest, ErrorMessage: err.Error()}
 	}))
 	if err != nil {
-		log.Debugw("forward request refused or unanswered", "peer", remote, "err", err)
+		c.cfg.Logger.Debugw("forward request refused or unanswered", "peer", remote, "err", err)
 	}
 }
 
@@ -168,12 +168,12 @@ func (f *forwarder) serve(ctx context.Context, remote peer.ID, inConf bool, req 
 	c := f.c
 	resp := &pb.ForwardResponse{Version: req.GetVersion()}
 	if err := checkForwardKind(req); err != nil {
-		log.Warnw("refused malformed forward request", "peer", remote, "err", err)
+		c.cfg.Logger.Warnw("refused malformed forward request", "peer", remote, "err", err)
 		resp.Version, resp.ErrorCode, resp.ErrorMessage = forwardVersion1, codeBadRequest, err.Error()
 		return resp
 	}
 	if want := c.cfg.ClusterID(); want != "" && req.GetClusterId() != want {
-		log.Warnw("refused a forward request for another cluster", "peer", remote, "cluster", req.GetClusterId())
+		c.cfg.Logger.Warnw("refused a forward request for another cluster", "peer", remote, "cluster", req.GetClusterId())
 		resp.ErrorCode, resp.ErrorMessage = codeBadRequest, fmt.Sprintf("wrong cluster %q", req.GetClusterId())
 		return resp
 	}
@@ -183,7 +183,7 @@ func (f *forwarder) serve(ctx context.Context, remote peer.ID, inConf bool, req 
 	// servers and members.
 	if allowed := inConf || (kind == pb.Kind_KIND_COMMAND && call(c.cfg.AllowForward, remote)) ||
 		(kind == pb.Kind_KIND_READ_INDEX && call(c.cfg.AllowMember, remote)); !allowed {
-		log.Warnw("refused a forward request the peer may not make", "peer", remote, "kind", kind)
+		c.cfg.Logger.Warnw("refused a forward request the peer may not make", "peer", remote, "kind", kind)
 		resp.ErrorCode, resp.ErrorMessage = codeNotAllowed, ErrNotAllowed.Error()
 		return resp
 	}

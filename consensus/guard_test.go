@@ -31,7 +31,7 @@ func newAdversary(t *testing.T, nodes ...*testNode) *adversary {
 	sl := newStreamLayer(h, func(peer.ID) bool { return false }, nil)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: addrProvider{}, Stream: sl, MaxPool: 1, Timeout: 2 * time.Second,
-		Logger: newHCLogger(log, "self", "adversary"),
+		Logger: newHCLogger(&log.SugaredLogger, "self", "adversary"),
 	})
 	t.Cleanup(func() {
 		trans.Close()
@@ -343,7 +343,7 @@ func (p *pipeLayer) Addr() net.Addr { return peerAddr("pipe") }
 func TestRPCTypesMatchRaft(t *testing.T) {
 	pl := &pipeLayer{conns: make(chan net.Conn, 1), done: make(chan struct{})}
 	defer close(pl.done)
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: pl, MaxPool: 0, Timeout: time.Second, Logger: newHCLogger(log)})
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: pl, MaxPool: 0, Timeout: time.Second, Logger: newHCLogger(&log.SugaredLogger)})
 	defer trans.Close()
 	hdr := header("x")
 	for _, tc := range []struct {

@@ -6,15 +6,16 @@ import (
 	stdlog "log"
 
 	"github.com/hashicorp/go-hclog"
-	logging "github.com/ipfs/go-log/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
-// hcLogger adapts go-log/v2 to hclog for hashicorp/raft. Unlike
-// go-libp2p-raft's adapter it checks the level before it formats anything, so
-// the heartbeat chatter Raft logs at debug and trace costs nothing when those
-// levels are off.
+// hcLogger adapts go-log/v2 to hclog for hashicorp/raft, so every line Raft
+// logs goes through go-log (GOLOG_LOG_FMT=json included). Unlike
+// go-libp2p-raft's adapter it checks the level before it formats anything,
+// so the heartbeat chatter Raft logs at debug and trace costs nothing when
+// those levels are off; and it logs what Raft reports in normal operation
+// below WARN (see raftLevels).
 type hcLogger struct {
 	name string
 	z    *zap.SugaredLogger
@@ -22,8 +23,64 @@ type hcLogger struct {
 	args []any
 }
 
-func newHCLogger(l *logging.ZapEventLogger, args ...any) hclog.Logger {
-	return &hcLogger{name: "raft", z: l.SugaredLogger.With(args...), core: l.Desugar().Core()}
+func newHCLogger(z *zap.SugaredLogger, args ...any) hclog.Logger {
+	return &hcLogger{name: "raft", z: z.With(args...), core: z.Desugar().Core()}
+}
+
+// raftLevels is the level this adapter logs some of hashicorp/raft's
+// messages at, below the one Raft chose: each is what Raft says in normal
+// operation, when a member stops, restarts, joins or is behind, or when this
+// node shuts down. None is raised; a message not listed keeps its level.
+var raftLevels = map[string]hclog.Level{
+	// A member that stops: the leader tries it on every heartbeat and
+	// every append. The contact log says it once, at INFO, when the
+	// member goes and when it is back (see contactLog).
+	"failed to heartbeat to":                  hclog.Debug,
+	"failed to appendEntries to":              hclog.Debug,
+	"failed to pipeline appendEntries":        hclog.Debug,
+	"failed to start pipeline replication to": hclog.Debug,
+	"failed to send snapshot to":              hclog.Debug,
+	"failed to contact":                       hclog.Debug,
+	// A stream that ends under a command: the peer stopped, or this
+	// node's transport is shutting down ("transport shutdown", twice on
+	// every SIGTERM). A malformed RPC never reaches Raft's decoder: the
+	// RPC guard refuses, counts and logs it first.
+	"failed to decode incoming command": hclog.Debug,
+	"failed to flush response":          hclog.Debug,
+	// A new or returning follower is behind the leader's log: the leader
+	// walks back to where they agree, as Raft is meant to.
+	"failed to get previous log":                 hclog.Debug,
+	"previous log term mis-match":                hclog.Debug,
+	"appendEntries rejected, sending older logs": hclog.Debug,
+	"skipping application of old log":            hclog.Debug,
+	// A node that is not a voter yet (a joiner) or not yet configured.
+	"no known peers, aborting election":                   hclog.Debug,
+	"not part of stable configuration, aborting election": hclog.Debug,
+	"heartbeat timeout reached, not part of a stable configuration or a non-voter, not triggering a leader election": hclog.Debug,
+	// Elections after a leader stops or a member restarts.
+	"heartbeat timeout reached, starting election":                  hclog.Info,
+	"Election timeout reached, restarting election":                 hclog.Info,
+	"new leader elected, stepping down":                             hclog.Info,
+	"peer has newer term, stopping replication":                     hclog.Info,
+	"rejecting vote request since we have a leader":                 hclog.Debug,
+	"rejecting vote request since our last term is greater":         hclog.Debug,
+	"rejecting vote request since our last index is greater":        hclog.Debug,
+	"rejecting vote request since node is not in configuration":     hclog.Debug,
+	"rejecting vote request since node is not a voter":              hclog.Debug,
+	"duplicate requestVote from":                                    hclog.Debug,
+	"rejecting pre-vote request since we have a leader":             hclog.Debug,
+	"rejecting pre-vote request since our last term is greater":     hclog.Debug,
+	"rejecting pre-vote request since our last index is greater":    hclog.Debug,
+	"rejecting pre-vote request since node is not in configuration": hclog.Debug,
+	"rejecting pre-vote request since node is not a voter":          hclog.Debug,
+}
+
+// levelOf is the level msg is logged at: Raft's, or lower (raftLevels).
+func levelOf(level hclog.Level, msg string) hclog.Level {
+	if lv, ok := raftLevels[msg]; ok && lv < level {
+		return lv
+	}
+	return level
 }
 
 func (l *hcLogger) enabled(level hclog.Level) bool {
@@ -41,6 +98,7 @@ func (l *hcLogger) enabled(level hclog.Level) bool {
 }
 
 func (l *hcLogger) Log(level hclog.Level, msg string, args ...any) {
+	level = levelOf(level, msg)
 	if !l.enabled(level) {
 		return
 	}

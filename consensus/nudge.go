@@ -106,8 +106,9 @@ func (c *Consensus) nudgeOnce() bool {
 func (c *Consensus) nudging() bool { return c.nudgesPending.Load() > 0 }
 
 // observeLoop follows Raft's state and leader changes: it wakes whoever
-// waits on LeaderChanged, has a new leader nudge its followers, and has the
-// leader nudge when a follower answers heartbeats again.
+// waits on LeaderChanged, has a new leader nudge its followers, has the
+// leader nudge when a follower answers heartbeats again, and logs when the
+// leader loses and regains contact with a member (contactLog).
 func (c *Consensus) observeLoop() {
 	defer close(c.observeDone)
 	for {
@@ -119,8 +120,13 @@ func (c *Consensus) observeLoop() {
 			case raft.RaftState:
 				if d == raft.Leader {
 					c.nudgeElected()
+				} else {
+					c.contacts.forget()
 				}
+			case raft.FailedHeartbeatObservation:
+				c.contacts.failed(d)
 			case raft.ResumedHeartbeatObservation:
+				c.contacts.resumed(d)
 				// A follower answers again after failing: tell it what
 				// it missed now rather than at the next tick.
 				if c.IsLeader() {

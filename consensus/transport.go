@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 )
 
@@ -46,6 +47,7 @@ type streamLayer struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 
+	log        *zap.SugaredLogger
 	refusedLog *rate.Limiter
 	mu         sync.Mutex
 	refused    uint64
@@ -62,6 +64,7 @@ func newStreamLayer(h host.Host, allow gate, check rpcCheck) *streamLayer {
 		streams:    make(chan network.Stream),
 		ctx:        ctx,
 		cancel:     cancel,
+		log:        &log.SugaredLogger,
 		refusedLog: rate.NewLimiter(rate.Every(time.Second), 5),
 		accepted:   map[*streamConn]struct{}{},
 	}
@@ -77,13 +80,13 @@ func (sl *streamLayer) handle(s network.Stream) {
 		n := sl.refused
 		sl.mu.Unlock()
 		if sl.refusedLog.Allow() {
-			log.Warnw("refused Raft stream from a peer outside the Raft configuration", "peer", remote, "addr", s.Conn().RemoteMultiaddr(), "refused_total", n)
+			sl.log.Warnw("refused Raft stream from a peer outside the Raft configuration", "peer", remote, "addr", s.Conn().RemoteMultiaddr(), "refused_total", n)
 		}
 		s.Reset()
 		return
 	}
 	if err := s.Scope().SetService(raftServiceName); err != nil {
-		log.Debugw("raft stream: resource scope", "peer", remote, "err", err)
+		sl.log.Debugw("raft stream: resource scope", "peer", remote, "err", err)
 		s.Reset()
 		return
 	}
@@ -115,7 +118,7 @@ func (sl *streamLayer) refuseRPC(c *streamConn, in *rpcInfo, err error) {
 	n := sl.refusedRPC
 	sl.mu.Unlock()
 	if sl.refusedLog.Allow() {
-		log.Warnw("refused Raft RPC", "peer", c.Conn().RemotePeer(), "rpc", in.kind(),
+		sl.log.Warnw("refused Raft RPC", "peer", c.Conn().RemotePeer(), "rpc", in.kind(),
 			"header_id", string(in.header.ID), "header_addr", string(in.header.Addr), "named", string(in.named),
 			"reason", err, "refused_rpcs_total", n)
 	}
