@@ -43,11 +43,14 @@ const (
 	// DefaultMaxGenerationsBehind is the retention bound a cluster gets
 	// when Bootstrap does not set one (see Retention).
 	DefaultMaxGenerationsBehind = 3
-	// LapseGrace is how long an active member may stay behind the
-	// retention bound before its newest escrow retires and it lapses:
+	// LapseGrace is the default of how long an active member may stay
+	// behind the retention bound before its newest escrow retires and it
+	// lapses (a cluster sets its own at Bootstrap, see Retention):
 	// counted from the commit of the first generation it missed, in the
 	// leader's time. A restart during a burst of generations costs no key.
 	LapseGrace = time.Hour
+	// MaxLapseGrace is the longest lapse grace a cluster may choose.
+	MaxLapseGrace = 30 * 24 * time.Hour
 	// MaxGenerationsBehindLimit is the largest retention bound accepted.
 	// A bound this large is, in practice, no bound at all; anything larger
 	// is a mistake and is refused (ErrBadRetention).
@@ -146,6 +149,9 @@ func validateBody(cmd *pb.Command) error {
 		}
 		if n := b.Bootstrap.GetMaxGenerationsBehind(); n > MaxGenerationsBehindLimit {
 			return fmt.Errorf("%w: max_generations_behind=%d, at most %d", ErrBadRetention, n, MaxGenerationsBehindLimit)
+		}
+		if ms := b.Bootstrap.GetLapseGraceMs(); ms > uint64(MaxLapseGrace.Milliseconds()) {
+			return fmt.Errorf("%w: lapse_grace_ms=%d, at most %d", ErrBadRetention, ms, MaxLapseGrace.Milliseconds())
 		}
 		return validPeer("founder", b.Bootstrap.GetFounder())
 	case *pb.Command_AddInvite:
@@ -408,9 +414,17 @@ func NewBootstrap(clusterID string, founder peer.ID, now time.Time) *pb.Command 
 // NewBootstrapWithRetention is NewBootstrap with an explicit retention bound
 // (see Retention); 0 means DefaultMaxGenerationsBehind.
 func NewBootstrapWithRetention(clusterID string, founder peer.ID, maxBehind uint32, now time.Time) *pb.Command {
+	return NewBootstrapWithPolicy(clusterID, founder, Retention{MaxGenerationsBehind: maxBehind}, now)
+}
+
+// NewBootstrapWithPolicy is NewBootstrap with an explicit retention policy;
+// a zero field means its default (DefaultMaxGenerationsBehind, LapseGrace).
+// The grace is kept to the millisecond.
+func NewBootstrapWithPolicy(clusterID string, founder peer.ID, r Retention, now time.Time) *pb.Command {
 	c := newCommand(now)
 	c.Body = &pb.Command_Bootstrap{Bootstrap: &pb.Bootstrap{
-		ClusterId: clusterID, Founder: []byte(founder), MaxGenerationsBehind: maxBehind,
+		ClusterId: clusterID, Founder: []byte(founder), MaxGenerationsBehind: r.MaxGenerationsBehind,
+		LapseGraceMs: uint64(max(r.LapseGrace, 0).Milliseconds()),
 	}}
 	return c
 }

@@ -35,6 +35,9 @@ type Ledger struct {
 	// maxBehind is the retention bound; 0 means the default (a ledger
 	// bootstrapped before the bound existed). See Retention.
 	maxBehind uint32
+	// graceMs is the lapse grace in milliseconds; 0 means the default
+	// (a ledger bootstrapped before the field existed).
+	graceMs uint64
 	// lastNow is the newest leader stamp applied: the ledger's clock, which
 	// never goes backwards.
 	lastNow int64
@@ -300,6 +303,10 @@ func (l *Ledger) bootstrap(now int64, b *pb.Bootstrap) (Result, error) {
 		// Stored explicitly, so that a later change of the default never
 		// changes an existing cluster's policy.
 		l.maxBehind = DefaultMaxGenerationsBehind
+	}
+	l.graceMs = b.GetLapseGraceMs()
+	if l.graceMs == 0 {
+		l.graceMs = uint64(LapseGrace.Milliseconds())
 	}
 	m := l.setStatus(founder, MemberAdmit)
 	m.joinedAt, m.admittedAt = now, now

@@ -67,7 +67,7 @@ func (p *propRun) inGrace(l *Ledger, gs []Generation, i int) bool {
 			break
 		}
 	}
-	if _, open := l.Open(); !open && l.Now().Sub(missed) >= LapseGrace {
+	if _, open := l.Open(); !open && l.Now().Sub(missed) >= l.Retention().LapseGrace {
 		return false
 	}
 	for _, m := range l.Members() {

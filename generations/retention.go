@@ -3,6 +3,7 @@ package generations
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -16,13 +17,25 @@ type Retention struct {
 	// a retained generation may be behind the current one. 1 to
 	// MaxGenerationsBehindLimit.
 	MaxGenerationsBehind uint32
+	// LapseGrace is how long an active member's newest escrow outlives the
+	// bound, counted from the commit of the first generation it missed:
+	// 1 ms to MaxLapseGrace.
+	LapseGrace time.Duration
 }
 
 // Retention returns the cluster's retention policy. A ledger bootstrapped
-// before the policy existed (and an empty one) has the default,
-// DefaultMaxGenerationsBehind.
+// before the policy existed (and an empty one) has the defaults,
+// DefaultMaxGenerationsBehind and LapseGrace.
 func (l *Ledger) Retention() Retention {
-	return Retention{MaxGenerationsBehind: l.maxGenerationsBehind()}
+	return Retention{MaxGenerationsBehind: l.maxGenerationsBehind(), LapseGrace: time.Duration(l.lapseGrace())}
+}
+
+// lapseGrace is the cluster's lapse grace in nanoseconds.
+func (l *Ledger) lapseGrace() int64 {
+	if l.graceMs == 0 {
+		return int64(LapseGrace)
+	}
+	return int64(l.graceMs) * int64(time.Millisecond)
 }
 
 func (l *Ledger) maxGenerationsBehind() uint32 {
@@ -99,7 +112,7 @@ func (l *Ledger) boundPlan(now int64, maxBehind uint32) (retire []*generation, l
 		// never sit in an open generation): the bound only moves at a
 		// commit, with nothing open, so a lapse found now is a grace that
 		// ran out, and it waits for the open generation to end.
-		if e := l.newestEscrow(p); gone[e] && (open || now-l.missedSince(e) < int64(LapseGrace)) {
+		if e := l.newestEscrow(p); gone[e] && (open || now-l.missedSince(e) < l.lapseGrace()) {
 			delete(gone, e)
 		}
 	}

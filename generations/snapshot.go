@@ -16,7 +16,7 @@ import (
 // checks are sorted; no map order leaks). It holds no share or envelope
 // contents, only digests and signatures.
 func (l *Ledger) Snapshot() ([]byte, error) {
-	s := &pb.Snapshot{Version: SnapshotVersion, ClusterId: l.clusterID, MaxGenerationsBehind: l.maxBehind, LastNow: l.lastNow}
+	s := &pb.Snapshot{Version: SnapshotVersion, ClusterId: l.clusterID, MaxGenerationsBehind: l.maxBehind, LapseGraceMs: l.graceMs, LastNow: l.lastNow}
 	for _, a := range sortedKeys(l.seqs) {
 		s.Seqs = append(s.Seqs, &pb.AuthorSeq{Author: []byte(a), Seq: l.seqs[a]})
 	}
@@ -126,6 +126,10 @@ func fromSnapshot(s *pb.Snapshot) (*Ledger, error) {
 		return nil, fmt.Errorf("%w: %d", ErrBadRetention, n)
 	}
 	l.maxBehind = s.GetMaxGenerationsBehind()
+	if ms := s.GetLapseGraceMs(); ms > uint64(MaxLapseGrace.Milliseconds()) {
+		return nil, fmt.Errorf("%w: lapse_grace_ms %d", ErrBadRetention, ms)
+	}
+	l.graceMs = s.GetLapseGraceMs()
 	if s.GetLastNow() < 0 {
 		return nil, fmt.Errorf("%w: last_now %d", ErrBadTime, s.GetLastNow())
 	}

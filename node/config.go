@@ -66,6 +66,11 @@ type Config struct {
 	// generations an absent member's old escrow is kept for before it lapses
 	// and must be invited again (0: the ledger's default, 3).
 	MaxGenerationsBehind uint32
+	// LapseGrace is, for a new cluster, how long an absent member's old
+	// escrow outlives that bound (from the commit of the first generation
+	// it missed), so that a restart during a burst of joins and removals
+	// costs it nothing (0: the ledger's default, an hour).
+	LapseGrace time.Duration
 
 	// AuditInterval is how often the node checks that every holder still
 	// has its envelope (0 turns periodic audits off).

@@ -372,7 +372,7 @@ func (n *Node) bootstrap(ctx context.Context, clusterID string) error {
 		return fmt.Errorf("bootstrap Raft: %w", err)
 	}
 	now := time.Now()
-	if err := n.apply(ctx, generations.NewBootstrapWithRetention(clusterID, n.host.ID(), n.cfg.MaxGenerationsBehind, now)); err != nil {
+	if err := n.apply(ctx, generations.NewBootstrapWithPolicy(clusterID, n.host.ID(), generations.Retention{MaxGenerationsBehind: n.cfg.MaxGenerationsBehind, LapseGrace: n.cfg.LapseGrace}, now)); err != nil {
 		return fmt.Errorf("bootstrap the ledger: %w", err)
 	}
 	// No generation yet: a split of one is K itself, so the founder is

@@ -447,8 +447,12 @@ type Bootstrap struct {
 	// SetRetention). 0 means the default
 	// (generations.DefaultMaxGenerationsBehind).
 	MaxGenerationsBehind uint32 `protobuf:"varint,3,opt,name=max_generations_behind,json=maxGenerationsBehind,proto3" json:"max_generations_behind,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// lapse_grace_ms is how long, in milliseconds of the leader's time, an
+	// active member's newest escrow outlives the retention bound. 0 means the
+	// default (generations.LapseGrace).
+	LapseGraceMs  uint64 `protobuf:"varint,4,opt,name=lapse_grace_ms,json=lapseGraceMs,proto3" json:"lapse_grace_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Bootstrap) Reset() {
@@ -498,6 +502,13 @@ func (x *Bootstrap) GetFounder() []byte {
 func (x *Bootstrap) GetMaxGenerationsBehind() uint32 {
 	if x != nil {
 		return x.MaxGenerationsBehind
+	}
+	return 0
+}
+
+func (x *Bootstrap) GetLapseGraceMs() uint64 {
+	if x != nil {
+		return x.LapseGraceMs
 	}
 	return 0
 }
@@ -1216,7 +1227,10 @@ type Snapshot struct {
 	// goes backwards.
 	LastNow int64 `protobuf:"varint,8,opt,name=last_now,json=lastNow,proto3" json:"last_now,omitempty"`
 	// seqs is every author's last accepted sequence number, sorted by author.
-	Seqs          []*AuthorSeq `protobuf:"bytes,9,rep,name=seqs,proto3" json:"seqs,omitempty"`
+	Seqs []*AuthorSeq `protobuf:"bytes,9,rep,name=seqs,proto3" json:"seqs,omitempty"`
+	// lapse_grace_ms is the cluster's lapse grace; 0 (a snapshot written
+	// before the field existed) means the default.
+	LapseGraceMs  uint64 `protobuf:"varint,10,opt,name=lapse_grace_ms,json=lapseGraceMs,proto3" json:"lapse_grace_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1312,6 +1326,13 @@ func (x *Snapshot) GetSeqs() []*AuthorSeq {
 		return x.Seqs
 	}
 	return nil
+}
+
+func (x *Snapshot) GetLapseGraceMs() uint64 {
+	if x != nil {
+		return x.LapseGraceMs
+	}
+	return 0
 }
 
 type AuthorSeq struct {
@@ -1881,12 +1902,13 @@ const file_ledger_proto_rawDesc = "" +
 	"\x10record_key_check\x18\x13 \x01(\v2%.p2pkey.generations.v1.RecordKeyCheckH\x00R\x0erecordKeyCheck\x12J\n" +
 	"\rset_retention\x18\x14 \x01(\v2#.p2pkey.generations.v1.SetRetentionH\x00R\fsetRetention\x121\n" +
 	"\x04vote\x18\x15 \x01(\v2\x1b.p2pkey.generations.v1.VoteH\x00R\x04voteB\x06\n" +
-	"\x04body\"z\n" +
+	"\x04body\"\xa0\x01\n" +
 	"\tBootstrap\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x18\n" +
 	"\afounder\x18\x02 \x01(\fR\afounder\x124\n" +
-	"\x16max_generations_behind\x18\x03 \x01(\rR\x14maxGenerationsBehind\"h\n" +
+	"\x16max_generations_behind\x18\x03 \x01(\rR\x14maxGenerationsBehind\x12$\n" +
+	"\x0elapse_grace_ms\x18\x04 \x01(\x04R\flapseGraceMs\"h\n" +
 	"\tAddInvite\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x1d\n" +
 	"\n" +
@@ -1937,7 +1959,7 @@ const file_ledger_proto_rawDesc = "" +
 	"\x04Vote\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\fR\x06target\x12\x1c\n" +
 	"\treinstate\x18\x02 \x01(\bR\treinstate\x12\x18\n" +
-	"\atimeout\x18\x03 \x01(\x03R\atimeout\"\xc1\x03\n" +
+	"\atimeout\x18\x03 \x01(\x03R\atimeout\"\xe7\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -1949,7 +1971,9 @@ const file_ledger_proto_rawDesc = "" +
 	"key_checks\x18\x06 \x03(\v2\x1f.p2pkey.generations.v1.KeyCheckR\tkeyChecks\x124\n" +
 	"\x16max_generations_behind\x18\a \x01(\rR\x14maxGenerationsBehind\x12\x19\n" +
 	"\blast_now\x18\b \x01(\x03R\alastNow\x124\n" +
-	"\x04seqs\x18\t \x03(\v2 .p2pkey.generations.v1.AuthorSeqR\x04seqs\"5\n" +
+	"\x04seqs\x18\t \x03(\v2 .p2pkey.generations.v1.AuthorSeqR\x04seqs\x12$\n" +
+	"\x0elapse_grace_ms\x18\n" +
+	" \x01(\x04R\flapseGraceMs\"5\n" +
 	"\tAuthorSeq\x12\x16\n" +
 	"\x06author\x18\x01 \x01(\fR\x06author\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"\xa1\x03\n" +
