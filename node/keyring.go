@@ -1,0 +1,159 @@
+package node
+
+import (
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"slices"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/shares"
+)
+
+// keyring holds K in memory, and only in memory (rule K1). A nil k means the
+// node is locked.
+type keyring struct {
+	mu     sync.Mutex
+	k      []byte
+	splits map[uint64]*split
+	// made lists the generations this process split K for (the splits
+	// themselves are dropped once shared).
+	made     map[uint64]bool
+	progress UnlockProgress
+	changed  chan struct{} // closed and replaced when k or progress changes
+}
+
+// split is one Shamir split of K for one generation, kept in memory so that
+// every holder of the generation gets a share of the same polynomial.
+type split struct {
+	id     generations.SplitID
+	shares map[peer.ID][]byte
+	// envs keeps each holder's sealed envelope, so a retried push sends the
+	// same bytes and the holder answers with the same receipt (a re-seal
+	// would differ in its nonce and be refused as a duplicate).
+	envs map[peer.ID]*shares.Envelope
+	dup  map[peer.ID]bool // holders that refused: they hold an older split
+	// held marks holders whose receipts the ledger recorded, so a joiner
+	// sharing ahead of its ledger does not push to them again.
+	held map[peer.ID]bool
+}
+
+func newKeyring() *keyring {
+	return &keyring{splits: map[uint64]*split{}, made: map[uint64]bool{}, changed: make(chan struct{})}
+}
+
+func (kr *keyring) notifyLocked() {
+	close(kr.changed)
+	kr.changed = make(chan struct{})
+}
+
+func (kr *keyring) set(k []byte) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	kr.k = k
+	kr.notifyLocked()
+}
+
+// get returns a copy of K, or nil when locked.
+func (kr *keyring) get() []byte {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	return slices.Clone(kr.k)
+}
+
+func (kr *keyring) setProgress(p UnlockProgress) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if p != kr.progress {
+		kr.progress = p
+		kr.notifyLocked()
+	}
+}
+
+func (kr *keyring) state() ([]byte, UnlockProgress, <-chan struct{}) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	return slices.Clone(kr.k), kr.progress, kr.changed
+}
+
+// wipe forgets K and every split, zeroing them.
+func (kr *keyring) wipe() {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	clear(kr.k)
+	kr.k = nil
+	for g, sp := range kr.splits {
+		sp.wipe()
+		delete(kr.splits, g)
+	}
+	kr.notifyLocked()
+}
+
+func (sp *split) wipe() {
+	for _, s := range sp.shares {
+		clear(s)
+	}
+}
+
+func newK() ([]byte, error) {
+	k := make([]byte, KeySize)
+	_, err := rand.Read(k)
+	return k, err
+}
+
+// keyCheck is the value recorded in the ledger the first time the owner is
+// escrowed (rule K4): a MAC that binds K to the owner and the cluster. It
+// reveals nothing about K.
+func keyCheck(k []byte, clusterID string, owner peer.ID) []byte {
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte("p2pkey/keycheck/v1\x00"))
+	m.Write([]byte(clusterID))
+	m.Write([]byte{0})
+	m.Write([]byte(owner))
+	return m.Sum(nil)
+}
+
+// DeriveKey returns the key for purpose derived from a node key k of
+// cluster clusterID: HKDF-SHA256, exactly what Node.Key returns. It is
+// exported for offline tools and tests that rebuild K from envelopes (the
+// recovery path and the escrow invariant checker); a running node never
+// hands out K itself (rule K3).
+func DeriveKey(k []byte, clusterID, purpose string) ([]byte, error) {
+	return deriveKey(k, clusterID, purpose)
+}
+
+// deriveKey is the only form in which K leaves the node (rule K3).
+func deriveKey(k []byte, clusterID, purpose string) ([]byte, error) {
+	return hkdf.Key(sha256.New, k, []byte("p2pkey/derive/v1"), clusterID+"\x00"+purpose, KeySize)
+}
+
+// dropForeignKey wipes the K in memory when the ledger records a key-check
+// value for this node that K does not match, and reports whether it did. K
+// never changes for a member (rule K1), so a mismatch means this process
+// made a K of its own that is not the escrowed one: a joiner admitted just
+// before it was killed, which resumed its join with a fresh K. Serving keys
+// derived from it, or escrowing it, would be wrong; the escrowed K comes
+// back from the holders.
+func (n *Node) dropForeignKey() bool {
+	var check []byte
+	n.view(func(l *generations.Ledger) { check, _ = l.KeyCheck(n.host.ID()) })
+	k := n.keys.get()
+	if k == nil || len(check) == 0 {
+		clear(k)
+		return false
+	}
+	defer clear(k)
+	if subtle.ConstantTimeCompare(keyCheck(k, n.ClusterID(), n.host.ID()), check) == 1 {
+		return false
+	}
+	n.keys.wipe()
+	n.keys.mu.Lock()
+	clear(n.keys.made)
+	n.keys.mu.Unlock()
+	n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
+	return true
+}

@@ -1,0 +1,256 @@
+package node
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/shares"
+)
+
+// UnlockProgress is what status reports while a node gathers its shares.
+type UnlockProgress struct {
+	Generation uint64 `json:"generation,omitempty"`
+	Have       int    `json:"have"`
+	Need       int    `json:"need"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+// neverEscrowed reports whether this member, which has no K in memory, was
+// never escrowed, so that starting over with a fresh K loses nothing: it is
+// active, the ledger holds no receipt of it in any live generation and no
+// key-check value, and this node's ledger is caught up with a leader (a
+// ledger still replaying would make every member look so).
+func (n *Node) neverEscrowed(isMem bool, me generations.Member, cov generations.Coverage, check []byte) bool {
+	if !isMem || me.Status != generations.StatusActive || len(check) > 0 || cov.Generation != 0 || len(cov.Live) > 0 {
+		return false
+	}
+	if _, ok := n.loadUnlockHint(); ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
+	defer cancel()
+	return n.cons.Fresh(ctx) == nil
+}
+
+// tryUnlock fetches this node's envelopes of its newest escrowed generation
+// from every holder in parallel, and combines as soon as t of one split
+// have opened (rule U1).
+func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byte) {
+	if cov.Generation == 0 {
+		n.keys.setProgress(UnlockProgress{Reason: "locked: no committed generation holds this node's shares (is the ledger still catching up?)"})
+		return
+	}
+	n.mu.Lock()
+	if time.Since(n.lastUnlock) < time.Second {
+		n.mu.Unlock()
+		return
+	}
+	n.lastUnlock = time.Now()
+	n.mu.Unlock()
+
+	gen, need := cov.Generation, cov.Threshold
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	type result struct {
+		holder peer.ID
+		plain  []byte
+		split  generations.SplitID
+		err    error
+	}
+	results := make(chan result, len(cov.Holders))
+	for _, h := range cov.Holders {
+		n.redial(h)
+		go func() {
+			env, err := n.svc.Fetch(ctx, h, gen)
+			if err != nil {
+				results <- result{holder: h, err: err}
+				return
+			}
+			plain, b, err := shares.Open(n.priv, env)
+			results <- result{holder: h, plain: plain, split: b.Split, err: err}
+		}()
+	}
+	groups := map[generations.SplitID][][]byte{}
+	defer func() {
+		for _, g := range groups {
+			for _, s := range g {
+				clear(s)
+			}
+		}
+	}()
+	have := 0
+	lapsed := false
+	var suspended error
+	var failures []string
+	for range cov.Holders {
+		res := <-results
+		if errors.Is(res.err, shares.ErrOwnerRemoved) {
+			// A holder says this node was removed: believe the cluster.
+			n.markRemoved()
+			return
+		}
+		if errors.Is(res.err, shares.ErrOwnerLapsed) {
+			lapsed = true
+		}
+		if errors.Is(res.err, shares.ErrOwnerSuspended) {
+			suspended = res.err
+		}
+		if res.err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", res.holder, res.err))
+			continue
+		}
+		// Only shares of one split combine: the ledger's escrow split when
+		// it is known, else whichever split first reaches the threshold.
+		id := res.split
+		if cov.Split != (generations.SplitID{}) && id != cov.Split {
+			clear(res.plain)
+			failures = append(failures, fmt.Sprintf("%s: an envelope of another split", res.holder))
+			continue
+		}
+		groups[id] = append(groups[id], res.plain)
+		have = max(have, len(groups[id]))
+		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: fmt.Sprintf("locked: %d of %d shares gathered for generation %d", have, need, gen)})
+		log.Infow("unlock progress", "generation", gen, "have", have, "need", need)
+		if len(groups[id]) < need {
+			continue
+		}
+		k, err := shares.Combine(groups[id])
+		if err != nil {
+			log.Warnw("combine shares", "generation", gen, "err", err)
+			continue
+		}
+		if len(check) > 0 && !hmac.Equal(check, keyCheck(k, clusterID, n.host.ID())) {
+			clear(k)
+			log.Errorw("reconstructed key fails its key check; refusing it", "generation", gen)
+			n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: ErrKeyCheck.Error()})
+			continue
+		}
+		if len(check) == 0 {
+			log.Warnw("no key-check value recorded; accepting the reconstructed key unchecked", "generation", gen)
+		}
+		n.keys.set(k)
+		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need})
+		log.Infow("unlocked", "generation", gen, "shares", have, "threshold", need)
+		n.events.publish(Event{Type: EventUnlocked, Peer: n.host.ID(), Detail: fmt.Sprintf("generation %d, %d of %d shares", gen, have, need)})
+		return
+	}
+	reason := fmt.Sprintf("locked: %d of %d shares gathered for generation %d, fewer than the threshold of %d", have, need, gen, need)
+	if lapsed {
+		reason = "locked: holders say this node lapsed (it was away longer than the retention bound); it must be invited again"
+	}
+	if suspended != nil {
+		reason = "locked: holders say this node is suspended (a member voted to remove it); it unlocks once a majority reinstates it"
+	}
+	n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: reason})
+	log.Warnw("unlock attempt fell short", "generation", gen, "have", have, "need", need, "failures", failures)
+}
+
+// Lock reports the lock state and, while not unlocked, why.
+func (n *Node) Lock() (string, UnlockProgress) {
+	k, p, _ := n.keys.state()
+	defer clear(k)
+	if k == nil {
+		return LockLocked, p
+	}
+	var can bool
+	n.view(func(l *generations.Ledger) { can = l.Coverage(n.host.ID()).CanUnlock })
+	if !can {
+		return LockUnescrowed, p
+	}
+	return LockUnlocked, p
+}
+
+// Key returns the key derived from K for purpose (rule K3). K itself never
+// leaves the node. Before the node is unlocked and escrowed (rule K2) it
+// returns ErrLocked with the reason, or, with wait, waits until then.
+func (n *Node) Key(ctx context.Context, purpose string, wait bool) ([]byte, error) {
+	if purpose == "" {
+		return nil, errors.New("a key purpose is required")
+	}
+	for {
+		state, p := n.Lock()
+		if state == LockUnlocked {
+			k := n.keys.get()
+			if k == nil {
+				continue
+			}
+			defer clear(k)
+			return deriveKey(k, n.ClusterID(), purpose)
+		}
+		reason := p.Reason
+		if !wait {
+			if state == LockUnescrowed && n.activeMembers() < 2 {
+				return nil, ErrUnescrowed
+			}
+			if reason == "" {
+				return nil, ErrLocked
+			}
+			return nil, fmt.Errorf("%w: %s", ErrLocked, strings.TrimPrefix(reason, "locked: "))
+		}
+		_, _, changed := n.keys.state()
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %s (%v)", ErrLocked, reason, ctx.Err())
+		case <-changed:
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// unlockHint is what a node needs to unlock before its ledger has caught up:
+// its newest escrowed generation, the threshold, the holders, and the
+// key-check value. None of it is secret (it is all in the replicated
+// ledger); it lets a node that restarts without a quorum still gather what
+// shares it can and say how many it has (rule U1).
+type unlockHint struct {
+	Version    int      `json:"version"`
+	ClusterID  string   `json:"cluster_id"`
+	Generation uint64   `json:"generation"`
+	Threshold  int      `json:"threshold"`
+	Holders    []string `json:"holders"`
+	KeyCheck   []byte   `json:"key_check"`
+}
+
+func (h unlockHint) coverage() generations.Coverage {
+	c := generations.Coverage{Generation: h.Generation, Threshold: h.Threshold, SharesHeld: len(h.Holders), CanUnlock: true}
+	for _, s := range h.Holders {
+		if id, err := peer.Decode(s); err == nil {
+			c.Holders = append(c.Holders, id)
+		}
+	}
+	return c
+}
+
+func (n *Node) saveUnlockHint(h unlockHint) {
+	data, _ := json.Marshal(h)
+	n.mu.Lock()
+	same := string(n.lastHint) == string(data)
+	n.mu.Unlock()
+	if same {
+		return
+	}
+	if err := writeFileAtomic(n.cfg.hintPath(), data, 0o600); err != nil {
+		log.Warnw("save unlock hint", "err", err)
+		return
+	}
+	n.mu.Lock()
+	n.lastHint = data
+	n.mu.Unlock()
+}
+
+func (n *Node) loadUnlockHint() (unlockHint, bool) {
+	var h unlockHint
+	data, err := os.ReadFile(n.cfg.hintPath())
+	if err != nil || json.Unmarshal(data, &h) != nil || h.Version != 1 || h.Generation == 0 || h.Threshold < 1 {
+		return h, false
+	}
+	return h, true
+}
