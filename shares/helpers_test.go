@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -20,9 +21,11 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pkey/p2pkey/generations"
 	"github.com/p2pkey/p2pkey/shares/pb"
+	"github.com/p2pkey/p2pkey/wire"
 )
 
 // testPolicy is a Policy the tests steer: pushes are allowed into open
@@ -252,4 +255,39 @@ func logsContain(n *testNode, needle string) bool {
 		}
 	}
 	return false
+}
+
+// writeDelimited writes one share message as the service does.
+func writeDelimited(w io.Writer, m proto.Message) error {
+	return wire.WriteMsg(w, m, MaxMessageSize)
+}
+
+// readDelimited reads one share message as the service does, with the
+// holder's errors.
+func readDelimited(r io.Reader, m wire.Versioned) error {
+	if err := wire.ReadMsg(r, m, MaxMessageSize, WireVersion); err != nil {
+		return requestError(err)
+	}
+	return nil
+}
+
+// decodeRequest reads and validates one Request as the holder does.
+func decodeRequest(r io.Reader) (*request, error) {
+	var m pb.Request
+	if err := readDelimited(r, &m); err != nil {
+		return nil, err
+	}
+	return validateRequest(&m)
+}
+
+// decodeResponse reads and checks one Response as the client does.
+func decodeResponse(r io.Reader) (*pb.Response, error) {
+	var m pb.Response
+	if err := wire.ReadMsg(r, &m, MaxMessageSize, WireVersion); err != nil {
+		return nil, responseError("holder", err)
+	}
+	if err := checkResponse(&m); err != nil {
+		return nil, err
+	}
+	return &m, nil
 }

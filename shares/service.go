@@ -1,7 +1,6 @@
 package shares
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares/pb"
+	"github.com/p2pkey/p2pkey/wire"
 )
 
 // Policy is the node's decision, from the custody ledger, of who may push
@@ -48,6 +48,9 @@ type Service struct {
 	cfg       config
 	log       *zap.SugaredLogger
 	limiter   *p2p.PeerLimiter
+	wire      wire.Protocol   // shareWire with this service's timeout
+	ctx       context.Context // ends at Close: resets outgoing streams
+	cancel    context.CancelFunc
 
 	mu      sync.Mutex
 	closed  bool
@@ -92,8 +95,11 @@ func NewService(h host.Host, store *Store, self crypto.PrivKey, clusterID string
 		cfg:       cfg,
 		log:       cfg.log.SugaredLogger.With("cluster", clusterID),
 		limiter:   p2p.NewPeerLimiter(cfg.fetchRate, cfg.fetchBurst),
+		wire:      shareWire,
 		streams:   make(map[network.Stream]struct{}),
 	}
+	s.wire.Timeout = cfg.timeout
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	hook := deleteHook(s.deleted)
 	s.deleteHook = &hook
 	store.onDelete.Store(s.deleteHook)
@@ -107,6 +113,7 @@ func (s *Service) Close() error {
 	s.host.RemoveStreamHandler(ProtocolID)
 	s.mu.Lock()
 	s.closed = true
+	s.cancel()
 	for str := range s.streams {
 		str.Reset()
 	}
@@ -128,6 +135,18 @@ func (s *Service) track(str network.Stream) bool {
 	return true
 }
 
+// begin registers an outgoing exchange so Close waits for it; false once
+// closed. The caller calls s.wg.Done when it ends.
+func (s *Service) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
 func (s *Service) untrack(str network.Stream) {
 	s.mu.Lock()
 	delete(s.streams, str)
@@ -135,10 +154,12 @@ func (s *Service) untrack(str network.Stream) {
 	s.wg.Done()
 }
 
-// handleStream serves one request. A stream that cannot be read (garbage,
-// oversized, too slow) is reset without an answer; a readable request that
-// is refused gets a response with the refusal's code, and the stream is
-// closed. Every refusal is logged and traced.
+// handleStream serves one request, on package wire's skeleton (resource
+// scope, reservation of the largest message, deadline, bounded read, Reset
+// on error, Close on success). A stream that cannot be read (garbage,
+// oversized, too slow) or whose request is malformed is reset without an
+// answer; a readable request that is refused gets a response with the
+// refusal's code, and the stream is closed. Every refusal is recorded.
 func (s *Service) handleStream(str network.Stream) {
 	if !s.track(str) {
 		str.Reset()
@@ -149,52 +170,40 @@ func (s *Service) handleStream(str network.Stream) {
 	// Whose envelope it is: the authenticated remote peer's, the only one
 	// it may push or fetch.
 	ev := Event{Op: opUnknown, Owner: remote, Holder: s.selfID, Remote: remote}
-
-	if err := str.Scope().SetService(ServiceName); err != nil {
-		s.refused(ev, fmt.Errorf("%w: attach to resource scope: %w", ErrInternal, err))
-		str.Reset()
-		return
-	}
-	if err := str.Scope().ReserveMemory(MaxMessageSize, network.ReservationPriorityAlways); err != nil {
-		s.refused(ev, fmt.Errorf("%w: reserve memory: %w", ErrInternal, err))
-		str.Reset()
-		return
-	}
-	defer str.Scope().ReleaseMemory(MaxMessageSize)
-	_ = str.SetDeadline(time.Now().Add(s.cfg.timeout))
-
-	req, err := decodeRequest(bufio.NewReader(str))
-	if err != nil {
-		s.refused(ev, err)
-		str.Reset()
-		return
-	}
-	ev.Op, ev.Generation = req.op, req.gen
-	var resp *pb.Response
-	switch req.op {
-	case opPush:
-		resp, err = s.servePush(remote, req, &ev)
-	case opFetch:
-		resp, err = s.serveFetch(remote, req, &ev)
-	}
-	if err != nil {
-		s.refused(ev, err)
-		resp = errorResponse(s.clusterID, err)
-	}
-	if err == nil {
+	read, ok := false, false
+	err := wire.Serve(s.ctx, str, s.wire, func(_ context.Context, m *pb.Request) (*pb.Response, error) {
+		read = true
+		req, err := validateRequest(m)
+		if err != nil {
+			s.refused(ev, err)
+			return nil, err // reset, no answer
+		}
+		ev.Op, ev.Generation = req.op, req.gen
+		var resp *pb.Response
+		switch req.op {
+		case opPush:
+			resp, err = s.servePush(remote, req, &ev)
+		case opFetch:
+			resp, err = s.serveFetch(remote, req, &ev)
+		}
+		if err != nil {
+			s.refused(ev, err)
+			return errorResponse(s.clusterID, err), nil
+		}
 		// Recorded before the answer leaves: the record of a release
 		// precedes it, and the owner's next request is recorded after it.
 		s.served(ev)
+		ok = true
+		return resp, nil
+	})
+	switch {
+	case !read:
+		s.refused(ev, requestError(err))
+	case err != nil && ok:
+		s.log.Debugw("share response not sent", "op", ev.Op, "peer", remote, "generation", ev.Generation, "err", err)
+	case err == nil && ok && s.cfg.tracer != nil:
+		s.cfg.tracer.Served(ev.Op, remote, ev.Generation)
 	}
-	if werr := writeDelimited(str, resp); werr != nil {
-		s.log.Debugw("share response not sent", "op", req.op, "peer", remote, "generation", req.gen, "err", werr)
-		str.Reset()
-		return
-	}
-	if err == nil && s.cfg.tracer != nil {
-		s.cfg.tracer.Served(req.op, remote, req.gen)
-	}
-	str.Close()
 }
 
 // servePush checks and stores a pushed envelope and returns the receipt.
@@ -445,48 +454,21 @@ func (s *Service) Fetch(ctx context.Context, holder peer.ID, gen uint64) (env *E
 
 // roundTrip sends one request to p and returns its OK response, or the
 // refusal as an error wrapping its sentinel. Streams may run over limited
-// (relayed) connections (rule N1).
-func (s *Service) roundTrip(ctx context.Context, p peer.ID, req *pb.Request) (resp *pb.Response, err error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.timeout)
-	defer cancel()
-	str, err := s.host.NewStream(network.WithAllowLimitedConn(ctx, "p2pkey-shares"), p, ProtocolID)
-	if err != nil {
-		return nil, fmt.Errorf("shares: open stream to %s: %w", p, err)
-	}
-	if !s.track(str) {
-		str.Reset()
+// (relayed) connections (rule N1). Close resets the stream.
+func (s *Service) roundTrip(ctx context.Context, p peer.ID, req *pb.Request) (*pb.Response, error) {
+	if !s.begin() {
 		return nil, ErrClosed
 	}
-	defer s.untrack(str)
-	defer func() {
-		if err != nil {
-			str.Reset()
-		} else {
-			str.Close()
-		}
-	}()
-	if err := str.Scope().SetService(ServiceName); err != nil {
-		return nil, fmt.Errorf("shares: stream to %s: resource scope: %w", p, err)
-	}
-	if err := str.Scope().ReserveMemory(MaxMessageSize, network.ReservationPriorityAlways); err != nil {
-		return nil, fmt.Errorf("shares: stream to %s: reserve memory: %w", p, err)
-	}
-	defer str.Scope().ReleaseMemory(MaxMessageSize)
-	if dl, ok := ctx.Deadline(); ok {
-		_ = str.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { str.Reset() })
-	defer stop()
-
-	if err := writeDelimited(str, req); err != nil {
-		return nil, fmt.Errorf("shares: send to %s: %w", p, ctxErr(ctx, err))
-	}
-	if err := str.CloseWrite(); err != nil {
-		return nil, fmt.Errorf("shares: send to %s: %w", p, ctxErr(ctx, err))
-	}
-	resp, err = decodeResponse(bufio.NewReader(str))
+	defer s.wg.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.ctx, cancel)()
+	resp, err := wire.Call[pb.Response](network.WithAllowLimitedConn(ctx, "p2pkey-shares"), s.host, p, s.wire, req)
 	if err != nil {
-		return nil, fmt.Errorf("shares: response from %s: %w", p, ctxErr(ctx, err))
+		return nil, responseError(p, err)
+	}
+	if err := checkResponse(resp); err != nil {
+		return nil, fmt.Errorf("shares: response from %s: %w", p, err)
 	}
 	if resp.GetClusterId() != s.clusterID {
 		return nil, fmt.Errorf("%w: %s answers for cluster %q", ErrWrongCluster, p, resp.GetClusterId())
@@ -495,13 +477,4 @@ func (s *Service) roundTrip(ctx context.Context, p peer.ID, req *pb.Request) (re
 		return nil, remoteError(resp.GetCode(), resp.GetMessage(), p)
 	}
 	return resp, nil
-}
-
-// ctxErr adds the context's error to an I/O error caused by its
-// cancellation (the stream was reset by context.AfterFunc).
-func ctxErr(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil {
-		return fmt.Errorf("%w (%w)", cerr, err)
-	}
-	return err
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/p2pkey/p2pkey/shares/pb"
+	"github.com/p2pkey/p2pkey/wire"
 )
 
 func ctx(t testing.TB) context.Context {
@@ -463,6 +464,14 @@ func TestClientRefusesBadResponses(t *testing.T) {
 			t.Errorf("%s: %v, want %v", name, err, c.want)
 		}
 	}
+	// A holder that closes without answering gave no response: that is a
+	// failed stream, not a bad response (issue 14: a failure to hear is
+	// never a malformed answer).
+	reply = func(*pb.Request) []byte { return nil }
+	_, err = a.svc.Fetch(ctx(t), b.id, 1)
+	if !errors.Is(err, wire.ErrIncomplete) || errors.Is(err, ErrBadResponse) {
+		t.Errorf("no answer: %v, want wire.ErrIncomplete and not ErrBadResponse", err)
+	}
 }
 
 // seal2 returns an envelope of owner o, held by n, for gen: as n would
@@ -570,5 +579,39 @@ func TestNewServiceChecks(t *testing.T) {
 	}
 	if _, err := NewService(a.h, a.store, a.key, testCluster, a.policy, WithFetchRateLimit(0, 1)); err == nil {
 		t.Error("accepted a zero fetch rate")
+	}
+}
+
+// TestCloseResetsOutgoing: Close ends a Fetch waiting on a holder that
+// never answers, at once rather than at the exchange's deadline, and
+// Fetch after Close is ErrClosed.
+func TestCloseResetsOutgoing(t *testing.T) {
+	a, b := newTestNode(t, testCluster), newTestNode(t, testCluster)
+	connect(t, a, b)
+	b.svc.Close()
+	entered, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	b.h.SetStreamHandler(ProtocolID, func(s network.Stream) {
+		close(entered)
+		<-release
+		s.Reset()
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.svc.Fetch(context.Background(), b.id, 1)
+		done <- err
+	}()
+	<-entered
+	start := time.Now()
+	a.svc.Close()
+	err := <-done
+	if took := time.Since(start); took > DefaultTimeout/2 {
+		t.Fatalf("Fetch returned %v after Close", took)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Fetch ended by Close: %v, want context.Canceled", err)
+	}
+	if _, err := a.svc.Fetch(context.Background(), b.id, 1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Fetch after Close: %v, want ErrClosed", err)
 	}
 }

@@ -1,17 +1,15 @@
 package shares
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
-	"google.golang.org/protobuf/encoding/protodelim"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pkey/p2pkey/shares/pb"
+	"github.com/p2pkey/p2pkey/wire"
 )
 
 // ProtocolID is the share protocol: one request and one response per
@@ -46,46 +44,59 @@ type request struct {
 	envelope  []byte // push only; the raw encoded envelope
 }
 
-// readDelimited reads one message of at most MaxMessageSize bytes. An
-// over-long length prefix is refused before anything is allocated.
-func readDelimited(r *bufio.Reader, m proto.Message) error {
-	err := protodelim.UnmarshalOptions{MaxSize: MaxMessageSize}.UnmarshalFrom(r, m)
-	var tooLarge *protodelim.SizeTooLargeError
+// shareWire is the share protocol as package wire runs it: one request and
+// one response per stream, each at most MaxMessageSize, version
+// WireVersion. NewService sets Timeout from WithTimeout.
+var shareWire = wire.Protocol{
+	ID:          ProtocolID,
+	Service:     ServiceName,
+	MaxRequest:  MaxMessageSize,
+	MaxResponse: MaxMessageSize,
+	Timeout:     DefaultTimeout,
+	Versions:    []uint32{WireVersion},
+}
+
+// requestError gives a request that could not be read its wire meaning:
+// ErrTooLarge for an oversized message, ErrBadRequest for anything else
+// that came in (bytes that do not parse, another version, a stream that
+// ended or stalled before a whole request), and ErrInternal when the
+// stream could not even be attached to the resource manager.
+func requestError(err error) error {
 	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &tooLarge):
-		return fmt.Errorf("%w: %d-byte message, limit %d", ErrTooLarge, tooLarge.Size, MaxMessageSize)
-	case errors.Is(err, io.EOF):
-		return fmt.Errorf("%w: empty stream", ErrBadRequest)
-	default:
+	case errors.Is(err, wire.ErrTooLarge):
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	case errors.Is(err, wire.ErrBadVersion), errors.Is(err, wire.ErrMalformed),
+		errors.Is(err, wire.ErrIncomplete), errors.Is(err, wire.ErrTimeout):
 		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	default:
+		return fmt.Errorf("%w: %w", ErrInternal, err)
 	}
 }
 
-// writeDelimited writes one message in a single Write.
-func writeDelimited(w io.Writer, m proto.Message) error {
-	bw := bufio.NewWriterSize(w, 512)
-	if _, err := protodelim.MarshalTo(bw, m); err != nil {
-		return err
+// responseError is the client's error for a Call to p that got no valid
+// response. A response that came back and was refused (too large, another
+// version, malformed) is ErrBadResponse, wrapping ErrTooLarge or
+// ErrBadRequest as the holder's reading of a request would; a request not
+// sent, or a stream that failed or timed out first, keeps package wire's
+// sentinel and its cause (a reset, a deadline), and is not ErrBadResponse:
+// it says nothing about the holder's answer.
+func responseError(p peer.ID, err error) error {
+	switch {
+	case errors.Is(err, wire.ErrNotSent):
+		return fmt.Errorf("shares: send to %s: %w", p, err)
+	case errors.Is(err, wire.ErrTooLarge):
+		return fmt.Errorf("shares: response from %s: %w: %w: %w", p, ErrBadResponse, ErrTooLarge, err)
+	case errors.Is(err, wire.ErrBadVersion), errors.Is(err, wire.ErrMalformed):
+		return fmt.Errorf("shares: response from %s: %w: %w: %w", p, ErrBadResponse, ErrBadRequest, err)
+	default:
+		return fmt.Errorf("shares: response from %s: %w", p, err)
 	}
-	return bw.Flush()
 }
 
-// decodeRequest reads and validates one Request. It never panics; every
-// malformed input is ErrBadRequest or ErrTooLarge.
-func decodeRequest(r *bufio.Reader) (*request, error) {
-	var m pb.Request
-	if err := readDelimited(r, &m); err != nil {
-		return nil, err
-	}
-	return validateRequest(&m)
-}
-
+// validateRequest checks a Request that wire.ReadMsg read (its size and
+// version are checked). It never panics; every malformed request is
+// ErrBadRequest or ErrTooLarge.
 func validateRequest(m *pb.Request) (*request, error) {
-	if m.GetVersion() != WireVersion {
-		return nil, fmt.Errorf("%w: wire version %d, want %d", ErrBadRequest, m.GetVersion(), WireVersion)
-	}
 	var req *request
 	switch body := m.GetBody().(type) {
 	case *pb.Request_Push_:
@@ -109,23 +120,16 @@ func validateRequest(m *pb.Request) (*request, error) {
 	return req, nil
 }
 
-// decodeResponse reads one Response and checks the parts that do not
-// depend on the request.
-func decodeResponse(r *bufio.Reader) (*pb.Response, error) {
-	var m pb.Response
-	if err := readDelimited(r, &m); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadResponse, err)
-	}
-	if m.GetVersion() != WireVersion {
-		return nil, fmt.Errorf("%w: wire version %d, want %d", ErrBadResponse, m.GetVersion(), WireVersion)
-	}
+// checkResponse checks the parts of a Response (read by wire.Call, size
+// and version checked) that do not depend on the request.
+func checkResponse(m *pb.Response) error {
 	if m.GetCode() == pb.Response_CODE_UNSPECIFIED {
-		return nil, fmt.Errorf("%w: no response code", ErrBadResponse)
+		return fmt.Errorf("%w: no response code", ErrBadResponse)
 	}
 	if err := validateClusterID(m.GetClusterId()); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadResponse, err)
+		return fmt.Errorf("%w: %w", ErrBadResponse, err)
 	}
-	return &m, nil
+	return nil
 }
 
 func pushRequest(clusterID string, gen uint64, env []byte) *pb.Request {
