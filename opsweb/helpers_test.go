@@ -67,7 +67,8 @@ func newMember(t *testing.T, cfg node.Config) *member {
 }
 
 // testCluster bootstraps the first node, joins the rest by invite and
-// waits until every member is escrowed with full coverage and unlocked.
+// waits until every member is escrowed with full coverage, unlocked, and
+// reports its coverage in the current generation.
 func testCluster(t *testing.T, size int) []*member {
 	t.Helper()
 	cfg := testConfig(t)
@@ -85,7 +86,12 @@ func testCluster(t *testing.T, size int) []*member {
 	waitFor(t, "every node unlocked with full coverage", 60*time.Second, func() bool {
 		for _, m := range ms {
 			st := m.n.Status()
-			if st.Lock != node.LockUnlocked || len(st.Members) != size {
+			if st.Lock != node.LockUnlocked || len(st.Members) != size || st.Generation.Current == nil {
+				return false
+			}
+			// The key loop reports the node's own coverage a moment after
+			// the commit.
+			if st.Unlock.Generation != *st.Generation.Current || st.Unlock.Have != size {
 				return false
 			}
 			for _, mm := range st.Members {
