@@ -82,8 +82,9 @@ type Event struct {
 	// (pb.Response_Code's name, for example "OWNER_REMOVED"), a Deleted*
 	// constant for a deletion, or empty.
 	Reason string
-	// Remote is the peer on the other end of the stream; empty for a
-	// deletion.
+	// Remote is the peer on the other end of the stream, this node itself
+	// for its own envelopes (Push to and Fetch from itself, which use no
+	// stream); empty for a deletion.
 	Remote peer.ID
 }
 

@@ -354,3 +354,40 @@ func TestReason(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditSelf: a node's own envelopes, pushed to and fetched from its own
+// store without a stream, are recorded too.
+func TestAuditSelf(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	audit, err := OpenAuditLog(path, AuditOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { audit.Close() })
+	a := newTestNode(t, testCluster, WithAuditLog(audit))
+	if _, err := a.svc.Push(ctx(t), a.id, a.seal(a.id, 1, []byte("own share"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.svc.Fetch(ctx(t), a.id, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.svc.Fetch(ctx(t), a.id, 2); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("fetch of a missing own envelope: %v", err)
+	}
+	got := readAll(t, path)
+	want := []string{"stored push  1", "served fetch  1", "refused fetch NOT_FOUND 2"}
+	if len(got) != len(want) {
+		t.Fatalf("%d records: %+v", len(got), got)
+	}
+	for i, e := range got {
+		if s := fmt.Sprintf("%s %s %s %d", e.Kind, e.Op, e.Reason, e.Generation); s != want[i] {
+			t.Fatalf("record %d: %q, want %q", i, s, want[i])
+		}
+		if e.Owner != a.id || e.Holder != a.id || e.Remote != a.id {
+			t.Fatalf("record %d: %+v", i, e)
+		}
+	}
+	if got[0].Split != a.split || got[1].Split != a.split {
+		t.Fatalf("own records without their split: %+v", got)
+	}
+}

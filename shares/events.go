@@ -17,7 +17,7 @@ import (
 // share bytes.
 type Observer interface {
 	// HolderEvent reports what this node, as a holder, did with an
-	// envelope: the same events the audit log records.
+	// envelope, its own included: the same events the audit log records.
 	HolderEvent(Event)
 	// OwnerRequest reports one Push or Fetch this node made as an owner
 	// (to itself too): op is "push" or "fetch", took is its duration,

@@ -363,6 +363,12 @@ func (s *Service) served(ev Event) {
 	s.record(ev)
 }
 
+// selfEvent is the event of this node's own push to, or fetch from, its
+// own store: it is owner, holder and remote peer at once.
+func (s *Service) selfEvent(op string, gen uint64) Event {
+	return Event{Op: op, Owner: s.selfID, Holder: s.selfID, Generation: gen, Remote: s.selfID}
+}
+
 // deleted is the store's delete hook: it records each deleted envelope.
 func (s *Service) deleted(reason string, gone []Binding) {
 	now := time.Now().UTC()
@@ -404,9 +410,13 @@ func (s *Service) Push(ctx context.Context, holder peer.ID, env *Envelope) (_ *R
 	digest := sha256.Sum256(raw)
 	var sig []byte
 	if holder == s.selfID {
+		ev := s.selfEvent(opPush, b.Generation)
+		ev.Split = b.Split
 		if sig, err = s.store1(env, digest); err != nil {
+			s.refused(ev, err)
 			return nil, err
 		}
+		s.served(ev)
 	} else {
 		resp, err := s.roundTrip(ctx, holder, pushRequest(s.clusterID, b.Generation, raw))
 		if err != nil {
@@ -433,9 +443,13 @@ func (s *Service) Fetch(ctx context.Context, holder peer.ID, gen uint64) (env *E
 	start := time.Now()
 	defer func() { s.observeRequest(opFetch, holder, start, err) }()
 	if holder == s.selfID {
+		ev := s.selfEvent(opFetch, gen)
 		if env, err = s.store.Get(gen, s.selfID); err != nil {
+			s.refused(ev, err)
 			return nil, err
 		}
+		ev.Split = env.Binding.Split
+		s.served(ev)
 	} else {
 		resp, err := s.roundTrip(ctx, holder, fetchRequest(s.clusterID, gen))
 		if err != nil {
