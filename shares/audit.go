@@ -195,11 +195,12 @@ type AuditLog struct {
 	maxSize int64
 	keep    int
 
-	mu    sync.Mutex
-	f     *os.File // nil once closed
-	size  int64
-	dirty bool        // written since the last fsync
-	timer *time.Timer // the pending fsync, if any
+	mu     sync.Mutex
+	closed bool
+	f      *os.File // nil once closed, or after a failed rotation
+	size   int64
+	dirty  bool        // written since the last fsync
+	timer  *time.Timer // the pending fsync, if any
 }
 
 // OpenAuditLog opens (creating it if needed, mode 0600) the audit log at
@@ -253,8 +254,14 @@ func (a *AuditLog) Append(e Event) error {
 	line = append(line, '\n')
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.f == nil {
+	if a.closed {
 		return ErrClosed
+	}
+	if a.f == nil {
+		// A rotation failed and could not reopen the file: try again.
+		if err := a.open(); err != nil {
+			return err
+		}
 	}
 	if a.size > 0 && a.size+int64(len(line)) > a.maxSize {
 		if err := a.rotate(); err != nil {
@@ -328,12 +335,16 @@ func rotatedName(path string, i int) string { return path + "." + strconv.Itoa(i
 func (a *AuditLog) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.f == nil {
+	if a.closed {
 		return nil
 	}
+	a.closed = true
 	if a.timer != nil {
 		a.timer.Stop()
 		a.timer = nil
+	}
+	if a.f == nil {
+		return nil
 	}
 	serr := a.f.Sync()
 	cerr := a.f.Close()

@@ -35,7 +35,9 @@
 //     envelope back). The handler enforces what it can know by itself: the
 //     pusher is the authenticated owner, the envelope is addressed to this
 //     holder and this cluster, one envelope per (generation, owner, holder),
-//     size limits, deadlines, and a per-peer fetch rate limit.
+//     size limits, deadlines, and a per-peer fetch rate limit. Streams run
+//     on package wire (Serve on the holder, Call on the owner), which does
+//     the bounded, versioned reads, the resource scope and the deadline.
 //   - The record of share releases: every envelope a holder stores, serves,
 //     refuses or deletes is an Event, logged at INFO (owner, holder,
 //     generation, split, reason), counted in Service.Stats, passed to an
