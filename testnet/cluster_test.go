@@ -235,9 +235,16 @@ func (c *tnet) status(i int) (node.Status, error) {
 	return st, c.jsonCLI(i, &st, "status")
 }
 
+// generations reads node i's generations, with the holder matrices, from
+// its control socket (the CLI's --json is a presentation of the same).
 func (c *tnet) generations(i int) ([]node.GenerationInfo, error) {
-	var gens []node.GenerationInfo
-	return gens, c.jsonCLI(i, &gens, "generations")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	gens, err := node.NewClient(c.dir(i)).Generations(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("generations of node %d: %w", i, err)
+	}
+	return gens, nil
 }
 
 // key runs `key --purpose chaos --format hex` on node i: the key and exit 0

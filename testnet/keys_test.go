@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -32,28 +33,33 @@ func TestTestnetKeys(t *testing.T) {
 	waitCoverage(t, s, 5, 5, 3)
 
 	// `generations --json` shows each generation's state and, for the
-	// current one, a full owner x holder matrix.
-	var gens []struct {
-		Number  uint64   `json:"number"`
-		State   string   `json:"state"`
-		Current bool     `json:"current"`
-		Members []string `json:"members"`
-		Matrix  [][]bool `json:"matrix"`
+	// current one, every owner with its holders (a full matrix).
+	var listed struct {
+		Generations []struct {
+			Number  uint64   `json:"number"`
+			State   string   `json:"state"`
+			Current bool     `json:"current"`
+			Members []string `json:"members"`
+			Owners  []struct {
+				PeerID  string   `json:"peer_id"`
+				Holders []string `json:"holders"`
+			} `json:"owners"`
+		} `json:"generations"`
 	}
-	if err := json.Unmarshal([]byte(s.must("p2pkey", "1", "generations", "--json")), &gens); err != nil {
+	if err := json.Unmarshal([]byte(s.must("p2pkey", "1", "generations", "--json")), &listed); err != nil {
 		t.Fatal(err)
 	}
 	var cur int
-	for _, g := range gens {
+	for _, g := range listed.Generations {
 		if g.Current {
 			cur++
-			if g.State != "committed" || len(g.Members) != 5 || len(g.Matrix) != 5 {
+			if g.State != "committed" || len(g.Members) != 5 || len(g.Owners) != 5 {
 				t.Fatalf("current generation: %+v", g)
 			}
-			for i, row := range g.Matrix {
-				for j, held := range row {
-					if !held {
-						t.Fatalf("generation %d: holder %d lacks owner %d's share", g.Number, j, i)
+			for _, o := range g.Owners {
+				for _, h := range g.Members {
+					if !slices.Contains(o.Holders, h) {
+						t.Fatalf("generation %d: holder %s lacks owner %s's share", g.Number, h, o.PeerID)
 					}
 				}
 			}
