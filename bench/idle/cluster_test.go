@@ -257,6 +257,23 @@ func (c *p2pkeyCluster) roles(ctx context.Context) (int, uint64, error) {
 	return leader, term, nil
 }
 
+// stableRoles is roles, waiting up to 30 s for an election in progress to
+// end.
+func (c *p2pkeyCluster) stableRoles(ctx context.Context) (int, uint64, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		leader, term, err := c.roles(ctx)
+		if err == nil || time.Now().After(deadline) {
+			return leader, term, err
+		}
+		select {
+		case <-ctx.Done():
+			return -1, 0, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
 func (c *p2pkeyCluster) stop() {
 	var wg sync.WaitGroup
 	for _, d := range c.nodes {

@@ -8,7 +8,10 @@
 //   - CPU: utime+stime from /proc/PID/stat, as a percentage of one core,
 //     per daemon and for the whole cluster;
 //   - memory: VmRSS from /proc/PID/status at the end of the window (the
-//     largest daemon's and the median daemon's);
+//     largest daemon's and the median daemon's), and RssAnon, the part that
+//     is not pages of mapped files: VmRSS counts the executable's pages
+//     (about 24 MB for p2pkey) in every daemon, though one machine holds
+//     them once for all the daemons it runs;
 //   - traffic: the tcp_info counters (bytes_sent, bytes_received, segs_out,
 //     segs_in) of every TCP socket the process holds, read with `ss -tinp`
 //     at the start, every few seconds and at the end. "wire" adds 66 bytes
@@ -20,9 +23,10 @@
 // the cluster's average per node (every byte counted once, at its sender).
 //
 // Leader and followers are reported apart: a daemon's role comes from
-// `p2pkey status --json` before and after the window (the benchmark fails if
-// the leader or the term changed), the baseline's from the state lines
-// rafttcp prints.
+// `p2pkey status --json` before and after the window, the baseline's from the
+// state lines rafttcp prints. A window in which either cluster changed leader
+// or term is discarded, said so, and measured again (at most -idle.windows
+// times; then the benchmark fails).
 //
 // For 5 nodes it says whether issue 13's targets are met (leader, each
 // follower, leader against the baseline, bytes per node); for 25 nodes,

@@ -49,24 +49,41 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * clockTick, nil
 }
 
-// procRSS returns VmRSS of pid in bytes.
-func procRSS(pid int) (int64, error) {
+// procRSS returns VmRSS of pid in bytes, and RssAnon, the part of it that
+// is the process's own (heap, stacks) rather than pages of files it maps:
+// its executable's pages count in every daemon's VmRSS but are in memory
+// once for all of them.
+func procRSS(pid int) (rss, anon int64, err error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	found := 0
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) != 2 || f[1] != "kB" {
-				return 0, fmt.Errorf("/proc/%d/status: VmRSS %q", pid, v)
-			}
-			kb, err := strconv.ParseInt(f[0], 10, 64)
-			return kb << 10, err
+		name, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || name != "VmRSS" && name != "RssAnon" {
+			continue
 		}
+		f := strings.Fields(v)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, 0, fmt.Errorf("/proc/%d/status: %s %q", pid, name, v)
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/%d/status: %s: %w", pid, name, err)
+		}
+		if name == "VmRSS" {
+			rss = kb << 10
+		} else {
+			anon = kb << 10
+		}
+		found++
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	if found != 2 {
+		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS or RssAnon", pid)
+	}
+	return rss, anon, nil
 }
 
 // sockCount is the tcp_info counters of one socket.
@@ -206,8 +223,8 @@ func TestProcReaders(t *testing.T) {
 			t.Fatalf("utime+stime did not move in 5 s of busy work (%d)", x)
 		}
 	}
-	if rss, err := procRSS(pid); err != nil || rss < 1<<20 {
-		t.Fatalf("VmRSS = %d, %v; want at least 1 MiB", rss, err)
+	if rss, anon, err := procRSS(pid); err != nil || rss < 1<<20 || anon <= 0 || anon > rss {
+		t.Fatalf("VmRSS = %d, RssAnon = %d, %v; want at least 1 MiB, and 0 < RssAnon <= VmRSS", rss, anon, err)
 	}
 
 	// A loopback connection of this process: its counters must show what
