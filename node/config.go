@@ -4,11 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/p2pkey/p2pkey/consensus"
-	"github.com/p2pkey/p2pkey/generations"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/p2pkey/p2pkey/consensus"
+	"github.com/p2pkey/p2pkey/generations"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -75,6 +76,14 @@ type Config struct {
 	// AuditInterval is how often the node checks that every holder still
 	// has its envelope (0 turns periodic audits off).
 	AuditInterval time.Duration
+
+	// Observer, if set, is told of every envelope this node stores,
+	// serves, refuses or deletes as a holder, of its own pushes and
+	// fetches, and of each unlock (metrics: see package opsweb).
+	Observer Observer
+	// Metrics turns on go-libp2p's own Prometheus metrics (registered with
+	// the default registerer).
+	Metrics bool
 
 	// hooks lets this package's tests and benchmarks reach the transport seam
 	// (drop pushes, count bytes). It is unexported: programs cannot set it.
@@ -211,6 +220,10 @@ func (c Config) removedPath() string { return filepath.Join(c.DataDir, "removed.
 // joiningPath holds the invite a joiner consumed, mode 0600, from the join
 // request until it is admitted or refused, so that a joiner killed mid-join
 // resumes with its own consumed invite.
+// AuditLogPath is the holder's append-only record of share releases, JSON
+// lines, rotated by size (see shares.AuditLog and `p2pkey audit-log`).
+func (c Config) AuditLogPath() string { return filepath.Join(c.DataDir, "audit.jsonl") }
+
 func (c Config) joiningPath() string { return filepath.Join(c.DataDir, "joining.invite") }
 
 // clusterFile records which cluster this data directory belongs to, so a

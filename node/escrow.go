@@ -282,7 +282,7 @@ func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.C
 			n.keys.mu.Lock()
 			sp.dup[res.holder] = true
 			n.keys.mu.Unlock()
-			log.Warnw("holder keeps an envelope of an earlier split; skipping it", "generation", g.Number, "holder", res.holder)
+			log.Infow("holder keeps an envelope of an earlier split; skipping it", "generation", g.Number, "holder", res.holder)
 		default:
 			log.Debugw("push share", "generation", g.Number, "holder", res.holder, "err", res.err)
 		}

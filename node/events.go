@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/shares"
 )
 
 // EventType names what happened.
@@ -91,3 +92,13 @@ func (b *broadcaster) close() {
 // Events returns a stream of the node's events and a function that ends the
 // subscription. The channel is closed when the node closes.
 func (n *Node) Events() (<-chan Event, func()) { return n.events.subscribe() }
+
+// Observer is told what only this node sees as it happens, for metrics: as a
+// holder, every envelope it stores, serves, refuses or deletes, and as an
+// owner, each push and fetch (shares.Observer); and each unlock, with how
+// long the locked node's attempts took from the first to the key. Methods
+// must be cheap, safe for concurrent use, and must not block.
+type Observer interface {
+	shares.Observer
+	Unlocked(took time.Duration)
+}

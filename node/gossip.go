@@ -373,22 +373,17 @@ func (n *Node) announce(ctx context.Context) {
 	}
 }
 
-// announceLoop runs on every node; the leader announces.
+// announceLoop runs on every node; the leader announces the newest
+// generation when it changes, and again every announceInterval. It wakes on
+// ledger and leader changes, not on a ticker (issue 13).
 func (n *Node) announceLoop() {
 	defer n.wg.Done()
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
 	var last string
 	var lastAt time.Time
-	for {
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-tick.C:
-		}
+	n.onChange(func() time.Duration {
 		n.knownLeader(n.gossip) // remember the leader for the validator
 		if !n.cons.IsLeader() {
-			continue
+			return safetyNet
 		}
 		var key string
 		n.view(func(l *generations.Ledger) {
@@ -397,10 +392,13 @@ func (n *Node) announceLoop() {
 				key = fmt.Sprint(g.Number, g.State)
 			}
 		})
-		if key == "" || (key == last && time.Since(lastAt) < announceInterval) {
-			continue
+		if key == "" {
+			return safetyNet
 		}
-		last, lastAt = key, time.Now()
-		n.announce(n.ctx)
-	}
+		if key != last || time.Since(lastAt) >= announceInterval {
+			last, lastAt = key, time.Now()
+			n.announce(n.ctx)
+		}
+		return announceInterval - time.Since(lastAt)
+	})
 }

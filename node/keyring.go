@@ -68,7 +68,7 @@ func (kr *keyring) get() []byte {
 func (kr *keyring) setProgress(p UnlockProgress) {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
-	if p != kr.progress {
+	if !p.equal(kr.progress) {
 		kr.progress = p
 		kr.notifyLocked()
 	}
@@ -154,6 +154,6 @@ func (n *Node) dropForeignKey() bool {
 	n.keys.mu.Lock()
 	clear(n.keys.made)
 	n.keys.mu.Unlock()
-	n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
+	n.keys.setProgress(UnlockProgress{Reason: "waiting for the cluster"})
 	return true
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -120,7 +119,7 @@ func (n *Node) keyDuties() {
 		if h, ok := n.loadUnlockHint(); ok {
 			n.tryUnlock(h.ClusterID, h.coverage(), h.KeyCheck)
 		} else {
-			n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the ledger to catch up with the cluster"})
+			n.keys.setProgress(UnlockProgress{Reason: "waiting for the ledger to catch up with the cluster"})
 		}
 		return
 	}
@@ -134,11 +133,11 @@ func (n *Node) keyDuties() {
 	if isMem && me.Status == generations.StatusLapsed {
 		// Its shares are no longer served: the cluster cannot give K back.
 		n.keys.wipe()
-		n.keys.setProgress(UnlockProgress{Reason: "locked: " + me.Reason + "; this node must be invited again"})
+		n.keys.setProgress(UnlockProgress{Reason: "" + me.Reason + "; this node must be invited again"})
 		return
 	}
 	if isMem && me.Suspended {
-		n.keys.setProgress(UnlockProgress{Reason: fmt.Sprintf("locked: suspended by %d of %d votes; holders keep its shares but serve none until a majority reinstates it", len(me.RemoveVotes), me.VotesNeeded)})
+		n.keys.setProgress(UnlockProgress{Reason: fmt.Sprintf("suspended by %d of %d votes; holders keep its shares but serve none until a majority reinstates it", len(me.RemoveVotes), me.VotesNeeded)})
 	}
 	if len(checkOK) > 0 && n.dropForeignKey() {
 		log.Infow("the key in memory is not the one the ledger records for this node; locked until a threshold of its shares is back")
@@ -216,9 +215,8 @@ func (n *Node) caughtUp() bool {
 	if n.cons.Leader() == "" {
 		return false
 	}
-	st := n.cons.Stats()
-	commit, _ := strconv.ParseUint(st["commit_index"], 10, 64)
-	return n.cons.AppliedIndex() >= commit
+	st := n.cons.RaftState()
+	return st.AppliedIndex >= st.CommitIndex
 }
 
 // standByFor is how long a member that the commit of an open generation

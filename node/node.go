@@ -47,7 +47,9 @@ type Node struct {
 
 	store *shares.Store
 	svc   *shares.Service
-	keys  *keyring
+	// auditLog is the holder's record of share releases (audit.jsonl).
+	auditLog *shares.AuditLog
+	keys     *keyring
 
 	relays  []peer.AddrInfo
 	addrsCh chan struct{}
@@ -58,8 +60,10 @@ type Node struct {
 	catchUp   *CatchUp
 	heardSet  map[string]bool
 
-	events  *broadcaster
-	applied chan struct{}
+	events *broadcaster
+	// changed wakes the loops that wait on the ledger, the leader and
+	// connections (see onChange).
+	changed *changes
 	keyPoke chan struct{}
 	// joinGen is the generation opened for this node, as its join response
 	// described it; it lets a joiner share before its ledger catches up.
@@ -75,17 +79,17 @@ type Node struct {
 
 	// allowed holds peers admitted to Raft while this node is unconfigured:
 	// the members named by the join response.
-	mu         sync.Mutex
-	allowed    map[peer.ID]bool
-	sweptSet   map[string]bool
-	lastUnlock time.Time
-	openSeen   map[uint64]time.Time // when standBy first saw a generation open
-	lastHint   []byte
-	removed    atomic.Bool
-	lastAudit  *AuditReport
+	mu        sync.Mutex
+	allowed   map[peer.ID]bool
+	sweptSet  map[string]bool
+	unlock    unlocker
+	openSeen  map[uint64]time.Time // when standBy first saw a generation open
+	lastHint  []byte
+	removed   atomic.Bool
+	lastAudit *AuditReport
 	// barrierTerm is the Raft term in which this node, as leader, last
 	// caught its ledger up with a barrier (reconcile loop only).
-	barrierTerm string
+	barrierTerm uint64
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -192,6 +196,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	hopts := []p2p.Option{
 		p2p.WithListenAddrs(cfg.ListenAddrs...),
 		p2p.WithNATPortMap(cfg.NATPortMap),
+		p2p.WithMetrics(cfg.Metrics),
 		p2p.WithAddrsChanged(func() {
 			select {
 			case addrsChanged <- struct{}{}:
@@ -235,7 +240,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		sm:         &ledgerSM{l: generations.New()},
 		events:     newBroadcaster(),
 		keys:       newKeyring(),
-		applied:    make(chan struct{}, 1),
+		changed:    newChanges(),
 		keyPoke:    make(chan struct{}, 1),
 		joinGenSet: make(chan struct{}),
 		redials:    p2p.NewPeerLimiter(rate.Every(redialEvery), 1),
@@ -254,7 +259,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	} else if k != nil {
 		n.keys.set(k)
 	} else {
-		n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
+		n.keys.setProgress(UnlockProgress{Reason: "waiting for the cluster"})
 	}
 	n.cons, err = consensus.New(consensus.Config{
 		Host:               h,
@@ -279,7 +284,15 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.consReady.Store(n.cons)
-	n.svc, err = shares.NewService(h, store, priv, clusterID, sharePolicy{n}, shares.WithSplitDecision(sharePolicy{n}.splitDecision))
+	if n.auditLog, err = shares.OpenAuditLog(cfg.AuditLogPath(), shares.AuditOptions{}); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("open the share-release audit log: %w", err)
+	}
+	svcOpts := []shares.Option{shares.WithSplitDecision(sharePolicy{n}.splitDecision), shares.WithAuditLog(n.auditLog)}
+	if cfg.Observer != nil {
+		svcOpts = append(svcOpts, shares.WithObserver(cfg.Observer))
+	}
+	n.svc, err = shares.NewService(h, store, priv, clusterID, sharePolicy{n}, svcOpts...)
 	if err != nil {
 		n.Close()
 		return nil, err
@@ -295,7 +308,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			log.Warnw("mDNS discovery is off", "err", err)
 		}
 	}
-	n.wg.Add(6)
+	n.wg.Add(7)
+	go n.changeLoop()
 	go n.auditLoop()
 	go n.announceLoop()
 	go n.reconcileLoop()
@@ -317,7 +331,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			// It was admitted before it was killed: an ordinary restart.
 			os.Remove(cfg.joiningPath())
 			n.keys.wipe()
-			n.keys.setProgress(UnlockProgress{Reason: "locked: waiting for the cluster"})
+			n.keys.setProgress(UnlockProgress{Reason: "waiting for the cluster"})
 			err = nil
 		}
 	case hasState:
@@ -515,10 +529,7 @@ func (n *Node) allowUnconfigured(p peer.ID) bool {
 }
 
 func (n *Node) onApplied(uint64) {
-	select {
-	case n.applied <- struct{}{}:
-	default:
-	}
+	n.changed.notify()
 	select {
 	case n.keyPoke <- struct{}{}:
 	default:
@@ -540,6 +551,9 @@ func (n *Node) Close() error {
 		n.savePeerBook()
 		if n.svc != nil {
 			n.svc.Close()
+		}
+		if n.auditLog != nil {
+			n.auditLog.Close()
 		}
 		err = n.cons.Close()
 		if herr := n.host.Close(); err == nil {

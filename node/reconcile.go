@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -16,8 +17,13 @@ import (
 )
 
 const (
-	reconcileInterval = time.Second
+	// reconcileBusy is how soon the reconciler looks again while a pass
+	// left work in hand (an open generation, a failed change).
+	reconcileBusy = 500 * time.Millisecond
+	// connectInterval is the first retry of a member that could not be
+	// dialled; retries double up to connectMaxBackoff.
 	connectInterval   = 2 * time.Second
+	connectMaxBackoff = 30 * time.Second
 	membershipTimeout = 10 * time.Second
 )
 
@@ -37,32 +43,34 @@ func (n *Node) pokeKeys() {
 // voters once connected; removed and rejected members are taken out. It also
 // aborts an open generation whose deadline has passed (rule G3). Each pass is
 // idempotent, so a new leader simply carries on.
+//
+// It runs on ledger changes, leader changes and connection events; a timer
+// is armed only while a pass left work that no event announces (an open
+// generation's deadline, a failed membership change, a joiner held back).
 func (n *Node) reconcileLoop() {
 	defer n.wg.Done()
-	tick := time.NewTicker(reconcileInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-tick.C:
-		case <-n.applied:
+	n.onChange(func() time.Duration {
+		if !n.cons.IsLeader() {
+			return safetyNet
 		}
-		if n.cons.IsLeader() {
-			n.reconcile()
+		if n.reconcile() {
+			return reconcileBusy
 		}
-	}
+		return safetyNet
+	})
 }
 
-func (n *Node) reconcile() {
+// reconcile makes one pass and reports whether work remains that no event
+// will announce.
+func (n *Node) reconcile() (busy bool) {
 	// A new leader's ledger may lag what the cluster committed (after a
 	// cold restart it may be empty). Acting on it could take live members
 	// out of Raft, so first apply everything committed: a barrier, once
 	// per term.
-	if term := n.cons.Stats()["term"]; term != n.barrierTerm {
+	if term := n.cons.RaftState().Term; term != n.barrierTerm {
 		if err := n.cons.Barrier(5 * time.Second); err != nil {
 			log.Debugw("reconcile: barrier", "err", err)
-			return
+			return true
 		}
 		n.barrierTerm = term
 	}
@@ -75,8 +83,11 @@ func (n *Node) reconcile() {
 		open, hasOpen = l.Open()
 	})
 	if !bootstrapped {
-		return
+		return false
 	}
+	// An open generation has deadlines no event announces (its own, the
+	// joiners' progress timeout, a joiner held back from Raft).
+	busy = hasOpen
 	servers := map[peer.ID]bool{} // id -> voter
 	for _, s := range n.cons.Servers() {
 		servers[s.ID] = s.Voter
@@ -98,12 +109,14 @@ func (n *Node) reconcile() {
 			if !in {
 				if err := n.cons.AddNonvoter(m.ID, membershipTimeout); err != nil {
 					log.Warnw("add non-voter", "peer", m.ID, "err", err)
+					busy = true
 					continue
 				}
 				log.Infow("added non-voter", "peer", m.ID)
 			} else if !voter && m.Status == generations.StatusActive && n.connected(m.ID) {
 				if err := n.cons.AddVoter(m.ID, membershipTimeout); err != nil {
 					log.Warnw("promote to voter", "peer", m.ID, "err", err)
+					busy = true
 					continue
 				}
 				log.Infow("promoted to voter", "peer", m.ID)
@@ -122,12 +135,14 @@ func (n *Node) reconcile() {
 		}
 		if err := n.cons.RemoveServer(id, membershipTimeout); err != nil {
 			log.Warnw("remove server", "peer", id, "err", err)
+			busy = true
 			continue
 		}
 		log.Infow("removed from the Raft configuration", "peer", id)
 	}
 	n.abortExpired()
 	n.openIfNeeded()
+	return busy
 }
 
 // joinerRaftDelay is how long a joiner of the open generation waits to be
@@ -224,18 +239,22 @@ func (n *Node) connected(p peer.ID) bool {
 
 // connectLoop keeps a connection open to every live member, using the
 // addresses in the ledger and the local peer book.
+//
+// It runs on ledger and connection changes; while a member stays
+// unreachable it retries after connectInterval, doubling up to
+// connectMaxBackoff.
 func (n *Node) connectLoop() {
 	defer n.wg.Done()
-	tick := time.NewTicker(connectInterval)
-	defer tick.Stop()
-	for {
-		n.connectMembers()
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-tick.C:
+	backoff := connectInterval
+	n.onChange(func() time.Duration {
+		if n.connectMembers() {
+			backoff = connectInterval
+			return safetyNet
 		}
-	}
+		wait := backoff
+		backoff = min(2*backoff, connectMaxBackoff)
+		return wait
+	})
 }
 
 // addMemberAddrs puts what the ledger says of m's addresses into the
@@ -264,10 +283,13 @@ func (n *Node) learnAddrs(p peer.ID) {
 	}
 }
 
-func (n *Node) connectMembers() {
+// connectMembers dials every live member not connected, and reports
+// whether all of them are connected now.
+func (n *Node) connectMembers() bool {
 	var members []generations.Member
 	n.view(func(l *generations.Ledger) { members = l.Members() })
 	var wg sync.WaitGroup
+	var failed atomic.Bool
 	for _, m := range members {
 		if m.ID == n.host.ID() {
 			continue
@@ -288,10 +310,12 @@ func (n *Node) connectMembers() {
 			defer cancel()
 			if err := n.host.Connect(ctx, peer.AddrInfo{ID: id}); err != nil {
 				log.Debugw("connect to member", "peer", id, "err", err)
+				failed.Store(true)
 			}
 		}(m.ID)
 	}
 	wg.Wait()
+	return !failed.Load()
 }
 
 // announceAddrsLoop records this node's addresses in the ledger whenever they
@@ -362,21 +386,8 @@ func (n *Node) watchLoop() {
 	genStates := map[uint64]generations.GenerationState{}
 	first := true
 	// Waits on what it reports: the ledger applying a command, Raft
-	// changing leader. The timer is only a slow safety net (issue 13: an
-	// idle node does not poll).
-	safety := time.NewTimer(0)
-	defer safety.Stop()
-	applied, leaderCh := n.cons.AppliedChan(), n.cons.LeaderChanged()
-	for {
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-applied:
-		case <-leaderCh:
-		case <-safety.C:
-		}
-		applied, leaderCh = n.cons.AppliedChan(), n.cons.LeaderChanged()
-		safety.Reset(30 * time.Second)
+	// changing leader (issue 13: an idle node does not poll).
+	n.onChange(func() time.Duration {
 		if l := n.cons.Leader(); l != leader {
 			leader = l
 			n.events.publish(Event{Type: EventLeaderChanged, Peer: l})
@@ -417,7 +428,8 @@ func (n *Node) watchLoop() {
 		}
 		first = false
 		n.savePeerBookIfChanged(members)
-	}
+		return safetyNet
+	})
 }
 
 // The peer book keeps members' addresses on local disk, so a restarted node

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"github.com/p2pkey/p2pkey/generations"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -29,6 +30,13 @@ func TestRecoveryKit(t *testing.T) {
 	nodes := testCluster(t, 2)
 	waitUnlocked(t, nodes...)
 	n := nodes[1]
+	// A joiner is unlocked from its start; its key check reaches the ledger
+	// once its generation has committed.
+	waitFor(t, "the joiner's key check in the ledger", 30*time.Second, func() bool {
+		var ok bool
+		n.view(func(l *generations.Ledger) { _, ok = l.KeyCheck(n.ID()) })
+		return ok
+	})
 	if n.RecoveryKitStatus() != nil {
 		t.Fatal("a kit status before any kit was made")
 	}

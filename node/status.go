@@ -1,11 +1,10 @@
 package node
 
 import (
-	"strconv"
-
-	"github.com/libp2p/go-libp2p/core/peer"
 	"strings"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/p2pkey/p2pkey/generations"
 	"github.com/p2pkey/p2pkey/p2p"
@@ -40,6 +39,7 @@ type RaftStatus struct {
 	State          string `json:"state"`
 	Leader         string `json:"leader"`
 	Term           uint64 `json:"term"`
+	CommitIndex    uint64 `json:"commit_index"`
 	AppliedIndex   uint64 `json:"applied_index"`
 	Voter          bool   `json:"voter"`
 	RefusedStreams uint64 `json:"refused_streams"`
@@ -100,13 +100,13 @@ func (n *Node) Status() Status {
 	for _, s := range n.cons.Servers() {
 		voters[s.ID.String()] = s.Voter
 	}
-	stats := n.cons.Stats()
-	term, _ := strconv.ParseUint(stats["term"], 10, 64)
+	rs := n.cons.RaftState()
 	st.Raft = RaftStatus{
 		State:          strings.ToLower(n.cons.State()),
-		Leader:         n.cons.Leader().String(),
-		Term:           term,
-		AppliedIndex:   n.cons.AppliedIndex(),
+		Leader:         rs.Leader.String(),
+		Term:           rs.Term,
+		CommitIndex:    rs.CommitIndex,
+		AppliedIndex:   rs.AppliedIndex,
 		Voter:          voters[st.PeerID],
 		RefusedStreams: n.cons.RefusedStreams(),
 	}

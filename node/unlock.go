@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -21,6 +23,64 @@ type UnlockProgress struct {
 	Have       int    `json:"have"`
 	Need       int    `json:"need"`
 	Reason     string `json:"reason,omitempty"`
+	// Answered names the holders whose envelopes opened in the last
+	// attempt, Awaiting those that have not answered with one (yet).
+	Answered []string `json:"answered,omitempty"`
+	Awaiting []string `json:"awaiting,omitempty"`
+}
+
+func (p UnlockProgress) equal(q UnlockProgress) bool {
+	return p.Generation == q.Generation && p.Have == q.Have && p.Need == q.Need && p.Reason == q.Reason &&
+		slices.Equal(p.Answered, q.Answered) && slices.Equal(p.Awaiting, q.Awaiting)
+}
+
+// unlocker paces unlock attempts: one at a time, the next one at once when
+// something changed (a connection, the ledger) and after a backoff when the
+// last fell short with nothing new to try (issue 13: no fixed one-second
+// guard between a restart and its unlock).
+type unlocker struct {
+	mu       sync.Mutex
+	running  bool
+	next     time.Time     // no new attempt before this, unless something changed
+	backoff  time.Duration // the next shortfall's wait
+	since    time.Time     // when this locked period's first attempt began
+	lastSeen uint64        // the change count of the last attempt
+}
+
+const (
+	unlockRetryMin = 100 * time.Millisecond
+	unlockRetryMax = 5 * time.Second
+)
+
+// begin reports whether an attempt may start now; changed counts the
+// changes this node has seen (connections, ledger).
+func (u *unlocker) begin(now time.Time, changed uint64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.running || (changed == u.lastSeen && now.Before(u.next)) {
+		return false
+	}
+	u.running, u.lastSeen = true, changed
+	if u.since.IsZero() {
+		u.since = now
+	}
+	return true
+}
+
+// end records an attempt's outcome and, on success, returns how long the
+// locked period's attempts took.
+func (u *unlocker) end(now time.Time, ok bool) time.Duration {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.running = false
+	if ok {
+		took := now.Sub(u.since)
+		u.since, u.backoff, u.next = time.Time{}, 0, time.Time{}
+		return took
+	}
+	u.backoff = min(max(2*u.backoff, unlockRetryMin), unlockRetryMax)
+	u.next = now.Add(u.backoff)
+	return 0
 }
 
 // neverEscrowed reports whether this member, which has no K in memory, was
@@ -45,16 +105,18 @@ func (n *Node) neverEscrowed(isMem bool, me generations.Member, cov generations.
 // have opened (rule U1).
 func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byte) {
 	if cov.Generation == 0 {
-		n.keys.setProgress(UnlockProgress{Reason: "locked: no committed generation holds this node's shares (is the ledger still catching up?)"})
+		n.keys.setProgress(UnlockProgress{Reason: "no committed generation holds this node's shares (is the ledger still catching up?)"})
 		return
 	}
-	n.mu.Lock()
-	if time.Since(n.lastUnlock) < time.Second {
-		n.mu.Unlock()
+	if !n.unlock.begin(time.Now(), n.changed.count()) {
 		return
 	}
-	n.lastUnlock = time.Now()
-	n.mu.Unlock()
+	unlocked := false
+	defer func() {
+		if took := n.unlock.end(time.Now(), unlocked); unlocked && n.cfg.Observer != nil {
+			n.cfg.Observer.Unlocked(took)
+		}
+	}()
 
 	gen, need := cov.Generation, cov.Threshold
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
@@ -87,6 +149,11 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		}
 	}()
 	have := 0
+	var answered []string
+	awaiting := ids(cov.Holders)
+	progress := func(reason string) UnlockProgress {
+		return UnlockProgress{Generation: gen, Have: have, Need: need, Reason: reason, Answered: slices.Clone(answered), Awaiting: slices.Clone(awaiting)}
+	}
 	lapsed := false
 	var suspended error
 	var failures []string
@@ -117,8 +184,10 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		}
 		groups[id] = append(groups[id], res.plain)
 		have = max(have, len(groups[id]))
-		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: fmt.Sprintf("locked: %d of %d shares gathered for generation %d", have, need, gen)})
-		log.Infow("unlock progress", "generation", gen, "have", have, "need", need)
+		answered = append(answered, res.holder.String())
+		awaiting = slices.DeleteFunc(awaiting, func(s string) bool { return s == res.holder.String() })
+		n.keys.setProgress(progress(fmt.Sprintf("%d of %d shares gathered for generation %d", have, need, gen)))
+		log.Infow("unlock progress", "generation", gen, "have", have, "need", need, "from", res.holder, "awaiting", len(awaiting))
 		if len(groups[id]) < need {
 			continue
 		}
@@ -130,27 +199,30 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		if len(check) > 0 && !hmac.Equal(check, keyCheck(k, clusterID, n.host.ID())) {
 			clear(k)
 			log.Errorw("reconstructed key fails its key check; refusing it", "generation", gen)
-			n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: ErrKeyCheck.Error()})
+			n.keys.setProgress(progress(ErrKeyCheck.Error()))
 			continue
 		}
 		if len(check) == 0 {
 			log.Warnw("no key-check value recorded; accepting the reconstructed key unchecked", "generation", gen)
 		}
 		n.keys.set(k)
-		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need})
+		unlocked = true
+		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Answered: answered})
 		log.Infow("unlocked", "generation", gen, "shares", have, "threshold", need)
 		n.events.publish(Event{Type: EventUnlocked, Peer: n.host.ID(), Detail: fmt.Sprintf("generation %d, %d of %d shares", gen, have, need)})
 		return
 	}
-	reason := fmt.Sprintf("locked: %d of %d shares gathered for generation %d, fewer than the threshold of %d", have, need, gen, need)
+	reason := fmt.Sprintf("%d of %d shares gathered for generation %d, fewer than the threshold of %d", have, need, gen, need)
 	if lapsed {
-		reason = "locked: holders say this node lapsed (it was away longer than the retention bound); it must be invited again"
+		reason = "holders say this node lapsed (it was away longer than the retention bound); it must be invited again"
 	}
 	if suspended != nil {
-		reason = "locked: holders say this node is suspended (a member voted to remove it); it unlocks once a majority reinstates it"
+		reason = "holders say this node is suspended (a member voted to remove it); it unlocks once a majority reinstates it"
 	}
-	n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Reason: reason})
-	log.Warnw("unlock attempt fell short", "generation", gen, "have", have, "need", need, "failures", failures)
+	n.keys.setProgress(progress(reason))
+	// Normal while holders are still starting or unreachable: the node
+	// retries on the next change, and the status says who is awaited.
+	log.Infow("unlock attempt fell short; retrying as holders come back", "generation", gen, "have", have, "need", need, "failures", failures)
 }
 
 // Lock reports the lock state and, while not unlocked, why.
