@@ -59,6 +59,7 @@ func (m *member) stop() {
 func newMember(t *testing.T, cfg node.Config) *member {
 	t.Helper()
 	m := &member{cfg: cfg, web: opsweb.New(opsweb.WithGatherer(nil))}
+	m.cfg.Observer = m.web // the daemon's wiring: the server counts what the node sees
 	m.srv = httptest.NewServer(m.web)
 	t.Cleanup(m.srv.Close)
 	m.start(t)

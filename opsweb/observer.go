@@ -3,32 +3,18 @@ package opsweb
 import (
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/node"
+	"github.com/p2pkey/p2pkey/shares"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Observer receives the events that only the node sees as they happen:
-// envelopes a holder serves or refuses, pushes of envelopes to holders, and
-// unlocks. Its methods take only built-in types, time.Duration and error, so
-// node can declare the same method set as its own interface (node must not
-// import this package) and *Server satisfies it. Every method must be cheap
-// and safe to call from many goroutines; none blocks.
-//
-// No argument may carry key material: reasons are short fixed tokens.
-type Observer interface {
-	// FetchServed counts an envelope this node, as a holder, released to
-	// its owner.
-	FetchServed()
-	// FetchRefused counts a fetch this node refused; reason is one of a
-	// small fixed set of tokens (for example "not-member", "suspended",
-	// "wrong-owner", "no-envelope", "rate-limited"), as it becomes a label.
-	FetchRefused(reason string)
-	// PushDone records how long pushing one envelope to one holder took,
-	// and whether it failed (err != nil).
-	PushDone(d time.Duration, err error)
-	// Unlocked records how long this node took to gather its threshold of
-	// shares and rebuild its key, from the moment it started gathering.
-	Unlocked(d time.Duration)
-}
+// Observer is node.Observer: it receives the events only the node sees as
+// they happen (envelopes a holder stores, serves, refuses or deletes, the
+// owner's pushes and fetches, unlocks). *Server implements it; pass it as
+// node.Config.Observer. Every method is cheap and safe to call from many
+// goroutines. No argument carries key material: reasons are wire codes.
+type Observer = node.Observer
 
 // The counters and histograms behind Observer. docs/METRICS.md documents
 // each.
@@ -64,27 +50,38 @@ func newObserverMetrics(reg prometheus.Registerer) *observerMetrics {
 	return m
 }
 
-// FetchServed implements Observer.
-func (s *Server) FetchServed() { s.obs.served.Inc() }
-
-// FetchRefused implements Observer.
-func (s *Server) FetchRefused(reason string) {
-	if reason == "" {
-		reason = "unknown"
+// HolderEvent implements shares.Observer: fetches served and refused (by
+// wire code) become counters.
+func (s *Server) HolderEvent(e shares.Event) {
+	switch e.Kind {
+	case shares.EventServed:
+		s.obs.served.Inc()
+	case shares.EventRefused:
+		if e.Op != "fetch" {
+			return
+		}
+		reason := e.Reason
+		if reason == "" {
+			reason = "unknown"
+		}
+		s.obs.refused.WithLabelValues(reason).Inc()
 	}
-	s.obs.refused.WithLabelValues(reason).Inc()
 }
 
-// PushDone implements Observer.
-func (s *Server) PushDone(d time.Duration, err error) {
+// OwnerRequest implements shares.Observer: pushes become the push latency
+// histogram, by result.
+func (s *Server) OwnerRequest(op string, _ peer.ID, took time.Duration, err error) {
+	if op != "push" {
+		return
+	}
 	result := "ok"
 	if err != nil {
 		result = "error"
 	}
-	s.obs.push.WithLabelValues(result).Observe(d.Seconds())
+	s.obs.push.WithLabelValues(result).Observe(took.Seconds())
 }
 
-// Unlocked implements Observer.
+// Unlocked implements node.Observer.
 func (s *Server) Unlocked(d time.Duration) { s.obs.unlock.Observe(d.Seconds()) }
 
 var _ Observer = (*Server)(nil)

@@ -15,6 +15,7 @@ import (
 	"github.com/p2pkey/p2pkey/node"
 	"github.com/p2pkey/p2pkey/opsweb"
 	"github.com/p2pkey/p2pkey/p2p"
+	"github.com/p2pkey/p2pkey/shares"
 )
 
 func get(t *testing.T, url string) (*http.Response, string) {
@@ -54,10 +55,12 @@ func TestServerBeforeAttach(t *testing.T) {
 	if _, ok := m.value("p2pkey_lock_state", "state", "locked"); ok {
 		t.Fatal("lock_state served with no node attached")
 	}
-	s.FetchServed()
-	s.FetchServed()
-	s.FetchRefused("")
-	s.PushDone(time.Second, context.DeadlineExceeded)
+	s.HolderEvent(shares.Event{Kind: shares.EventServed, Op: "fetch"})
+	s.HolderEvent(shares.Event{Kind: shares.EventServed, Op: "fetch"})
+	s.HolderEvent(shares.Event{Kind: shares.EventRefused, Op: "fetch"})
+	s.HolderEvent(shares.Event{Kind: shares.EventRefused, Op: "push", Reason: "FORBIDDEN"}) // not a fetch: not counted
+	s.OwnerRequest("push", "", time.Second, context.DeadlineExceeded)
+	s.OwnerRequest("fetch", "", time.Second, nil) // not a push: not counted
 	s.Unlocked(2 * time.Second)
 	m = getMetrics(t, srv.URL)
 	for _, c := range []struct {
