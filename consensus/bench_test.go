@@ -251,7 +251,7 @@ func (cl *benchCluster) findLeader(timeout time.Duration) (*benchNode, error) {
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("no agreed leader after %v", timeout)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // the poll interval of a wait for an agreed leader
 	}
 }
 
@@ -331,7 +331,7 @@ func (cl *benchCluster) close() {
 	// go: wait, briefly, until no Raft stream is left open.
 	deadline := time.Now().Add(2 * time.Second)
 	for cl.openRaftStreams() > 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // the poll interval of a wait for the streams to close
 	}
 	for _, nd := range cl.nodes {
 		if nd.host != nil {
@@ -487,7 +487,7 @@ func BenchmarkIdleCluster(b *testing.B) {
 				}
 			}
 			// Let the commits' after-effects settle before the window opens.
-			time.Sleep(time.Second)
+			time.Sleep(time.Second) // not a wait for a condition: the benchmark's settling time, part of its method
 
 			term0 := cl.term()
 			runtime.GC()
@@ -496,7 +496,7 @@ func BenchmarkIdleCluster(b *testing.B) {
 			cpu0 := cpuTime(b)
 			b.ResetTimer()
 			start := time.Now()
-			time.Sleep(benchIdleWindow)
+			time.Sleep(benchIdleWindow) // the idle window this benchmark measures
 			elapsed := time.Since(start)
 			cpu1 := cpuTime(b)
 			runtime.ReadMemStats(&m1)

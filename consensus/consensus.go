@@ -98,8 +98,11 @@ type Config struct {
 	// commands and read-index requests: a block list, and the seam where
 	// tests partition a node without touching the rest of the host.
 	Deny func(peer.ID) bool
-	// Now is the leader's clock, stamped into every entry it appends
-	// (rule S7). If nil, time.Now.
+	// Now is this node's clock: stamped into every entry it appends as the
+	// leader (rule S7), and read wherever consensus paces or measures
+	// something itself (nudges when servers connect, how long a member
+	// was unreachable). Raft's own timers run on real time. If nil,
+	// time.Now.
 	Now func() time.Time
 	// Errors maps state-machine errors to codes across forwarding.
 	Errors ErrorCodec

@@ -12,7 +12,12 @@
 // membership primitives (add a non-voter, promote, remove); and Raft's
 // timing (Timing, LANTiming, WANTiming). The leader tells its followers at
 // once what it has committed (nudges), so CommitTimeout can be seconds and an
-// idle cluster costs its heartbeats and little else.
+// idle cluster costs its heartbeats and little else. Raft's state is read
+// typed (RaftState), and every line consensus logs, Raft's own included, goes
+// through one go-log logger (Config.Logger), below WARN for what happens in
+// normal operation; the leader logs once when it loses contact with a member
+// and once when the member is back. The forward protocol runs on package
+// wire, as every p2pkey request-response protocol does.
 //
 // It does not know what a command means. Every log entry is a versioned
 // envelope (the leader's time stamp, then opaque bytes) that the StateMachine

@@ -174,6 +174,13 @@ func TestForwardSizeBounds(t *testing.T) {
 	if resp.GetErrorCode() != codeTooLarge {
 		t.Fatalf("an oversized forwarded command got code %q, want %q", resp.GetErrorCode(), codeTooLarge)
 	}
+	defer func() {
+		if t.Failed() {
+			for _, nd := range cl.nodes {
+				t.Logf("node %s applied %d commands; Raft %+v", nd.host.ID(), nd.sm.Len(), nd.c.RaftState())
+			}
+		}
+	}()
 	for _, nd := range cl.nodes {
 		waitFor(t, "every node to apply the one command", 30*time.Second, func() bool { return nd.sm.Len() == 1 })
 	}

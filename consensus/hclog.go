@@ -58,6 +58,7 @@ var raftLevels = map[string]hclog.Level{
 	"not part of stable configuration, aborting election": hclog.Debug,
 	"heartbeat timeout reached, not part of a stable configuration or a non-voter, not triggering a leader election": hclog.Debug,
 	// Elections after a leader stops or a member restarts.
+	"failed to make requestVote RPC":                                hclog.Debug, // a candidate cannot reach a stopped member
 	"heartbeat timeout reached, starting election":                  hclog.Info,
 	"Election timeout reached, restarting election":                 hclog.Info,
 	"new leader elected, stepping down":                             hclog.Info,

@@ -357,7 +357,7 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // the poll interval of a wait on cond, not a wait itself
 	}
 }
 

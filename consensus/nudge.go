@@ -157,7 +157,7 @@ func (c *Consensus) connected(_ network.Network, conn network.Conn) {
 	if c.raft.State() != raft.Leader || !c.InConfiguration(p) {
 		return
 	}
-	now := time.Now()
+	now := c.cfg.Now()
 	c.connectMu.Lock()
 	last, seen := c.connectNudged[p]
 	ok := !seen || now.Sub(last) >= c.heartbeat

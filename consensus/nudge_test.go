@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -264,4 +266,51 @@ func TestRestartedFollowerCatchesUpAtOnce(t *testing.T) {
 	// anything well before it is the nudge.
 	waitAllApplied(t, []*testNode{f}, 2, commitTimeout*3/4)
 	t.Logf("the restarted follower applied its log and the command it missed %v after it started (CommitTimeout %v)", time.Since(start).Round(time.Millisecond), commitTimeout)
+}
+
+// connOf is a connection from p, all connected reads of it.
+type connOf struct {
+	network.Conn
+	p peer.ID
+}
+
+func (c connOf) RemotePeer() peer.ID { return c.p }
+
+// The leader nudges when a server connects at most once per heartbeat
+// timeout per server, by the node's clock (Config.Now), which the test moves.
+func TestConnectNudgePacedByClock(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	cl := newClusterWith(t, 3, func(cfg *Config) { cfg.Now = now })
+	leaderID := cl.waitLeader(cl.nodes)
+	leader := cl.byID(leaderID)
+	f := cl.followers(leaderID)[0].host.ID()
+	hb := leader.c.heartbeat
+	// connect reports the barriers a connection from f makes the leader
+	// append.
+	connect := func() uint64 {
+		t.Helper()
+		cl.quiesce()
+		before := leader.c.raft.LastIndex()
+		leader.c.connected(nil, connOf{p: f})
+		cl.quiesce()
+		if l := cl.waitLeader(cl.live()); l != leaderID {
+			t.Skipf("leadership moved to %s on a loaded machine; the pacing is the leader's", l)
+		}
+		return leader.c.raft.LastIndex() - before
+	}
+
+	clock.Add(int64(2 * hb)) // past the nudges of the cluster's formation
+	if n := connect(); n != 1 {
+		t.Fatalf("first connection: %d barriers, want 1", n)
+	}
+	clock.Add(int64(hb - time.Millisecond))
+	if n := connect(); n != 0 {
+		t.Fatalf("a connection within the heartbeat timeout of the last nudge: %d barriers, want 0", n)
+	}
+	clock.Add(int64(time.Millisecond))
+	if n := connect(); n != 1 {
+		t.Fatalf("a connection a heartbeat timeout after the last nudge: %d barriers, want 1", n)
+	}
 }

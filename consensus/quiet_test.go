@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/zap"
@@ -185,5 +186,47 @@ func TestRaftLinesGoThroughGoLog(t *testing.T) {
 	}
 	if raftLines == 0 {
 		t.Fatalf("no Raft line in go-log's output:\n%s", data)
+	}
+}
+
+// The contact log's transitions, on a clock the test moves.
+func TestContactLog(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	at := time.Unix(1000, 0)
+	inConfig := map[raft.ServerID]bool{"a": true, "b": true}
+	l := newContactLog(zap.New(core).Sugar(), func() time.Time { return at }, func(id raft.ServerID) bool { return inConfig[id] })
+
+	l.resumed(raft.ResumedHeartbeatObservation{PeerID: "a"}) // never lost: nothing to say
+	for range 5 {
+		l.failed(raft.FailedHeartbeatObservation{PeerID: "a", LastContact: at.Add(-time.Second)})
+		at = at.Add(100 * time.Millisecond)
+	}
+	l.resumed(raft.ResumedHeartbeatObservation{PeerID: "a"})
+	l.resumed(raft.ResumedHeartbeatObservation{PeerID: "a"})
+	// b is lost, then removed from the configuration while unreachable;
+	// the next failure of anyone forgets it.
+	l.failed(raft.FailedHeartbeatObservation{PeerID: "b"})
+	delete(inConfig, "b")
+	l.failed(raft.FailedHeartbeatObservation{PeerID: "a"})
+	if _, ok := l.lost["b"]; ok {
+		t.Error("a member removed while unreachable is still remembered")
+	}
+	l.forget()
+	if len(l.lost) != 0 {
+		t.Error("forget kept members")
+	}
+
+	var got []string
+	for _, e := range logs.All() {
+		got = append(got, e.Level.String()+" "+e.Message+" "+field(e, "peer")+" "+field(e, "unreachable_for"))
+	}
+	want := []string{
+		"info lost contact with member a ",
+		"info member back in contact a 500ms",
+		"info lost contact with member b ",
+		"info lost contact with member a ",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("logged:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
