@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -19,8 +18,8 @@ import (
 	gpb "github.com/p2pkey/p2pkey/generations/pb"
 	"github.com/p2pkey/p2pkey/node/pb"
 	"github.com/p2pkey/p2pkey/p2p"
+	"github.com/p2pkey/p2pkey/wire"
 	"golang.org/x/time/rate"
-	"google.golang.org/protobuf/encoding/protodelim"
 )
 
 // JoinProtocol is where a joiner presents its invite.
@@ -50,34 +49,54 @@ var (
 	ErrJoinNoResponse = errors.New("no member named in the invite answered")
 )
 
+// joinProto is the join protocol's shape on the wire: one request, one
+// response, each at most MaxJoinMessageSize, within joinStreamTimeout.
+var joinProto = wire.Protocol{
+	ID: JoinProtocol, Service: joinServiceName,
+	MaxRequest: MaxJoinMessageSize, MaxResponse: MaxJoinMessageSize,
+	Timeout: joinStreamTimeout, Versions: []uint32{joinVersion},
+}
+
+// maxJoinMembers bounds the member lists of a join response.
+const maxJoinMembers = 1024
+
 // DecodeJoinRequest reads one size-bounded, version-checked join request.
+// Its errors wrap ErrBadInvite and wire's sentinels.
 func DecodeJoinRequest(r io.Reader) (*pb.JoinRequest, error) {
 	m := &pb.JoinRequest{}
-	if err := (protodelim.UnmarshalOptions{MaxSize: MaxJoinMessageSize}).UnmarshalFrom(bufio.NewReader(r), m); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadInvite, err)
+	if err := wire.ReadMsg(r, m, MaxJoinMessageSize, joinVersion); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadInvite, err)
 	}
-	if m.GetVersion() != joinVersion {
-		return nil, fmt.Errorf("%w: join request version %d", ErrBadInvite, m.GetVersion())
-	}
-	if len(m.GetCommand()) == 0 {
-		return nil, fmt.Errorf("%w: no signed join command", ErrBadInvite)
+	if err := checkJoinRequest(m); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+func checkJoinRequest(m *pb.JoinRequest) error {
+	if len(m.GetCommand()) == 0 {
+		return fmt.Errorf("%w: no signed join command", ErrBadInvite)
+	}
+	return nil
 }
 
 // DecodeJoinResponse reads one size-bounded, version-checked join response.
 func DecodeJoinResponse(r io.Reader) (*pb.JoinResponse, error) {
 	m := &pb.JoinResponse{}
-	if err := (protodelim.UnmarshalOptions{MaxSize: MaxJoinMessageSize}).UnmarshalFrom(bufio.NewReader(r), m); err != nil {
-		return nil, fmt.Errorf("malformed join response: %w", err)
+	if err := wire.ReadMsg(r, m, MaxJoinMessageSize, joinVersion); err != nil {
+		return nil, fmt.Errorf("join response: %w", err)
 	}
-	if m.GetVersion() != joinVersion {
-		return nil, fmt.Errorf("malformed join response: version %d", m.GetVersion())
-	}
-	if len(m.GetMembers()) > 1024 || len(m.GetGenerationMembers()) > 1024 {
-		return nil, errors.New("malformed join response: too many members")
+	if err := checkJoinResponse(m); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+func checkJoinResponse(m *pb.JoinResponse) error {
+	if len(m.GetMembers()) > maxJoinMembers || len(m.GetGenerationMembers()) > maxJoinMembers {
+		return fmt.Errorf("join response: %w: more than %d members", wire.ErrMalformed, maxJoinMembers)
+	}
+	return nil
 }
 
 type joinService struct {
@@ -97,44 +116,48 @@ func (n *Node) startJoinService() {
 	n.host.SetStreamHandler(JoinProtocol, js.handle)
 }
 
+// handle runs one join exchange (wire.Serve: scope, reservation, deadline,
+// bounded versioned read, Reset on error, Close on success). Every refusal
+// is an answer the joiner reads, with a stable code.
 func (js *joinService) handle(s network.Stream) {
 	remote := s.Conn().RemotePeer()
-	if err := s.Scope().SetService(joinServiceName); err != nil {
-		s.Reset()
-		return
+	refuse := func(code string, err error) *pb.JoinResponse {
+		return &pb.JoinResponse{Version: joinVersion, ClusterId: js.n.ClusterID(), ErrorCode: code, ErrorMessage: err.Error()}
 	}
-	if err := s.Scope().ReserveMemory(MaxJoinMessageSize, network.ReservationPriorityAlways); err != nil {
-		s.Reset()
-		return
-	}
-	defer s.Scope().ReleaseMemory(MaxJoinMessageSize)
-	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
-
-	resp := &pb.JoinResponse{ClusterId: js.n.ClusterID()}
 	if !js.limits.Allow(s.Conn(), time.Now()) {
 		log.Warnw("join refused: rate limited", "peer", remote)
-		resp.ErrorCode, resp.ErrorMessage = codeRateLimited, ErrJoinRateLimit.Error()
-		js.reply(s, resp)
+		_ = wire.Reply(s, joinProto, refuse(codeRateLimited, ErrJoinRateLimit))
 		return
 	}
-	req, err := DecodeJoinRequest(s)
-	if err != nil {
+	err := wire.Serve(js.n.ctx, s, joinProto, func(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
+		if err := checkJoinRequest(req); err != nil {
+			log.Warnw("join refused: malformed request", "peer", remote, "err", err)
+			return refuse(codeBadRequest, err), nil
+		}
+		return js.serve(ctx, remote, req), nil
+	}, wire.WithBadRequest(func(err error) *pb.JoinResponse {
 		log.Warnw("join refused: malformed request", "peer", remote, "err", err)
-		resp.ErrorCode, resp.ErrorMessage = codeBadRequest, err.Error()
-		js.reply(s, resp)
-		return
+		return refuse(codeBadRequest, fmt.Errorf("%w: %w", ErrBadInvite, err))
+	}))
+	if err != nil && !errors.Is(err, wire.ErrMalformed) && !errors.Is(err, wire.ErrTooLarge) && !errors.Is(err, wire.ErrBadVersion) {
+		log.Debugw("join exchange failed", "peer", remote, "err", err)
+	}
+}
+
+// serve decides one well-formed join request; the response carries the
+// outcome, a refusal included.
+func (js *joinService) serve(ctx context.Context, remote peer.ID, req *pb.JoinRequest) *pb.JoinResponse {
+	resp := &pb.JoinResponse{Version: joinVersion, ClusterId: js.n.ClusterID()}
+	refuse := func(code string, msg string) *pb.JoinResponse {
+		resp.ErrorCode, resp.ErrorMessage = code, msg
+		return resp
 	}
 	if resp.ClusterId == "" {
-		resp.ErrorCode, resp.ErrorMessage = codeUnavailable, ErrNotReady.Error()
-		js.reply(s, resp)
-		return
+		return refuse(codeUnavailable, ErrNotReady.Error())
 	}
 	if req.GetClusterId() != resp.ClusterId {
 		log.Warnw("join refused: invite for another cluster", "peer", remote, "invite_cluster", req.GetClusterId())
-		resp.ErrorCode = codeWrongCluster
-		resp.ErrorMessage = fmt.Sprintf("%v: the invite names cluster %s, this node is in cluster %s", ErrWrongCluster, req.GetClusterId(), resp.ClusterId)
-		js.reply(s, resp)
-		return
+		return refuse(codeWrongCluster, fmt.Sprintf("%v: the invite names cluster %s, this node is in cluster %s", ErrWrongCluster, req.GetClusterId(), resp.ClusterId))
 	}
 	// The joiner signed its own ConsumeInvite and proved it holds the
 	// invite secret (the secret never leaves it). Check it against this
@@ -149,24 +172,21 @@ func (js *joinService) handle(s network.Stream) {
 	}
 	if err != nil {
 		if resumed := js.resume(remote, cmd, err, resp); resumed {
-			js.reply(s, resp)
-			return
+			return resp
 		}
 		log.Infow("join refused before proposing", "peer", remote, "err", err)
-		resp.ErrorCode, resp.ErrorMessage = generations.ErrorCode(err), err.Error()
-		if resp.ErrorCode == "" {
-			resp.ErrorCode = codeBadRequest
+		code := generations.ErrorCode(err)
+		if code == "" {
+			code = codeBadRequest
 		}
-		js.reply(s, resp)
-		return
+		return refuse(code, err.Error())
 	}
 	if !js.global.Allow() {
 		log.Warnw("join refused: too many proven joins at once", "peer", remote)
-		resp.ErrorCode, resp.ErrorMessage = codeRateLimited, ErrJoinRateLimit.Error()
-		js.reply(s, resp)
-		return
+		return refuse(codeRateLimited, ErrJoinRateLimit.Error())
 	}
-	ctx, cancel := context.WithTimeout(js.n.ctx, joinStreamTimeout-5*time.Second)
+	// Leave the answer time to reach the joiner.
+	ctx, cancel := context.WithTimeout(ctx, joinStreamTimeout-5*time.Second)
 	defer cancel()
 	// The joiner is admitted only when the generation opened for it commits
 	// (rules J2-J4); the deadline bounds the attempt (J5). The leader's
@@ -187,12 +207,11 @@ func (js *joinService) handle(s network.Stream) {
 	}
 	if err != nil {
 		log.Warnw("join refused", "peer", remote, "err", err)
-		resp.ErrorCode, resp.ErrorMessage = generations.ErrorCode(err), err.Error()
-		if resp.ErrorCode == "" {
-			resp.ErrorCode = codeUnavailable
+		code := generations.ErrorCode(err)
+		if code == "" {
+			code = codeUnavailable
 		}
-		js.reply(s, resp)
-		return
+		return refuse(code, err.Error())
 	}
 	log.Infow("invite accepted", "peer", remote)
 	js.n.host.Peerstore().AddAddrs(remote, js.n.host.Peerstore().Addrs(remote), time.Hour)
@@ -205,17 +224,8 @@ func (js *joinService) handle(s network.Stream) {
 			resp.GenerationMembers = append(resp.GenerationMembers, []byte(m))
 		}
 	}
-	js.reply(s, resp)
 	js.n.pokeReconciler()
-}
-
-func (js *joinService) reply(s network.Stream, resp *pb.JoinResponse) {
-	resp.Version = joinVersion
-	if _, err := protodelim.MarshalTo(s, resp); err != nil {
-		s.Reset()
-		return
-	}
-	s.Close()
+	return resp
 }
 
 // join presents the invite to the members it names, one after another, and
@@ -421,28 +431,18 @@ func (n *Node) requestJoin(ctx context.Context, ai peer.AddrInfo, inv Invite) (*
 	if err := n.host.Connect(cctx, ai); err != nil {
 		return nil, fmt.Errorf("dial %s: %w", ai.ID, err)
 	}
-	s, err := n.host.NewStream(network.WithAllowLimitedConn(cctx, "p2pkey-join"), ai.ID, JoinProtocol)
-	if err != nil {
-		return nil, fmt.Errorf("open join stream to %s: %w", ai.ID, err)
-	}
-	_ = s.SetDeadline(time.Now().Add(joinStreamTimeout))
 	cmd, err := n.joinCommand(inv)
 	if err != nil {
-		s.Reset()
 		return nil, err
 	}
 	req := &pb.JoinRequest{Version: joinVersion, ClusterId: inv.ClusterID, Command: cmd, Addrs: p2p.AddrInfoStrings(n.host)}
-	if _, err := protodelim.MarshalTo(s, req); err != nil {
-		s.Reset()
-		return nil, err
-	}
-	s.CloseWrite()
-	resp, err := DecodeJoinResponse(s)
+	resp, err := wire.Call[pb.JoinResponse](network.WithAllowLimitedConn(ctx, "p2pkey-join"), n.host, ai.ID, joinProto, req)
 	if err != nil {
-		s.Reset()
 		return nil, err
 	}
-	s.Close()
+	if err := checkJoinResponse(resp); err != nil {
+		return nil, err
+	}
 	switch code := resp.GetErrorCode(); code {
 	case "":
 		if resp.GetClusterId() != inv.ClusterID {
