@@ -96,17 +96,39 @@ func newTnet(t testing.TB, n int) *tnet {
 
 // freePortBase picks a TESTNET_PORT whose next 60 ports are free on
 // loopback (TCP and UDP), so that these tests never collide with another
-// testnet on the same machine.
+// testnet on the same machine. The range lies below the kernel's ephemeral
+// ports: a daemon's outgoing connection takes a local port from those, and
+// one that took a killed node's port would keep it from listening again
+// when it restarts ("address already in use").
 func freePortBase(t testing.TB) int {
 	t.Helper()
+	lo, hi := 10000, ephemeralLow()-100
 	for range 50 {
-		base := 20000 + 100*rand.IntN(400)
+		base := lo + 100*rand.IntN((hi-lo)/100)
 		if portsFree(base+1, base+60) {
 			return base
 		}
 	}
 	t.Fatal("no free range of 60 loopback ports")
 	return 0
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768
+// if it cannot be read), never below 20000.
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 32768
+	}
+	lo, err := strconv.Atoi(f[0])
+	if err != nil || lo < 20000 {
+		return 32768
+	}
+	return lo
 }
 
 func portsFree(from, to int) bool {
