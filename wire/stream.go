@@ -95,7 +95,8 @@ func WithBadRequest[Resp any](answer func(err error) Resp) ServeOption[Resp] {
 // pr.MaxRequest, pr.Versions); call handle with a context that ends at the
 // same deadline, or when ctx does; write its response (at most
 // pr.MaxResponse); close s. Any error resets s instead, and Serve returns it
-// for the caller to log; handle's own error is returned as it is.
+// for the caller to log; handle's own error is returned as it is. When ctx
+// ends first (the service stops), s is reset at once.
 //
 // A refusal the peer should read is a response, not an error: return it
 // with a nil error.
@@ -113,9 +114,13 @@ func Serve[Req any, PReq message[Req], Resp proto.Message](ctx context.Context, 
 	defer cancel()
 	dl, _ := ctx.Deadline()
 	_ = s.SetDeadline(dl)
+	// A caller's context that ends (its service stops) ends the exchange.
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
 
 	req := PReq(new(Req))
 	if err := ReadMsg(s, req, pr.MaxRequest, pr.Versions...); err != nil {
+		err = ctxError(ctx, err)
 		if cfg.badRequest != nil && refused(err) {
 			if werr := WriteMsg(s, cfg.badRequest(err), pr.MaxResponse); werr != nil {
 				s.Reset()
@@ -134,8 +139,9 @@ func Serve[Req any, PReq message[Req], Resp proto.Message](ctx context.Context, 
 	}
 	if err := WriteMsg(s, resp, pr.MaxResponse); err != nil {
 		s.Reset()
-		return err
+		return ctxError(ctx, err)
 	}
+	stop()
 	s.Close()
 	return nil
 }

@@ -279,3 +279,27 @@ func TestReply(t *testing.T) {
 		t.Fatalf("Reply: %v, %v", resp, err)
 	}
 }
+
+// A service that stops ends the exchanges it serves at once.
+func TestServeStopsWithItsContext(t *testing.T) {
+	a, b := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan error, 1)
+	a.SetStreamHandler(echo.ID, func(s network.Stream) {
+		got <- wire.Serve(ctx, s, echo, func(context.Context, *testpb.Msg) (*testpb.Msg, error) {
+			return &testpb.Msg{Version: 1}, nil
+		})
+	})
+	s, err := wire.Open(context.Background(), b, a.ID(), echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Reset()
+	if _, err := s.Write([]byte{10}); err != nil { // a request that never ends
+		t.Fatal(err)
+	}
+	cancel()
+	if err := wait(t, got); !errors.Is(err, context.Canceled) || !errors.Is(err, wire.ErrIncomplete) {
+		t.Fatalf("Serve after its context ended: %v, want ErrIncomplete and Canceled", err)
+	}
+}
