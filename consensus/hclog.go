@@ -78,6 +78,9 @@ var raftLevels = map[string]hclog.Level{
 
 // levelOf is the level msg is logged at: Raft's, or lower (raftLevels).
 func levelOf(level hclog.Level, msg string) hclog.Level {
+	if level <= hclog.Debug {
+		return level // the per-RPC chatter: nothing to lower, no lookup
+	}
 	if lv, ok := raftLevels[msg]; ok && lv < level {
 		return lv
 	}
