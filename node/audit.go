@@ -453,7 +453,7 @@ func (n *Node) repair(ctx context.Context, mem *auditMemory, losses []lossKey) s
 	}
 	var g uint64
 	if o, ok := decodeOpened(res); ok {
-		g = o.Generation
+		g = o.Number
 	} else {
 		n.view(func(l *generations.Ledger) {
 			if o, ok := l.Open(); ok {

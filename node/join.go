@@ -23,14 +23,14 @@ import (
 )
 
 // JoinProtocol is where a joiner presents its invite.
-const JoinProtocol protocol.ID = "/p2pkey/join/2.0.0"
+const JoinProtocol protocol.ID = "/p2pkey/join/3.0.0"
 
 const (
 	joinServiceName = "p2pkey.join"
 	// MaxJoinMessageSize bounds a join request or response.
 	MaxJoinMessageSize = 64 << 10
 	joinStreamTimeout  = 30 * time.Second
-	joinVersion        = 2
+	joinVersion        = 3
 )
 
 // Join error codes that are not ledger errors.
@@ -93,7 +93,7 @@ func DecodeJoinResponse(r io.Reader) (*pb.JoinResponse, error) {
 }
 
 func checkJoinResponse(m *pb.JoinResponse) error {
-	if len(m.GetMembers()) > maxJoinMembers || len(m.GetGenerationMembers()) > maxJoinMembers {
+	if len(m.GetMembers()) > maxJoinMembers || len(m.GetOpened().GetMembers()) > maxJoinMembers {
 		return fmt.Errorf("join response: %w: more than %d members", wire.ErrMalformed, maxJoinMembers)
 	}
 	return nil
@@ -219,10 +219,7 @@ func (js *joinService) serve(ctx context.Context, remote peer.ID, req *pb.JoinRe
 	resp.Members = js.n.memberPeers()
 	resp.Leader = []byte(js.n.cons.Leader())
 	if g, ok := decodeOpened(opened); ok && slices.Contains(g.Members, remote) {
-		resp.Generation, resp.Threshold = g.Generation, uint32(g.Threshold)
-		for _, m := range g.Members {
-			resp.GenerationMembers = append(resp.GenerationMembers, []byte(m))
-		}
+		resp.Opened = openedMessage(g.generation())
 	}
 	js.n.pokeReconciler()
 	return resp
@@ -309,6 +306,14 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 		}
 	}
 	n.mu.Unlock()
+	if resp.GetAdmitted() {
+		// Admitted before this process: the K it made is not the escrowed
+		// one. It must never serve or share it; it unlocks from its
+		// holders once its ledger has caught up.
+		n.keys.wipe()
+		n.keys.setProgress(UnlockProgress{Reason: "admitted before this restart; waiting for the cluster"})
+		log.Infow("this node was admitted before it restarted; locked until a threshold of its shares is back")
+	}
 	if jg, err := decodeJoinGeneration(resp); err != nil {
 		log.Warnw("join response describes no usable generation; waiting for the ledger", "err", err)
 	} else if jg != nil {
@@ -323,7 +328,7 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 	if err := writeClusterFile(n.cfg.clusterPath(), inv.ClusterID, mergeStrings(n.cfg.Relays, inv.Relays)); err != nil {
 		return err
 	}
-	log.Infow("invite accepted; sharing keys with the new generation", "cluster", resp.GetClusterId(), "generation", resp.GetGeneration())
+	log.Infow("invite accepted; sharing keys with the new generation", "cluster", resp.GetClusterId(), "generation", resp.GetOpened().GetNumber())
 
 	// Wait until our generation commits (we become active) and the leader
 	// promotes us, or until it aborts (we are rejected, rule J5). While the
@@ -504,17 +509,15 @@ func (js *joinService) resume(remote peer.ID, cmd *gpb.Command, err error, resp 
 			return
 		}
 		ok = true
+		resp.Admitted = m.Status == generations.StatusActive
 		if g, open := l.Open(); open && m.Status == generations.StatusJoining && slices.Contains(g.Members, remote) {
-			resp.Generation, resp.Threshold = g.Number, uint32(g.Threshold)
-			for _, p := range g.Members {
-				resp.GenerationMembers = append(resp.GenerationMembers, []byte(p))
-			}
+			resp.Opened = openedMessage(g)
 		}
 	})
 	if !ok {
 		return false
 	}
-	log.Infow("joiner resumes its join", "peer", remote, "generation", resp.GetGeneration())
+	log.Infow("joiner resumes its join", "peer", remote, "generation", resp.GetOpened().GetNumber())
 	resp.Members = js.n.memberPeers()
 	resp.Leader = []byte(js.n.cons.Leader())
 	return true
@@ -538,21 +541,7 @@ func (jg *joinGeneration) generation() generations.Generation {
 // decodeJoinGeneration reads the join response's generation; nil when the
 // joiner waits for the next one.
 func decodeJoinGeneration(resp *pb.JoinResponse) (*joinGeneration, error) {
-	if resp.GetGeneration() == 0 {
-		return nil, nil
-	}
-	jg := &joinGeneration{Number: resp.GetGeneration(), Threshold: int(resp.GetThreshold())}
-	for _, b := range resp.GetGenerationMembers() {
-		id, err := peer.IDFromBytes(b)
-		if err != nil {
-			return nil, fmt.Errorf("generation member: %w", err)
-		}
-		jg.Members = append(jg.Members, id)
-	}
-	if len(jg.Members) < 2 || jg.Threshold < 1 || jg.Threshold > len(jg.Members) {
-		return nil, fmt.Errorf("generation %d with %d members and threshold %d", jg.Number, len(jg.Members), jg.Threshold)
-	}
-	return jg, nil
+	return openedGeneration(resp.GetOpened())
 }
 
 // joinerAddrs keeps the joiner's claimed addresses that parse and name the

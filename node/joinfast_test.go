@@ -5,9 +5,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/generations"
@@ -58,7 +59,7 @@ func testPeerID(t *testing.T) peer.ID {
 
 func TestDecodeJoinGeneration(t *testing.T) {
 	a, b := []byte(testPeerID(t)), []byte(testPeerID(t))
-	ok := &pb.JoinResponse{Generation: 3, Threshold: 2, GenerationMembers: [][]byte{a, b}}
+	ok := &pb.JoinResponse{Opened: &pb.OpenedGeneration{Version: openedVersion, Number: 3, Threshold: 2, Members: [][]byte{a, b}}}
 	jg, err := decodeJoinGeneration(ok)
 	if err != nil || jg == nil || jg.Number != 3 || jg.Threshold != 2 || len(jg.Members) != 2 {
 		t.Fatalf("decodeJoinGeneration(%v) = %+v, %v", ok, jg, err)
@@ -70,10 +71,12 @@ func TestDecodeJoinGeneration(t *testing.T) {
 		t.Fatalf("no generation: %+v, %v", jg, err)
 	}
 	for _, bad := range []*pb.JoinResponse{
-		{Generation: 3, Threshold: 0, GenerationMembers: [][]byte{a, b}},
-		{Generation: 3, Threshold: 3, GenerationMembers: [][]byte{a, b}},
-		{Generation: 3, Threshold: 1, GenerationMembers: [][]byte{a}},
-		{Generation: 3, Threshold: 1, GenerationMembers: [][]byte{a, {}}},
+		{Opened: &pb.OpenedGeneration{Version: openedVersion, Number: 3, Threshold: 0, Members: [][]byte{a, b}}},
+		{Opened: &pb.OpenedGeneration{Version: openedVersion, Number: 3, Threshold: 3, Members: [][]byte{a, b}}},
+		{Opened: &pb.OpenedGeneration{Version: openedVersion, Number: 3, Threshold: 1, Members: [][]byte{a}}},
+		{Opened: &pb.OpenedGeneration{Version: openedVersion, Number: 3, Threshold: 1, Members: [][]byte{a, {}}}},
+		{Opened: &pb.OpenedGeneration{Version: openedVersion + 1, Number: 3, Threshold: 1, Members: [][]byte{a, b}}},
+		{Opened: &pb.OpenedGeneration{Version: openedVersion, Number: 0, Threshold: 1, Members: [][]byte{a, b}}},
 	} {
 		if _, err := decodeJoinGeneration(bad); err == nil {
 			t.Errorf("decodeJoinGeneration(%v) accepted it", bad)
@@ -82,12 +85,15 @@ func TestDecodeJoinGeneration(t *testing.T) {
 }
 
 func TestOpenedResult(t *testing.T) {
-	g := generations.Generation{Number: 9, Members: []peer.ID{"a", "b", "c"}, Threshold: 2}
+	c := testPeerID(t)
+	g := generations.Generation{Number: 9, Members: []peer.ID{testPeerID(t), testPeerID(t), c}, Threshold: 2}
 	r, ok := decodeOpened(encodeOpened(g))
-	if !ok || r.Generation != 9 || r.Threshold != 2 || len(r.Members) != 3 || r.Members[2] != "c" {
+	if !ok || r.Number != 9 || r.Threshold != 2 || len(r.Members) != 3 || r.Members[2] != c {
 		t.Fatalf("round trip: %+v %v", r, ok)
 	}
-	for _, b := range [][]byte{nil, []byte("{}"), []byte("garbage")} {
+	wrongVersion := encodeOpened(g)
+	wrongVersion[1]++ // field 1, the version
+	for _, b := range [][]byte{nil, []byte("{}"), []byte("garbage"), wrongVersion} {
 		if _, ok := decodeOpened(b); ok {
 			t.Errorf("decodeOpened(%q) accepted it", b)
 		}

@@ -1,11 +1,13 @@
 package node
 
 import (
-	"encoding/json"
+	"fmt"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/consensus"
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/node/pb"
+	"google.golang.org/protobuf/proto"
 )
 
 // ledgerSM adapts the custody ledger to consensus.StateMachine. It is the
@@ -27,35 +29,62 @@ func (s *ledgerSM) Apply(now int64, cmd []byte) ([]byte, error) {
 	return out, err
 }
 
-// openedResult is the state-machine result of a command that opened a
-// generation.
-type openedResult struct {
-	Generation uint64    `json:"generation"`
-	Members    []peer.ID `json:"-"`
-	Threshold  int       `json:"threshold"`
-	RawMembers [][]byte  `json:"members"`
-}
+// openedVersion is the version of pb.OpenedGeneration this node writes and
+// reads.
+const openedVersion = 1
 
+// encodeOpened is the state-machine result of a command that opened g, the
+// same message the join response carries (pb.OpenedGeneration).
 func encodeOpened(g generations.Generation) []byte {
-	r := openedResult{Generation: g.Number, Threshold: g.Threshold}
-	for _, m := range g.Members {
-		r.RawMembers = append(r.RawMembers, []byte(m))
-	}
-	b, _ := json.Marshal(r)
+	b, _ := proto.Marshal(openedMessage(g))
 	return b
 }
 
-// decodeOpened reads an openedResult; ok is false for any other result.
-func decodeOpened(b []byte) (openedResult, bool) {
-	var r openedResult
-	if len(b) == 0 || json.Unmarshal(b, &r) != nil || r.Generation == 0 {
-		return openedResult{}, false
+func openedMessage(g generations.Generation) *pb.OpenedGeneration {
+	m := &pb.OpenedGeneration{Version: openedVersion, Number: g.Number, Threshold: uint32(g.Threshold)}
+	for _, p := range g.Members {
+		m.Members = append(m.Members, []byte(p))
 	}
-	for _, m := range r.RawMembers {
-		r.Members = append(r.Members, peer.ID(m))
-	}
-	return r, true
+	return m
 }
+
+// decodeOpened reads a command's result; ok is false for any result that is
+// not a well-formed opened generation.
+func decodeOpened(b []byte) (*joinGeneration, bool) {
+	var m pb.OpenedGeneration
+	if len(b) == 0 || proto.Unmarshal(b, &m) != nil {
+		return nil, false
+	}
+	g, err := openedGeneration(&m)
+	return g, err == nil && g != nil
+}
+
+// openedGeneration checks an opened-generation message and returns the
+// generation it describes (nil for an absent message).
+func openedGeneration(m *pb.OpenedGeneration) (*joinGeneration, error) {
+	if m == nil {
+		return nil, nil
+	}
+	if m.GetVersion() != openedVersion {
+		return nil, fmt.Errorf("opened generation: version %d, want %d", m.GetVersion(), openedVersion)
+	}
+	if len(m.GetMembers()) > maxJoinMembers {
+		return nil, fmt.Errorf("opened generation: more than %d members", maxJoinMembers)
+	}
+	g := &joinGeneration{Number: m.GetNumber(), Threshold: int(m.GetThreshold())}
+	for _, b := range m.GetMembers() {
+		id, err := peer.IDFromBytes(b)
+		if err != nil {
+			return nil, fmt.Errorf("opened generation member: %w", err)
+		}
+		g.Members = append(g.Members, id)
+	}
+	if g.Number == 0 || len(g.Members) < 2 || g.Threshold < 1 || g.Threshold > len(g.Members) {
+		return nil, fmt.Errorf("generation %d with %d members and threshold %d", g.Number, len(g.Members), g.Threshold)
+	}
+	return g, nil
+}
+
 func (s *ledgerSM) Snapshot() ([]byte, error) { return s.l.Snapshot() }
 
 func (s *ledgerSM) Restore(data []byte) error {

@@ -107,7 +107,7 @@ func (x *Invite) GetRelays() []string {
 	return nil
 }
 
-// JoinRequest is sent by a joiner on /p2pkey/join/2.0.0. The invite secret
+// JoinRequest is sent by a joiner on /p2pkey/join/3.0.0. The invite secret
 // never leaves the joiner: command is the joiner's signed ConsumeInvite
 // (generations.pb.Command), proving knowledge of the secret with the invite
 // key, which the member checks against its own ledger before proposing it.
@@ -242,12 +242,14 @@ type JoinResponse struct {
 	Leader       []byte                 `protobuf:"bytes,6,opt,name=leader,proto3" json:"leader,omitempty"`
 	// The generation opened for the joiner, when one opened: the joiner
 	// shares into it, and accepts shares for it, before its own copy of the
-	// ledger has caught up. 0 when the joiner waits for the next generation.
-	Generation        uint64   `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
-	GenerationMembers [][]byte `protobuf:"bytes,8,rep,name=generation_members,json=generationMembers,proto3" json:"generation_members,omitempty"` // M(g), sorted
-	Threshold         uint32   `protobuf:"varint,9,opt,name=threshold,proto3" json:"threshold,omitempty"`                                         // t(g)
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// ledger has caught up. Absent when the joiner waits for the next one.
+	Opened *OpenedGeneration `protobuf:"bytes,10,opt,name=opened,proto3" json:"opened,omitempty"`
+	// admitted: the joiner is already an active member; it was admitted and
+	// then restarted before it had Raft state. Its K is escrowed and the one
+	// its new process made is not it: it unlocks from its holders.
+	Admitted      bool `protobuf:"varint,11,opt,name=admitted,proto3" json:"admitted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -322,25 +324,89 @@ func (x *JoinResponse) GetLeader() []byte {
 	return nil
 }
 
-func (x *JoinResponse) GetGeneration() uint64 {
+func (x *JoinResponse) GetOpened() *OpenedGeneration {
 	if x != nil {
-		return x.Generation
-	}
-	return 0
-}
-
-func (x *JoinResponse) GetGenerationMembers() [][]byte {
-	if x != nil {
-		return x.GenerationMembers
+		return x.Opened
 	}
 	return nil
 }
 
-func (x *JoinResponse) GetThreshold() uint32 {
+func (x *JoinResponse) GetAdmitted() bool {
+	if x != nil {
+		return x.Admitted
+	}
+	return false
+}
+
+// OpenedGeneration is the one form of "the generation a command opened": the
+// ledger's result for a proposer (through Raft and the forward protocol) and
+// the join response's description of the joiner's generation.
+type OpenedGeneration struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"` // must be 1
+	Number        uint64                 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	Threshold     uint32                 `protobuf:"varint,3,opt,name=threshold,proto3" json:"threshold,omitempty"` // t(g)
+	Members       [][]byte               `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`      // M(g), sorted
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenedGeneration) Reset() {
+	*x = OpenedGeneration{}
+	mi := &file_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenedGeneration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenedGeneration) ProtoMessage() {}
+
+func (x *OpenedGeneration) ProtoReflect() protoreflect.Message {
+	mi := &file_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenedGeneration.ProtoReflect.Descriptor instead.
+func (*OpenedGeneration) Descriptor() ([]byte, []int) {
+	return file_node_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *OpenedGeneration) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *OpenedGeneration) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *OpenedGeneration) GetThreshold() uint32 {
 	if x != nil {
 		return x.Threshold
 	}
 	return 0
+}
+
+func (x *OpenedGeneration) GetMembers() [][]byte {
+	if x != nil {
+		return x.Members
+	}
+	return nil
 }
 
 // GenerationAnnouncement is gossiped on /p2pkey/generations/1.0.0/<cluster>
@@ -360,7 +426,7 @@ type GenerationAnnouncement struct {
 
 func (x *GenerationAnnouncement) Reset() {
 	*x = GenerationAnnouncement{}
-	mi := &file_node_proto_msgTypes[4]
+	mi := &file_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -372,7 +438,7 @@ func (x *GenerationAnnouncement) String() string {
 func (*GenerationAnnouncement) ProtoMessage() {}
 
 func (x *GenerationAnnouncement) ProtoReflect() protoreflect.Message {
-	mi := &file_node_proto_msgTypes[4]
+	mi := &file_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -385,7 +451,7 @@ func (x *GenerationAnnouncement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationAnnouncement.ProtoReflect.Descriptor instead.
 func (*GenerationAnnouncement) Descriptor() ([]byte, []int) {
-	return file_node_proto_rawDescGZIP(), []int{4}
+	return file_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GenerationAnnouncement) GetVersion() uint32 {
@@ -453,7 +519,7 @@ const file_node_proto_rawDesc = "" +
 	"\acommand\x18\x05 \x01(\fR\acommandJ\x04\b\x03\x10\x04\",\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x14\n" +
-	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"\xc0\x02\n" +
+	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"\xbb\x02\n" +
 	"\fJoinResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -462,12 +528,16 @@ const file_node_proto_rawDesc = "" +
 	"error_code\x18\x03 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\x12.\n" +
 	"\amembers\x18\x05 \x03(\v2\x14.p2pkey.node.v1.PeerR\amembers\x12\x16\n" +
-	"\x06leader\x18\x06 \x01(\fR\x06leader\x12\x1e\n" +
-	"\n" +
-	"generation\x18\a \x01(\x04R\n" +
-	"generation\x12-\n" +
-	"\x12generation_members\x18\b \x03(\fR\x11generationMembers\x12\x1c\n" +
-	"\tthreshold\x18\t \x01(\rR\tthreshold\"\xc0\x01\n" +
+	"\x06leader\x18\x06 \x01(\fR\x06leader\x128\n" +
+	"\x06opened\x18\n" +
+	" \x01(\v2 .p2pkey.node.v1.OpenedGenerationR\x06opened\x12\x1a\n" +
+	"\badmitted\x18\v \x01(\bR\badmittedJ\x04\b\a\x10\bJ\x04\b\b\x10\tJ\x04\b\t\x10\n" +
+	"\"|\n" +
+	"\x10OpenedGeneration\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x1c\n" +
+	"\tthreshold\x18\x03 \x01(\rR\tthreshold\x12\x18\n" +
+	"\amembers\x18\x04 \x03(\fR\amembers\"\xc0\x01\n" +
 	"\x16GenerationAnnouncement\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -492,21 +562,23 @@ func file_node_proto_rawDescGZIP() []byte {
 	return file_node_proto_rawDescData
 }
 
-var file_node_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_node_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_node_proto_goTypes = []any{
 	(*Invite)(nil),                 // 0: p2pkey.node.v1.Invite
 	(*JoinRequest)(nil),            // 1: p2pkey.node.v1.JoinRequest
 	(*Peer)(nil),                   // 2: p2pkey.node.v1.Peer
 	(*JoinResponse)(nil),           // 3: p2pkey.node.v1.JoinResponse
-	(*GenerationAnnouncement)(nil), // 4: p2pkey.node.v1.GenerationAnnouncement
+	(*OpenedGeneration)(nil),       // 4: p2pkey.node.v1.OpenedGeneration
+	(*GenerationAnnouncement)(nil), // 5: p2pkey.node.v1.GenerationAnnouncement
 }
 var file_node_proto_depIdxs = []int32{
 	2, // 0: p2pkey.node.v1.JoinResponse.members:type_name -> p2pkey.node.v1.Peer
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4, // 1: p2pkey.node.v1.JoinResponse.opened:type_name -> p2pkey.node.v1.OpenedGeneration
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_node_proto_init() }
@@ -520,7 +592,7 @@ func file_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_node_proto_rawDesc), len(file_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
