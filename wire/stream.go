@@ -68,8 +68,10 @@ func (pr Protocol) attach(s network.Stream) error {
 	return nil
 }
 
-// message is a pointer to a generated protobuf message type T.
-type message[T any] interface {
+// Message is the constraint of Serve's request and Call's response: a
+// pointer to a generated protobuf message type T that has a version field.
+// Name T (Call[pb.Response]); Go infers the pointer.
+type Message[T any] interface {
 	*T
 	Versioned
 }
@@ -100,7 +102,7 @@ func WithBadRequest[Resp any](answer func(err error) Resp) ServeOption[Resp] {
 //
 // A refusal the peer should read is a response, not an error: return it
 // with a nil error.
-func Serve[Req any, PReq message[Req], Resp proto.Message](ctx context.Context, s network.Stream, pr Protocol, handle func(context.Context, PReq) (Resp, error), opts ...ServeOption[Resp]) error {
+func Serve[Req any, PReq Message[Req], Resp proto.Message](ctx context.Context, s network.Stream, pr Protocol, handle func(context.Context, PReq) (Resp, error), opts ...ServeOption[Resp]) error {
 	var cfg serveConfig[Resp]
 	for _, o := range opts {
 		o(&cfg)
@@ -203,7 +205,7 @@ func Open(ctx context.Context, h host.Host, p peer.ID, pr Protocol) (network.Str
 // ErrTooLarge, ErrBadVersion or ErrMalformed if it did not parse.
 //
 // Call it with the response type named: Call[pb.Response](ctx, h, p, pr, req).
-func Call[Resp any, PResp message[Resp]](ctx context.Context, h host.Host, p peer.ID, pr Protocol, req proto.Message) (PResp, error) {
+func Call[Resp any, PResp Message[Resp]](ctx context.Context, h host.Host, p peer.ID, pr Protocol, req proto.Message) (PResp, error) {
 	if err := pr.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
