@@ -12,35 +12,42 @@ import (
 	"github.com/p2pkey/p2pkey/p2p"
 )
 
+// IssuedInvite is an invite as its issuer hands it over: the token (a
+// secret: give it to the joiner only) and when it expires.
+type IssuedInvite struct {
+	Token     string
+	ExpiresAt time.Time
+}
+
 // Invite issues a single-use invite that expires after ttl (the configured
 // InviteTTL when ttl is 0). Only the hash of its secret is recorded in the
 // ledger. The token carries the cluster ID and the addresses of live members.
-func (n *Node) Invite(ctx context.Context, ttl time.Duration) (string, error) {
+func (n *Node) Invite(ctx context.Context, ttl time.Duration) (IssuedInvite, error) {
 	if ttl == 0 {
 		ttl = n.cfg.InviteTTL
 	}
 	if ttl < MinInviteTTL || ttl > MaxInviteTTL {
-		return "", fmt.Errorf("%w: an invite lives %s to %s, not %s", ErrBadInviteTTL, MinInviteTTL, MaxInviteTTL, ttl)
+		return IssuedInvite{}, fmt.Errorf("%w: an invite lives %s to %s, not %s", ErrBadInviteTTL, MinInviteTTL, MaxInviteTTL, ttl)
 	}
 	clusterID := n.ClusterID()
 	if clusterID == "" {
-		return "", ErrNotReady
+		return IssuedInvite{}, ErrNotReady
 	}
 	now := time.Now()
 	inv, err := newInvite(clusterID, ttl, n.inviteAddrs(), now)
 	if err != nil {
-		return "", err
+		return IssuedInvite{}, err
 	}
 	inv.Relays = n.inviteRelays()
 	pub, _, err := inv.Key()
 	if err != nil {
-		return "", err
+		return IssuedInvite{}, err
 	}
 	if err := n.apply(ctx, generations.NewAddInvite(inv.Hash(), pub, inv.ExpiresAt, n.host.ID(), now)); err != nil {
-		return "", fmt.Errorf("record invite: %w", err)
+		return IssuedInvite{}, fmt.Errorf("record invite: %w", err)
 	}
 	log.Infow("issued invite", "expires", inv.ExpiresAt.Format(time.RFC3339))
-	return inv.Encode(), nil
+	return IssuedInvite{Token: inv.Encode(), ExpiresAt: inv.ExpiresAt}, nil
 }
 
 // inviteAddrs lists this node's addresses first, then those of the other

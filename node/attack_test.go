@@ -210,7 +210,8 @@ func TestAttacksByOneMemberRefused(t *testing.T) {
 
 	// A valid invite, legitimately issued by the adversary, for the
 	// admission attacks.
-	tok, err := adv.Invite(ctxT(t, 10*time.Second), time.Hour)
+	issued, err := adv.Invite(ctxT(t, 10*time.Second), time.Hour)
+	tok := issued.Token
 	if err != nil {
 		t.Fatal(err)
 	}

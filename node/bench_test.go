@@ -246,7 +246,8 @@ type joinTiming struct {
 func timeJoin(b *testing.B, nodes []*Node, edit func(*Config)) joinTiming {
 	b.Helper()
 	inviter := nodes[0]
-	tok, err := inviter.Invite(ctxT(b, 30*time.Second), time.Hour)
+	issued, err := inviter.Invite(ctxT(b, 30*time.Second), time.Hour)
+	tok := issued.Token
 	if err != nil {
 		b.Fatalf("invite: %v", err)
 	}
@@ -504,7 +505,8 @@ func benchCluster(b *testing.B, size int, edit func(*Config)) []*Node {
 	}
 	nodes := []*Node{benchStart(b, cfg)}
 	for len(nodes) < size {
-		tok, err := nodes[0].Invite(ctxT(b, 30*time.Second), time.Hour)
+		issued, err := nodes[0].Invite(ctxT(b, 30*time.Second), time.Hour)
+		tok := issued.Token
 		if err != nil {
 			b.Fatalf("invite: %v", err)
 		}

@@ -132,13 +132,12 @@ func (n *Node) serveControl() (*controlServer, error) {
 			}
 			ttl = d
 		}
-		tok, err := n.Invite(r.Context(), ttl)
+		inv, err := n.Invite(r.Context(), ttl)
 		if err != nil {
 			writeErr(w, http.StatusServiceUnavailable, err)
 			return
 		}
-		inv, _ := DecodeInvite(tok)
-		writeJSON(w, http.StatusOK, InviteResponse{Invite: tok, ExpiresAt: inv.ExpiresAt})
+		writeJSON(w, http.StatusOK, InviteResponse{Invite: inv.Token, ExpiresAt: inv.ExpiresAt})
 	})
 	mux.HandleFunc("POST /v1/remove", func(w http.ResponseWriter, r *http.Request) {
 		serveVote(w, r, n.Remove)

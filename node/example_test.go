@@ -53,7 +53,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	second := start(func(c *node.Config) { c.Join = invite })
+	second := start(func(c *node.Config) { c.Join = invite.Token })
 	defer second.Close()
 
 	key, err := founder.Key(ctx, "example/db", true) // waits until escrowed and unlocked

@@ -336,7 +336,8 @@ func TestJoinFloodAttacker(t *testing.T) {
 // from starting the node to its being an active voter.
 func timedJoin(t *testing.T, via *Node) (time.Duration, *Node) {
 	t.Helper()
-	tok, err := via.Invite(ctxT(t, 10*time.Second), time.Hour)
+	issued, err := via.Invite(ctxT(t, 10*time.Second), time.Hour)
+	tok := issued.Token
 	if err != nil {
 		t.Fatalf("invite: %v", err)
 	}

@@ -59,7 +59,8 @@ func testCluster(t testing.TB, size int) []*Node {
 
 func joinNode(t testing.TB, via *Node) *Node {
 	t.Helper()
-	tok, err := via.Invite(ctxT(t, 10*time.Second), time.Hour)
+	issued, err := via.Invite(ctxT(t, 10*time.Second), time.Hour)
+	tok := issued.Token
 	if err != nil {
 		t.Fatalf("invite: %v", err)
 	}

@@ -248,7 +248,8 @@ func TestJoinGateAbortsWhenPushesAreDropped(t *testing.T) {
 	var curBefore uint64
 	a.view(func(l *generations.Ledger) { g, _ := l.Current(); curBefore = g.Number })
 
-	tok, err := a.Invite(ctxT(t, 10*time.Second), time.Hour)
+	issued, err := a.Invite(ctxT(t, 10*time.Second), time.Hour)
+	tok := issued.Token
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +292,8 @@ func TestJoinGateAbortsWhenPushesAreDropped(t *testing.T) {
 
 func joinNodeWith(t testing.TB, via *Node, edit func(*Config)) *Node {
 	t.Helper()
-	tok, err := via.Invite(ctxT(t, 10*time.Second), time.Hour)
+	issued, err := via.Invite(ctxT(t, 10*time.Second), time.Hour)
+	tok := issued.Token
 	if err != nil {
 		t.Fatalf("invite: %v", err)
 	}

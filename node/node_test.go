@@ -50,7 +50,8 @@ func TestBootstrapAndJoinByInvite(t *testing.T) {
 func TestInviteRefusals(t *testing.T) {
 	nodes := testCluster(t, 1)
 	a := nodes[0]
-	tok, err := a.Invite(ctxT(t, 10*time.Second), time.Hour)
+	issued, err := a.Invite(ctxT(t, 10*time.Second), time.Hour)
+	tok := issued.Token
 	if err != nil {
 		t.Fatal(err)
 	}

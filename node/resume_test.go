@@ -18,7 +18,8 @@ import (
 func TestJoinerAdmittedThenKilledWithoutRaftState(t *testing.T) {
 	nodes := testCluster(t, 3)
 	waitUnlocked(t, nodes...)
-	tok, err := nodes[0].Invite(ctxT(t, 10*time.Second), time.Hour)
+	issued, err := nodes[0].Invite(ctxT(t, 10*time.Second), time.Hour)
+	tok := issued.Token
 	if err != nil {
 		t.Fatal(err)
 	}

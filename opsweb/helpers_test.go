@@ -76,7 +76,8 @@ func testCluster(t *testing.T, size int) []*member {
 	cfg.Bootstrap = true
 	ms := []*member{newMember(t, cfg)}
 	for i := 1; i < size; i++ {
-		tok, err := ms[0].n.Invite(ctxT(t, 10*time.Second), time.Hour)
+		issued, err := ms[0].n.Invite(ctxT(t, 10*time.Second), time.Hour)
+		tok := issued.Token
 		if err != nil {
 			t.Fatalf("invite: %v", err)
 		}
