@@ -407,14 +407,28 @@ func (c *tnet) launchJoiner(j *tnode, inv string) error {
 	return c.launch(j.i, "--join-file", c.inviteFile(j.i))
 }
 
+// isMemberDir reports whether data directory dir belongs to a cluster, as
+// the daemon decides whether --join is an error there: a cluster file, and
+// no join in progress (joining.invite).
+func isMemberDir(dir string) bool {
+	if _, err := os.Stat(filepath.Join(dir, "joining.invite")); err == nil {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(dir, "cluster.json"))
+	return err == nil
+}
+
 func (c *tnet) inviteFile(i int) string { return filepath.Join(c.dir(i), "invite") }
 
-// start launches node i again (a joiner without Raft state retries its
-// invite) and waits until its control socket answers.
+// start launches node i again and waits until its control socket answers.
+// A joiner that is not yet a member (no cluster file, or a join still in
+// progress in its data directory) is started with its invite again, as an
+// operator would re-run the same command; a member without it (the daemon
+// refuses --join on a member).
 func (c *tnet) start(i int) error {
 	var args []string
-	if n := c.nodes[i]; n != nil && n.invite != "" {
-		args = []string{"--join-file", c.inviteFile(i)} // ignored once it has Raft state
+	if n := c.nodes[i]; n != nil && n.invite != "" && !isMemberDir(c.dir(i)) {
+		args = []string{"--join-file", c.inviteFile(i)}
 	}
 	if err := c.launch(i, args...); err != nil {
 		return err
