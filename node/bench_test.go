@@ -107,7 +107,7 @@ func benchUnlock(b *testing.B, size int) {
 				_, p := n.Lock()
 				b.Fatalf("restart %d: node %d did not unlock within a minute: %+v", i, idx, p)
 			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // the sample's resolution: a benchmark, not a wait for a condition
 		}
 		// Let the cluster settle (leader, voters) before the next restart, so
 		// no sample pays for the previous one's election.
@@ -148,7 +148,7 @@ func directUnlock(b *testing.B, n *Node) (time.Duration, bool) {
 	}
 	// Every holder serves a fetching owner at 5/s (burst 10): keep well
 	// inside it however the samples land on nodes.
-	time.Sleep(250 * time.Millisecond)
+	time.Sleep(250 * time.Millisecond) // pacing the samples under the holders' fetch rate limit
 	n.keys.wipe()
 	t0 := time.Now()
 	n.tryUnlock(clusterID, cov, check)
@@ -368,7 +368,7 @@ func benchWireBytes(b *testing.B, size int) {
 	// Idle background, for scale.
 	const idle = 3 * time.Second
 	i0 := total()
-	time.Sleep(idle)
+	time.Sleep(idle) // measuring the idle traffic over a fixed window
 	idleSent, idleBy := total().since(i0)
 	idleRate := float64(idleSent) / idle.Seconds()
 
@@ -543,7 +543,7 @@ func benchWaitCoverage(b *testing.B, nodes []*Node, timeout time.Duration) time.
 		if now.After(deadline) {
 			b.Fatalf("timed out after %v waiting for full coverage of %d nodes", timeout, len(nodes))
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // the measurement's resolution: the time coverage became full
 	}
 }
 

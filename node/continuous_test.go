@@ -220,8 +220,7 @@ func TestRemovedNodeStaysLocked(t *testing.T) {
 		}
 	}
 	// And it stays so across another restart.
-	c = restart(t, c)
-	time.Sleep(0) // no wait needed: the marker is read at start
+	c = restart(t, c) // the marker is read at start: no wait
 	if _, p := c.Lock(); !strings.Contains(p.Reason, "removed") {
 		t.Fatalf("after a second restart: %+v", p)
 	}

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares"
 	spb "github.com/p2pkey/p2pkey/shares/pb"
@@ -386,12 +387,8 @@ func (r *thiefRun) remove(victim *Node, voters []*Node) {
 			r.t.Fatalf("%s votes to remove %s: %v\nafter\n%s\n%s", shortPeer(v.ID()), shortPeer(victim.ID()), err, strings.Join(votes, "\n"), r.dump())
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !removed() {
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d votes did not remove %s:\n%s\n%s", len(voters), shortPeer(victim.ID()), strings.Join(votes, "\n"), r.dump())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := testkit.Poll(10*time.Second, func() (bool, string) { return removed(), "" }); err != nil {
+		r.t.Fatalf("%d votes did not remove %s (%v):\n%s\n%s", len(voters), shortPeer(victim.ID()), err, strings.Join(votes, "\n"), r.dump())
 	}
 	note()
 }
@@ -421,12 +418,8 @@ func (r *thiefRun) checkClusterOfOne(when string) {
 // retired and been deleted.
 func (r *thiefRun) settle() {
 	r.t.Helper()
-	deadline := time.Now().Add(40 * time.Second)
-	for !r.settled() {
-		if time.Now().After(deadline) {
-			r.t.Fatalf("timed out after 40s waiting for old generations to retire and leave the stores:\n%s", r.dump())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := testkit.Poll(40*time.Second, func() (bool, string) { return r.settled(), "" }); err != nil {
+		r.t.Fatalf("%v waiting for old generations to retire and leave the stores:\n%s", err, r.dump())
 	}
 	waitUnlocked(r.t, r.nodes...)
 	r.nodes[0].view(func(l *generations.Ledger) {
@@ -541,15 +534,13 @@ func (r *thiefRun) checkErased(stage string) {
 		dirs = append(dirs, n.cfg.DataDir)
 	}
 	var hits []string
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		hits = r.rec.remnants(r.t, dirs)
-		if len(hits) == 0 || time.Now().After(deadline) {
-			break
+	_ = testkit.Poll(5*time.Second, func() (bool, string) {
+		if hits = r.rec.remnants(r.t, dirs); len(hits) == 0 {
+			return true, ""
 		}
-		time.Sleep(50 * time.Millisecond)
 		r.rec.poll()
-	}
+		return false, ""
+	}) // the remaining hits are the verdict
 	if len(hits) > 0 {
 		r.t.Errorf("%s: deleted envelopes still on disk:\n%s", stage, strings.Join(hits, "\n"))
 	}

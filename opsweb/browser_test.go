@@ -12,6 +12,7 @@ import (
 
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 )
 
 // browser starts Debian's chromium headless, or skips the test when it is
@@ -74,20 +75,13 @@ func browser(t *testing.T) context.Context {
 // passes.
 func evalUntil(t *testing.T, ctx context.Context, what string, timeout time.Duration, expr string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	testkit.WaitFor(t, "the page to show "+what, timeout, func() bool {
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
 		if err != nil {
 			t.Fatalf("%s: evaluate: %v", what, err)
 		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for the page to show %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ok
+	})
 }
 
 func screenshot(t *testing.T, ctx context.Context, name string) []byte {

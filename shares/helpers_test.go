@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/shares/pb"
 	"github.com/p2pkey/p2pkey/wire"
 )
@@ -212,13 +213,7 @@ func (n *testNode) refusedLog(from peer.ID, code pb.Response_Code) map[string]an
 // waitFor polls cond until it holds, or fails the test after 10 s.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, what, 10*time.Second, cond)
 }
 
 // rawStream opens a share stream from a to b without the client's checks.
