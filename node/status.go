@@ -150,6 +150,28 @@ func (n *Node) Status() Status {
 			st.Members = append(st.Members, ms)
 		}
 	})
+	if st.ClusterID == "" {
+		// A node whose ledger has not caught up (no quorum reachable)
+		// still knows its cluster from its disk, and its holders and
+		// threshold from its last escrow (the unlock hint).
+		st.ClusterID = n.localClusterID()
+		if h, ok := n.loadUnlockHint(); ok && len(st.Members) == 0 {
+			g := h.Generation
+			for _, id := range h.Holders {
+				row := MemberStatus{PeerID: id, Status: "unknown", Connection: "none"}
+				if p, err := peer.Decode(id); err == nil {
+					row.Connection = n.connectionType(p)
+				}
+				if id == st.PeerID {
+					row.EscrowGeneration, row.Threshold = &g, h.Threshold
+				}
+				st.Members = append(st.Members, row)
+			}
+			if st.Unlock.Need == 0 {
+				st.Unlock.Generation, st.Unlock.Need = g, h.Threshold
+			}
+		}
+	}
 	return st
 }
 

@@ -154,6 +154,9 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	progress := func(reason string) UnlockProgress {
 		return UnlockProgress{Generation: gen, Have: have, Need: need, Reason: reason, Answered: slices.Clone(answered), Awaiting: slices.Clone(awaiting)}
 	}
+	if _, p, _ := n.keys.state(); p.Have == 0 && len(p.Awaiting) == 0 {
+		n.keys.setProgress(progress(fmt.Sprintf("gathering shares for generation %d from %d holders", gen, len(awaiting))))
+	}
 	lapsed := false
 	var suspended error
 	var failures []string
