@@ -229,9 +229,7 @@ func (n *Node) audit(ctx context.Context, grace time.Duration) (AuditReport, err
 
 func (n *Node) setLastAudit(rep *AuditReport) {
 	c := *rep
-	n.mu.Lock()
-	n.lastAudit = &c
-	n.mu.Unlock()
+	n.lastAudit.Store(&c)
 }
 
 // observe updates the memory with one audit's results, fills in the

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -435,7 +436,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if err != nil {
 			return err
 		}
-		body = bytesReader(b)
+		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://p2pkey/"+controlVersion+path, body)
 	if err != nil {
@@ -444,9 +445,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		switch {
-		case c.dataDir == "" && (errors.Is(err, os.ErrNotExist) || isConnRefused(err) || errors.Is(err, os.ErrPermission)):
+		case c.dataDir == "" && (errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrPermission)):
 			return &unreachableError{socket: c.socket, err: err}
-		case errors.Is(err, os.ErrNotExist) || isConnRefused(err):
+		case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED):
 			return fmt.Errorf("%w (%s); start it with `p2pkey daemon`", ErrDaemonNotRunning, c.dataDir)
 		}
 		return err

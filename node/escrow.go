@@ -11,6 +11,7 @@ import (
 	"maps"
 	mrand "math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -19,6 +20,13 @@ import (
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares"
 )
+
+// escrowState is what the escrow fan-out remembers between passes.
+type escrowState struct {
+	mu sync.Mutex
+	// openSeen is when standBy first saw a generation open.
+	openSeen map[uint64]time.Time
+}
 
 // reshareIfNoMargin opens a generation when this node is escrowed in the
 // current generation with exactly its threshold of shares and can no longer
@@ -319,14 +327,14 @@ func (n *Node) standBy(gen uint64) bool {
 	if self == leader || leader == "" || !slices.Contains(standingBy(g, leader), self) {
 		return false
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.openSeen == nil || n.openSeen[gen].IsZero() {
-		n.openSeen = map[uint64]time.Time{gen: time.Now()}
+	n.escrow.mu.Lock()
+	defer n.escrow.mu.Unlock()
+	if n.escrow.openSeen == nil || n.escrow.openSeen[gen].IsZero() {
+		n.escrow.openSeen = map[uint64]time.Time{gen: time.Now()}
 		time.AfterFunc(standByFor, n.pokeKeys)
 		return true
 	}
-	return time.Since(n.openSeen[gen]) < standByFor
+	return time.Since(n.escrow.openSeen[gen]) < standByFor
 }
 
 // standingBy lists the members of open generation g that its commit does

@@ -179,11 +179,7 @@ func (n *Node) knownLeader(g *gossip) peer.ID {
 // localClusterID is the cluster ID this node started with (made at
 // bootstrap, named by its invite, or read from its cluster file): known
 // before its ledger is, and equal to the ledger's once it is.
-func (n *Node) localClusterID() string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.clusterID
-}
+func (n *Node) localClusterID() string { return n.clusterID }
 
 // knownMember decides who takes part in the gossip topic: a joining or
 // active member of the local ledger (MemberStatus.IsMember; removed,
@@ -201,9 +197,7 @@ func (n *Node) knownMember(p peer.ID) bool {
 	if known {
 		return true
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return empty && n.allowed[p]
+	return empty && n.admitted.has(p)
 }
 
 func (n *Node) gossipLoop(clusterID string) {
@@ -243,16 +237,7 @@ func (n *Node) newestGeneration() uint64 {
 func (n *Node) heard(a *pb.GenerationAnnouncement, author peer.ID) {
 	newest := n.newestGeneration()
 	n.events.publish(Event{Type: EventGenerationHeard, Peer: author, Detail: fmt.Sprintf("generation %d %s", a.GetGeneration(), a.GetState())})
-	key := fmt.Sprintf("%s/%d/%s", author, a.GetGeneration(), a.GetState())
-	n.mu.Lock()
-	first := !n.heardSet[key]
-	if first {
-		if len(n.heardSet) > 1024 {
-			n.heardSet = map[string]bool{}
-		}
-		n.heardSet[key] = true
-	}
-	n.mu.Unlock()
+	first := n.catchUp.firstHeard(heardKey{author, a.GetGeneration(), a.GetState()})
 	if first {
 		log.Infow("gossip: heard generation announcement", "author", author, "generation", a.GetGeneration(), "state", a.GetState())
 	}
@@ -313,13 +298,13 @@ func (n *Node) confirmCatchUp(h heardGeneration) {
 		log.Debugw("gossip: Raft follows the announcing leader; no catch-up to show", "generation", h.Generation, "local", newest)
 		return
 	}
-	n.mu.Lock()
-	fresh := n.catchUp == nil || n.catchUp.Generation < h.Generation
+	n.catchUp.mu.Lock()
+	fresh := n.catchUp.pending == nil || n.catchUp.pending.Generation < h.Generation
 	if fresh {
 		c := h.CatchUp
-		n.catchUp = &c
+		n.catchUp.pending = &c
 	}
-	n.mu.Unlock()
+	n.catchUp.mu.Unlock()
 	if fresh {
 		log.Infow("catching up: the leader announced a generation the local ledger does not have", "generation", h.Generation, "local", newest, "from", h.author)
 		n.events.publish(Event{Type: EventCatchingUp, Peer: h.author, Detail: fmt.Sprintf("generation %d (local ledger has %d)", h.Generation, newest)})
@@ -327,20 +312,50 @@ func (n *Node) confirmCatchUp(h heardGeneration) {
 	}
 }
 
+// catchUpState is what gossip told this node and Raft has not yet
+// delivered, and which announcements it has logged.
+type catchUpState struct {
+	mu      sync.Mutex
+	pending *CatchUp
+	heard   map[heardKey]bool
+}
+
+// heardKey names one announcement: who said which generation is in which
+// state.
+type heardKey struct {
+	author peer.ID
+	gen    uint64
+	state  string
+}
+
+// firstHeard reports whether k is new, remembering at most 1024 keys.
+func (c *catchUpState) firstHeard(k heardKey) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.heard[k] {
+		return false
+	}
+	if c.heard == nil || len(c.heard) > 1024 {
+		c.heard = map[heardKey]bool{}
+	}
+	c.heard[k] = true
+	return true
+}
+
 // catchingUp returns the pending catch-up, clearing it once the ledger has
 // reached the announced generation.
 func (n *Node) catchingUp() *CatchUp {
 	newest := n.newestGeneration()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.catchUp != nil && newest >= n.catchUp.Generation {
-		log.Infow("caught up", "generation", n.catchUp.Generation)
-		n.catchUp = nil
+	n.catchUp.mu.Lock()
+	defer n.catchUp.mu.Unlock()
+	if n.catchUp.pending != nil && newest >= n.catchUp.pending.Generation {
+		log.Infow("caught up", "generation", n.catchUp.pending.Generation)
+		n.catchUp.pending = nil
 	}
-	if n.catchUp == nil {
+	if n.catchUp.pending == nil {
 		return nil
 	}
-	c := *n.catchUp
+	c := *n.catchUp.pending
 	return &c
 }
 

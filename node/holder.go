@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -18,21 +19,21 @@ import (
 // never causes a deletion.
 func (n *Node) sweep(d generations.Duties) {
 	for _, g := range d.DeleteGenerations {
-		if n.swept(fmt.Sprint("g", g)) {
+		if n.holder.swept(sweepKey{kind: sweptGeneration, gen: g}) {
 			continue
 		}
 		if err := n.store.DeleteGeneration(g); err != nil {
 			log.Warnw("delete envelopes of generation", "generation", g, "err", err)
 			continue
 		}
-		n.markSwept(fmt.Sprint("g", g))
+		n.holder.markSwept(sweepKey{kind: sweptGeneration, gen: g})
 		log.Infow("deleted envelopes of a finished generation", "generation", g)
 	}
 	for _, lo := range d.DeleteLapsedOwners {
 		// A lapsed owner may come back with the same identity, so this
 		// sweep is keyed by how far it reaches, not remembered per owner.
-		key := fmt.Sprintf("l%s/%d", lo.Owner, lo.Through)
-		if n.swept(key) {
+		key := sweepKey{kind: sweptLapsed, owner: lo.Owner, gen: lo.Through}
+		if n.holder.swept(key) {
 			continue
 		}
 		keys, err := n.store.List()
@@ -50,32 +51,58 @@ func (n *Node) sweep(d generations.Duties) {
 			log.Warnw("delete envelopes of lapsed owner", "owner", lo.Owner, "err", err)
 			continue
 		}
-		n.markSwept(key)
+		n.holder.markSwept(key)
 		log.Infow("deleted envelopes of a lapsed owner", "owner", lo.Owner, "through", lo.Through)
 	}
 	for _, o := range d.DeleteOwners {
-		if n.swept("o" + string(o)) {
+		if n.holder.swept(sweepKey{kind: sweptRemoved, owner: o}) {
 			continue
 		}
 		if err := n.store.DeleteOwner(o); err != nil {
 			log.Warnw("delete envelopes of removed owner", "owner", o, "err", err)
 			continue
 		}
-		n.markSwept("o" + string(o))
+		n.holder.markSwept(sweepKey{kind: sweptRemoved, owner: o})
 		log.Infow("deleted envelopes of a removed owner", "owner", o)
 	}
 }
 
-func (n *Node) swept(key string) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.sweptSet[key]
+// holderState remembers which of the ledger's deletion duties this holder
+// has carried out, so that each is done once per process.
+type holderState struct {
+	mu   sync.Mutex
+	done map[sweepKey]bool
 }
 
-func (n *Node) markSwept(key string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.sweptSet[key] = true
+// sweepKind says what a sweep deleted.
+type sweepKind uint8
+
+const (
+	sweptGeneration sweepKind = iota + 1 // every envelope of an aborted or retired generation
+	sweptLapsed                          // a lapsed owner's envelopes up to a generation
+	sweptRemoved                         // a removed owner's envelopes
+)
+
+// sweepKey names one deletion duty.
+type sweepKey struct {
+	kind  sweepKind
+	owner peer.ID
+	gen   uint64
+}
+
+func (h *holderState) swept(k sweepKey) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.done[k]
+}
+
+func (h *holderState) markSwept(k sweepKey) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done == nil {
+		h.done = map[sweepKey]bool{}
+	}
+	h.done[k] = true
 }
 
 // sharePolicy answers the share protocol's questions from the ledger (rules

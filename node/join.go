@@ -240,9 +240,7 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 	// to reach this node's Raft while it had no configuration; once the
 	// join is decided, only the configuration and the ledger decide.
 	defer func() {
-		n.mu.Lock()
-		clear(n.allowed)
-		n.mu.Unlock()
+		n.admitted.clear()
 		n.cons.Recheck() // pooled streams of peers no longer allowed are reset
 	}()
 	// Keep the invite until the join is decided, so a joiner killed now
@@ -263,11 +261,9 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 	}
 	// Admit the named members to Raft before the leader adds us, so its first
 	// AppendEntries is not refused.
-	n.mu.Lock()
 	for _, ai := range infos {
-		n.allowed[ai.ID] = true
+		n.admitted.add(ai.ID)
 	}
-	n.mu.Unlock()
 
 	// Dial every member the invite names while the invite is checked: the
 	// joiner exchanges shares with all of them as soon as its generation
@@ -296,16 +292,14 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 		return lastErr
 	}
 	var others []peer.AddrInfo
-	n.mu.Lock()
 	for _, m := range resp.GetMembers() {
 		if id, err := peer.IDFromBytes(m.GetId()); err == nil {
-			n.allowed[id] = true
+			n.admitted.add(id)
 			n.addAddrs(id, m.GetAddrs())
 			p2p.Protect(n.host, id)
 			others = append(others, peer.AddrInfo{ID: id})
 		}
 	}
-	n.mu.Unlock()
 	if resp.GetAdmitted() {
 		// Admitted before this process: the K it made is not the escrowed
 		// one. It must never serve or share it; it unlocks from its

@@ -90,13 +90,13 @@ func (n *Node) keyDuties() {
 	}
 	self := n.host.ID()
 	var (
-		boot    bool
-		clusID  string
-		d       generations.Duties
-		cov     generations.Coverage
-		me      generations.Member
-		isMem   bool
-		checkOK []byte
+		boot          bool
+		clusID        string
+		d             generations.Duties
+		cov           generations.Coverage
+		me            generations.Member
+		isMem         bool
+		keyCheckValue []byte
 	)
 	n.view(func(l *generations.Ledger) {
 		boot = l.Bootstrapped()
@@ -104,7 +104,7 @@ func (n *Node) keyDuties() {
 		d = l.Duties(self)
 		cov = l.Coverage(self)
 		me, isMem = l.Member(self)
-		checkOK, _ = l.KeyCheck(self)
+		keyCheckValue, _ = l.KeyCheck(self)
 	})
 	if !boot || n.svc == nil {
 		if k := n.keys.get(); k != nil {
@@ -139,11 +139,11 @@ func (n *Node) keyDuties() {
 	if isMem && me.Suspended {
 		n.keys.setProgress(UnlockProgress{Reason: fmt.Sprintf("suspended by %d of %d votes; holders keep its shares but serve none until a majority reinstates it", len(me.RemoveVotes), me.VotesNeeded)})
 	}
-	if len(checkOK) > 0 && n.dropForeignKey() {
+	if len(keyCheckValue) > 0 && n.dropForeignKey() {
 		log.Infow("the key in memory is not the one the ledger records for this node; locked until a threshold of its shares is back")
 	}
 	k := n.keys.get()
-	if k == nil && n.neverEscrowed(isMem, me, cov, checkOK) {
+	if k == nil && n.neverEscrowed(isMem, me, cov, keyCheckValue) {
 		// A member that was never escrowed (a cluster of one, or a
 		// founder restarted before anyone joined) lost nothing: K was in
 		// memory only. It starts over with a fresh K (rule K1).
@@ -160,9 +160,9 @@ func (n *Node) keyDuties() {
 		// The ledger may not have caught up (no quorum yet, or replay
 		// pending): then the hint saved at the last escrow is newer.
 		if h, ok := n.loadUnlockHint(); ok && h.ClusterID == clusID && h.Generation > cov.Generation {
-			cov, checkOK = h.coverage(), h.KeyCheck
+			cov, keyCheckValue = h.coverage(), h.KeyCheck
 		}
-		n.tryUnlock(clusID, cov, checkOK)
+		n.tryUnlock(clusID, cov, keyCheckValue)
 		return
 	}
 	defer clear(k)
@@ -193,7 +193,7 @@ func (n *Node) keyDuties() {
 	switch {
 	case cov.CanUnlock:
 		n.keys.setProgress(UnlockProgress{Generation: cov.Generation, Have: cov.SharesHeld, Need: cov.Threshold})
-		n.saveUnlockHint(unlockHint{Version: 1, ClusterID: clusID, Generation: cov.Generation, Threshold: cov.Threshold, Holders: ids(cov.Holders), KeyCheck: checkOK})
+		n.saveUnlockHint(unlockHint{Version: 1, ClusterID: clusID, Generation: cov.Generation, Threshold: cov.Threshold, Holders: ids(cov.Holders), KeyCheck: keyCheckValue})
 	case me.Suspended:
 	case d.Open == 0 && cov.Generation == 0 && n.activeMembers() < 2:
 		n.keys.setProgress(UnlockProgress{Reason: strings.TrimPrefix(ErrUnescrowed.Error(), ErrLocked.Error()+": ")})

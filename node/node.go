@@ -55,10 +55,10 @@ type Node struct {
 	addrsCh chan struct{}
 	mdns    io.Closer
 
-	gossip    *gossip
+	gossip *gossip
+	// clusterID is set once in Start, before anything runs, and never
+	// changes.
 	clusterID string
-	catchUp   *CatchUp
-	heardSet  map[string]bool
 
 	events *broadcaster
 	// changed wakes the loops that wait on the ledger, the leader and
@@ -77,16 +77,14 @@ type Node struct {
 	// before consensus.New has returned.
 	consReady atomic.Pointer[consensus.Consensus]
 
-	// allowed holds peers admitted to Raft while this node is unconfigured:
-	// the members named by the join response.
-	mu        sync.Mutex
-	allowed   map[peer.ID]bool
-	sweptSet  map[string]bool
-	unlock    unlocker
-	openSeen  map[uint64]time.Time // when standBy first saw a generation open
-	lastHint  []byte
+	// Each concern keeps its own state behind its own lock.
+	admitted  admission    // peers let into Raft before this node has a configuration
+	holder    holderState  // the deletion duties this holder carried out
+	escrow    escrowState  // what the escrow fan-out remembers between passes
+	unlock    unlocker     // pacing of unlock attempts, the last unlock hint
+	catchUp   catchUpState // gossip's view of what Raft has yet to deliver
+	lastAudit atomic.Pointer[AuditReport]
 	removed   atomic.Bool
-	lastAudit *AuditReport
 	// barrierTerm is the Raft term in which this node, as leader, last
 	// caught its ledger up with a barrier (reconcile loop only).
 	barrierTerm uint64
@@ -96,9 +94,9 @@ type Node struct {
 	wg      sync.WaitGroup
 	control *controlServer
 
-	bookMu   sync.Mutex
-	lastBook []byte
-	closeMu  sync.Once
+	bookMu    sync.Mutex
+	lastBook  []byte
+	closeOnce sync.Once
 
 	// joinGaveUp: this joiner restarted mid-join, and the key it had
 	// escrowed in its generation before is gone (see pushRound).
@@ -244,9 +242,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		keyPoke:    make(chan struct{}, 1),
 		joinGenSet: make(chan struct{}),
 		redials:    p2p.NewPeerLimiter(rate.Every(redialEvery), 1),
-		allowed:    map[peer.ID]bool{},
-		sweptSet:   map[string]bool{},
-		heardSet:   map[string]bool{},
 		relays:     relayInfos,
 		addrsCh:    addrsChanged,
 		ctx:        nctx, cancel: cancel,
@@ -522,11 +517,7 @@ func (n *Node) allowForward(p peer.ID) bool {
 	return false
 }
 
-func (n *Node) allowUnconfigured(p peer.ID) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.allowed[p]
-}
+func (n *Node) allowUnconfigured(p peer.ID) bool { return n.admitted.has(p) }
 
 func (n *Node) onApplied(uint64) {
 	n.changed.notify()
@@ -539,7 +530,7 @@ func (n *Node) onApplied(uint64) {
 // Close stops the node. It does not leave the cluster.
 func (n *Node) Close() error {
 	var err error
-	n.closeMu.Do(func() {
+	n.closeOnce.Do(func() {
 		if n.control != nil {
 			n.control.close()
 		}
@@ -590,9 +581,7 @@ func (n *Node) onMDNSPeer(ai peer.AddrInfo) {
 	if ai.ID == n.host.ID() {
 		return
 	}
-	n.mu.Lock()
-	named := n.allowed[ai.ID]
-	n.mu.Unlock()
+	named := n.admitted.has(ai.ID)
 	member := n.relayMember(ai.ID) || named
 	log.Infow("mdns: found peer", "peer", ai.ID, "member", member, "addrs", ai.Addrs)
 	n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)

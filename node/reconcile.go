@@ -449,8 +449,6 @@ func (n *Node) loadPeerBook() {
 		log.Warnw("ignoring unreadable peer book", "path", n.cfg.peersPath())
 		return
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	for s, addrs := range pb.Peers {
 		id, err := peer.Decode(s)
 		if err != nil || id == n.host.ID() {

@@ -184,8 +184,4 @@ func (n *Node) connectionType(id peer.ID) string {
 	return p2p.ConnType(n.host, id)
 }
 
-func (n *Node) lastAuditReport() *AuditReport {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.lastAudit
-}
+func (n *Node) lastAuditReport() *AuditReport { return n.lastAudit.Load() }

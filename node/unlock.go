@@ -45,6 +45,7 @@ type unlocker struct {
 	backoff  time.Duration // the next shortfall's wait
 	since    time.Time     // when this locked period's first attempt began
 	lastSeen uint64        // the change count of the last attempt
+	lastHint []byte        // the unlock hint last written
 }
 
 const (
@@ -306,9 +307,9 @@ func (h unlockHint) coverage() generations.Coverage {
 
 func (n *Node) saveUnlockHint(h unlockHint) {
 	data, _ := json.Marshal(h)
-	n.mu.Lock()
-	same := string(n.lastHint) == string(data)
-	n.mu.Unlock()
+	n.unlock.mu.Lock()
+	same := string(n.unlock.lastHint) == string(data)
+	n.unlock.mu.Unlock()
 	if same {
 		return
 	}
@@ -316,9 +317,9 @@ func (n *Node) saveUnlockHint(h unlockHint) {
 		log.Warnw("save unlock hint", "err", err)
 		return
 	}
-	n.mu.Lock()
-	n.lastHint = data
-	n.mu.Unlock()
+	n.unlock.mu.Lock()
+	n.unlock.lastHint = data
+	n.unlock.mu.Unlock()
 }
 
 func (n *Node) loadUnlockHint() (unlockHint, bool) {
