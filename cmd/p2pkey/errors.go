@@ -50,7 +50,7 @@ func explain(c *node.Client, err error, what string, timeout time.Duration, need
 	}
 	if needKey && st.Lock != node.LockUnlocked {
 		msg := fmt.Sprintf("the node is still %s after %v: %s", st.Lock, timeout, lockReason(st))
-		if st.Raft.Leader == "" {
+		if st.Raft.Leader == "" && !strings.Contains(msg, "removed") {
 			msg += "; " + noLeaderShort(st)
 		}
 		return &statusError{code: exitLocked, err: errors.New(msg)}
@@ -89,7 +89,11 @@ func noLeader(st node.Status) string {
 	if voters == 0 {
 		return "this node knows no Raft leader and no voting member yet (it may still be starting or joining); check 'p2pkey status' and the daemon's log"
 	}
-	msg := fmt.Sprintf("there is no Raft leader, so the cluster cannot commit anything: this node reaches %d of %d voting members and a leader needs %d", reach, voters, voters/2+1)
+	need := voters/2 + 1
+	if reach >= need {
+		return fmt.Sprintf("this node knows no Raft leader yet, though it reaches %d of %d voting members (a leader needs %d): an election may be under way; try again in a few seconds, and if it persists see the daemons' logs", reach, voters, need)
+	}
+	msg := fmt.Sprintf("there is no Raft leader, so the cluster cannot commit anything: this node reaches %d of %d voting members and a leader needs %d", reach, voters, need)
 	if len(away) > 0 {
 		msg += "; not reachable: " + strings.Join(away, ", ")
 	}

@@ -209,6 +209,15 @@ func printMembers(w io.Writer, st node.Status, votes map[string]memberVotes, add
 // addrList is a member's addresses in a table cell: the first two, then
 // how many more.
 func addrList(addrs []string) string {
+	// The /p2p/ID each address ends with repeats the MEMBER column.
+	trimmed := make([]string, len(addrs))
+	for i, a := range addrs {
+		if j := strings.LastIndex(a, "/p2p/"); j > 0 {
+			a = a[:j]
+		}
+		trimmed[i] = a
+	}
+	addrs = trimmed
 	switch {
 	case len(addrs) == 0:
 		return "-"
