@@ -33,7 +33,7 @@ func (n *Node) Invite(ctx context.Context, ttl time.Duration) (IssuedInvite, err
 	if clusterID == "" {
 		return IssuedInvite{}, ErrNotReady
 	}
-	now := time.Now()
+	now := n.now()
 	inv, err := newInvite(clusterID, ttl, n.inviteAddrs(), now)
 	if err != nil {
 		return IssuedInvite{}, err
@@ -158,7 +158,7 @@ var ErrBadInviteTTL = errors.New("invite lifetime out of bounds")
 // Leave removes this node from the cluster at once (rule R1) and waits until
 // it is out of the Raft configuration. The node should be closed afterwards.
 func (n *Node) Leave(ctx context.Context) error {
-	now := time.Now()
+	now := n.now()
 	if err := n.apply(ctx, generations.NewRemoveMember(n.host.ID(), now.Add(n.cfg.GenerationTimeout), now)); err != nil {
 		return err
 	}
@@ -218,7 +218,7 @@ func (n *Node) WaitReady(ctx context.Context) error {
 // it. A vote that makes a removal final waits until p is out of the Raft
 // configuration.
 func (n *Node) vote(ctx context.Context, p peer.ID, remove bool) (VoteResult, error) {
-	now := time.Now()
+	now := n.now()
 	if err := n.apply(ctx, generations.NewVote(p, !remove, now.Add(n.cfg.GenerationTimeout), now)); err != nil {
 		return VoteResult{}, err
 	}

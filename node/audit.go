@@ -152,7 +152,7 @@ type auditTarget struct {
 }
 
 func (n *Node) audit(ctx context.Context, grace time.Duration) (AuditReport, error) {
-	rep := AuditReport{Time: time.Now(), Generations: []AuditGeneration{}}
+	rep := AuditReport{Time: n.now(), Generations: []AuditGeneration{}}
 	if n.svc == nil || n.isRemoved() {
 		return rep, ErrRemoved
 	}
@@ -195,7 +195,7 @@ func (n *Node) audit(ctx context.Context, grace time.Duration) (AuditReport, err
 	if i := slices.IndexFunc(targets, func(t auditTarget) bool { return t.current }); i >= 0 {
 		cur = targets[i].gen
 	}
-	now := time.Now()
+	now := n.now()
 	losses := mem.observe(&rep, now, grace, cur)
 	n.setLastAudit(&rep)
 
@@ -437,7 +437,7 @@ func (n *Node) repair(ctx context.Context, mem *auditMemory, losses []lossKey) s
 	if open != 0 {
 		return fmt.Sprintf("generation %d is already open; this node re-shares into it", open)
 	}
-	now := time.Now()
+	now := n.now()
 	res, err := n.applyResult(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now))
 	switch {
 	case errors.Is(err, generations.ErrGenerationOpen):

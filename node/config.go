@@ -81,6 +81,10 @@ type Config struct {
 	// serves, refuses or deletes as a holder, of its own pushes and
 	// fetches, and of each unlock (metrics: see package opsweb).
 	Observer Observer
+	// Clock, if set, replaces the wall clock for everything the node
+	// stamps, ages and times out (tests move time with it; timers still
+	// run on the wall clock).
+	Clock func() time.Time
 	// Metrics turns on go-libp2p's own Prometheus metrics (registered with
 	// the default registerer).
 	Metrics bool
@@ -255,4 +259,12 @@ func readClusterFile(path string) (clusterFile, error) {
 func Initialized(dataDir string) bool {
 	_, err := os.Stat(filepath.Join(dataDir, "identity.key"))
 	return err == nil
+}
+
+// now reads the configured clock (see Clock).
+func (c Config) now() time.Time {
+	if c.Clock != nil {
+		return c.Clock()
+	}
+	return time.Now()
 }

@@ -55,7 +55,7 @@ func (n *Node) reshareIfNoMargin(cov generations.Coverage, d generations.Duties)
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
 	defer cancel()
-	now := time.Now()
+	now := n.now()
 	if err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now)); err != nil {
 		n.reshared.Store(0) // not done: the next pass tries again
 		log.Infow("could not open a generation to restore this node's escrow margin", "generation", cur.Number, "err", err)
@@ -247,7 +247,7 @@ func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.C
 	recorded := 0
 	record := func() bool {
 		slices.SortFunc(batch, func(a, b generations.Receipt) int { return cmp.Compare(a.Holder, b.Holder) })
-		if err := apply(ctx, generations.NewRecordReceipts(batch, time.Now())); err != nil {
+		if err := apply(ctx, generations.NewRecordReceipts(batch, n.now())); err != nil {
 			if errors.Is(err, generations.ErrSplitMismatch) {
 				// This node is escrowed in g with a split it no longer has
 				// (it restarted): its escrow stands and it pushes no more.
@@ -330,11 +330,11 @@ func (n *Node) standBy(gen uint64) bool {
 	n.escrow.mu.Lock()
 	defer n.escrow.mu.Unlock()
 	if n.escrow.openSeen == nil || n.escrow.openSeen[gen].IsZero() {
-		n.escrow.openSeen = map[uint64]time.Time{gen: time.Now()}
+		n.escrow.openSeen = map[uint64]time.Time{gen: n.now()}
 		time.AfterFunc(standByFor, n.pokeKeys)
 		return true
 	}
-	return time.Since(n.escrow.openSeen[gen]) < standByFor
+	return n.since(n.escrow.openSeen[gen]) < standByFor
 }
 
 // standingBy lists the members of open generation g that its commit does
@@ -369,7 +369,7 @@ func standingBy(g generations.Generation, leader peer.ID) []peer.ID {
 // dialled before the relay connection is back (after a restart), and the
 // swarm's backoff would otherwise hold it off for far longer.
 func (n *Node) redial(p peer.ID) {
-	if !n.connected(p) && n.redials.Allow(p, time.Now()) {
+	if !n.connected(p) && n.redials.Allow(p, n.now()) {
 		p2p.ClearDialBackoff(n.host, p)
 	}
 }

@@ -139,7 +139,7 @@ func (n *Node) validateAnnouncement(g *gossip, from peer.ID, m *pubsub.Message) 
 	if from == n.host.ID() {
 		return pubsub.ValidationAccept
 	}
-	now := time.Now()
+	now := n.now()
 	if !g.perFrom.Allow(from, now) {
 		return pubsub.ValidationIgnore
 	}
@@ -248,7 +248,7 @@ func (n *Node) heard(a *pb.GenerationAnnouncement, author peer.ID) {
 	g.mu.Lock()
 	fresh := g.pending == nil || g.pending.Generation < a.GetGeneration()
 	if fresh {
-		g.pending = &heardGeneration{CatchUp{Generation: a.GetGeneration(), From: author.String(), Since: time.Now()}, author}
+		g.pending = &heardGeneration{CatchUp{Generation: a.GetGeneration(), From: author.String(), Since: n.now()}, author}
 	}
 	g.mu.Unlock()
 	if !fresh {
@@ -410,10 +410,10 @@ func (n *Node) announceLoop() {
 		if key == "" {
 			return safetyNet
 		}
-		if key != last || time.Since(lastAt) >= announceInterval {
-			last, lastAt = key, time.Now()
+		if key != last || n.since(lastAt) >= announceInterval {
+			last, lastAt = key, n.now()
 			n.announce(n.ctx)
 		}
-		return announceInterval - time.Since(lastAt)
+		return announceInterval - n.since(lastAt)
 	})
 }

@@ -124,7 +124,7 @@ func (js *joinService) handle(s network.Stream) {
 	refuse := func(code string, err error) *pb.JoinResponse {
 		return &pb.JoinResponse{Version: joinVersion, ClusterId: js.n.ClusterID(), ErrorCode: code, ErrorMessage: err.Error()}
 	}
-	if !js.limits.Allow(s.Conn(), time.Now()) {
+	if !js.limits.Allow(s.Conn(), js.n.now()) {
 		log.Warnw("join refused: rate limited", "peer", remote)
 		_ = wire.Reply(s, joinProto, refuse(codeRateLimited, ErrJoinRateLimit))
 		return
@@ -168,7 +168,7 @@ func (js *joinService) serve(ctx context.Context, remote peer.ID, req *pb.JoinRe
 		err = fmt.Errorf("%w: the join command must be the joiner's own ConsumeInvite", ErrBadInvite)
 	}
 	if err == nil {
-		js.n.view(func(l *generations.Ledger) { err = l.CheckJoin(cmd, time.Now()) })
+		js.n.view(func(l *generations.Ledger) { err = l.CheckJoin(cmd, js.n.now()) })
 	}
 	if err != nil {
 		if resumed := js.resume(remote, cmd, err, resp); resumed {
@@ -331,8 +331,8 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 	// the abort to reach this node).
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	lastReport := time.Now()
-	queuedUntil := time.Now().Add(n.cfg.JoinTimeout)
+	lastReport := n.now()
+	queuedUntil := n.now().Add(n.cfg.JoinTimeout)
 	for {
 		var me generations.Member
 		var short generations.Shortfall
@@ -364,18 +364,18 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 		if hasShort {
 			until = open.Deadline.Add(5 * time.Second)
 		} else if jg := n.joinGen.Load(); jg != nil && !hasOpen {
-			until = time.Now().Add(time.Second) // the ledger has not caught up: keep waiting
+			until = n.now().Add(time.Second) // the ledger has not caught up: keep waiting
 			if queuedUntil.Before(until) {
 				until = queuedUntil
 			}
 		} else {
 			until = queuedUntil
 		}
-		if hasShort && time.Since(lastReport) > 5*time.Second {
+		if hasShort && n.since(lastReport) > 5*time.Second {
 			log.Infow("join in progress", "progress", short.String())
-			lastReport = time.Now()
+			lastReport = n.now()
 		}
-		if time.Now().After(until) {
+		if n.now().After(until) {
 			msg := "the ledger has not reached this node"
 			if hasShort {
 				msg = short.String()
@@ -401,7 +401,7 @@ func (n *Node) giveUpJoin(open generations.Generation, isJoiner bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := n.applyResult(ctx, generations.NewAbortGeneration(open.Number, time.Now())); err != nil {
+	if _, err := n.applyResult(ctx, generations.NewAbortGeneration(open.Number, n.now())); err != nil {
 		log.Infow("could not abort this joiner's generation on giving up", "generation", open.Number, "err", err)
 		return
 	}
@@ -469,7 +469,7 @@ func (n *Node) joinCommand(inv Invite) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := n.now()
 	addrs := joinerAddrs(p2p.AddrInfoStrings(n.host), n.host.ID())
 	cmd := generations.NewConsumeInviteWithAddrs(inv.Hash(), n.host.ID(), inv.ClusterID, addrs, now.Add(n.cfg.GenerationTimeout), now)
 	if err := generations.ProveInvite(cmd, inv.ClusterID, invPriv); err != nil {

@@ -182,7 +182,7 @@ func (n *Node) keyDuties() {
 	}
 	if d.NeedsKeyCheck {
 		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
-		err := n.apply(ctx, generations.NewRecordKeyCheck(self, keyCheck(k, clusID, self), time.Now()))
+		err := n.apply(ctx, generations.NewRecordKeyCheck(self, keyCheck(k, clusID, self), n.now()))
 		cancel()
 		if err != nil {
 			log.Debugw("record key check", "err", err)

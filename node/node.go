@@ -167,7 +167,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		if inv, err = DecodeInvite(cfg.Join); err != nil {
 			return nil, err
 		}
-		if time.Now().After(inv.ExpiresAt) {
+		if cfg.now().After(inv.ExpiresAt) {
 			return nil, fmt.Errorf("%w: the invite expired at %s", generations.ErrInviteExpired, inv.ExpiresAt.Format(time.RFC3339))
 		}
 		clusterID = inv.ClusterID
@@ -380,7 +380,7 @@ func (n *Node) bootstrap(ctx context.Context, clusterID string) error {
 	if err := n.cons.Bootstrap(); err != nil {
 		return fmt.Errorf("bootstrap Raft: %w", err)
 	}
-	now := time.Now()
+	now := n.now()
 	if err := n.apply(ctx, generations.NewBootstrapWithPolicy(clusterID, n.host.ID(), generations.Retention{MaxGenerationsBehind: n.cfg.MaxGenerationsBehind, LapseGrace: n.cfg.LapseGrace}, now)); err != nil {
 		return fmt.Errorf("bootstrap the ledger: %w", err)
 	}
@@ -461,7 +461,7 @@ func (n *Node) signCommand(cmd *gpb.Command) ([]byte, error) {
 	}
 	var last uint64
 	n.view(func(l *generations.Ledger) { last = l.Seq(n.host.ID()) })
-	seq := max(n.lastSeq+1, last+1, uint64(time.Now().UnixNano()))
+	seq := max(n.lastSeq+1, last+1, uint64(n.now().UnixNano()))
 	n.lastSeq = seq
 	if err := generations.Sign(cmd, n.priv, clusterID, seq); err != nil {
 		return nil, err

@@ -103,7 +103,7 @@ func (n *Node) reconcile() (busy bool) {
 		case generations.StatusActive, generations.StatusJoining:
 			want[m.ID] = true
 			voter, in := servers[m.ID]
-			if !in && m.Status == generations.StatusJoining && deferJoiner(open, hasOpen, m.ID, time.Now()) {
+			if !in && m.Status == generations.StatusJoining && deferJoiner(open, hasOpen, m.ID, n.now()) {
 				continue
 			}
 			if !in {
@@ -185,7 +185,7 @@ func (n *Node) openIfNeeded() {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, membershipTimeout)
 	defer cancel()
-	now := time.Now()
+	now := n.now()
 	if err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now)); err != nil {
 		log.Debugw("open generation", "err", err)
 	}
@@ -204,7 +204,7 @@ func (n *Node) abortExpired() {
 			return
 		}
 		now := l.Now() // the leader's clock, as the ledger will see it
-		if wall := time.Now(); wall.After(now) {
+		if wall := n.now(); wall.After(now) {
 			now = wall
 		}
 		if !g.Deadline.IsZero() && now.After(g.Deadline) {
@@ -226,7 +226,7 @@ func (n *Node) abortExpired() {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, membershipTimeout)
 	defer cancel()
-	if err := n.apply(ctx, generations.NewAbortGeneration(gen, time.Now())); err != nil {
+	if err := n.apply(ctx, generations.NewAbortGeneration(gen, n.now())); err != nil {
 		log.Warnw("abort generation", "generation", gen, "why", why, "err", err)
 		return
 	}
@@ -365,7 +365,7 @@ func (n *Node) announceAddrs() bool {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, membershipTimeout)
 	defer cancel()
-	if err := n.apply(ctx, generations.NewSetAddrs(n.host.ID(), mine, time.Now())); err != nil {
+	if err := n.apply(ctx, generations.NewSetAddrs(n.host.ID(), mine, n.now())); err != nil {
 		log.Debugw("record addresses", "err", err)
 		return false
 	}

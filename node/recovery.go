@@ -198,7 +198,7 @@ func (n *Node) MakeRecoveryKit(recipients []string) ([]byte, RecoveryKitInfo, er
 		return nil, info, fmt.Errorf("%w: the ledger has no matching key check for this node yet", ErrLocked)
 	}
 	info.ClusterID, info.PeerID, info.Generation = clusterID, self.String(), cov.Generation
-	info.CreatedAt = time.Now().UTC().Truncate(time.Second)
+	info.CreatedAt = n.now().UTC().Truncate(time.Second)
 
 	plain := make([]byte, 0, 512)
 	plain = fmt.Appendf(plain, "%s\ncluster: %s\npeer: %s\ngeneration: %d\ncreated: %s\nkey-check: %x\nkey: ",

@@ -1,8 +1,11 @@
 package node
 
 import (
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/p2pkey/p2pkey/generations"
 )
 
 // Issue 16: a locked node that cannot reach its peers shows its cluster,
@@ -35,4 +38,20 @@ func TestLockedAloneStatusFromDisk(t *testing.T) {
 		t.Errorf("unlock progress does not account for its 3 holders: %+v", st.Unlock)
 	}
 	t.Logf("lone node: %s, %+v", st.Lock, st.Unlock)
+}
+
+// The node reads time through Config.Clock: a joiner whose clock is two
+// hours ahead sees a one-hour invite as expired, without anyone waiting.
+func TestClockInjected(t *testing.T) {
+	nodes := testCluster(t, 1)
+	issued, err := nodes[0].Invite(ctxT(t, 10*time.Second), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.Join = issued.Token
+	cfg.Clock = func() time.Time { return time.Now().Add(2 * time.Hour) }
+	if _, err := Start(ctxT(t, 10*time.Second), cfg); !errors.Is(err, generations.ErrInviteExpired) {
+		t.Fatalf("a joiner two hours ahead started with a one-hour invite: %v", err)
+	}
 }

@@ -109,12 +109,12 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		n.keys.setProgress(UnlockProgress{Reason: "no committed generation holds this node's shares (is the ledger still catching up?)"})
 		return
 	}
-	if !n.unlock.begin(time.Now(), n.changed.count()) {
+	if !n.unlock.begin(n.now(), n.changed.count()) {
 		return
 	}
 	unlocked := false
 	defer func() {
-		if took := n.unlock.end(time.Now(), unlocked); unlocked && n.cfg.Observer != nil {
+		if took := n.unlock.end(n.now(), unlocked); unlocked && n.cfg.Observer != nil {
 			n.cfg.Observer.Unlocked(took)
 		}
 	}()

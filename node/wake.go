@@ -93,3 +93,11 @@ func (n *Node) onChange(pass func() time.Duration) {
 		}
 	}
 }
+
+// now is the node's clock: Config.Clock, or the wall clock. Every deadline,
+// stamp and age the node computes reads it, so a test can move time.
+func (n *Node) now() time.Time { return n.cfg.now() }
+
+func (n *Node) since(t time.Time) time.Duration { return n.now().Sub(t) }
+
+func (n *Node) until(t time.Time) time.Duration { return t.Sub(n.now()) }
