@@ -252,15 +252,19 @@ unless -a (--armor) asks for the ASCII-armoured form; redirect stdout or give
 			if err != nil {
 				return err
 			}
+			var tag *fileTag
+			if tc := g.tagContext(cmd); tc != nil && tc.cluster != "" {
+				tag = makeTag(tc.cluster, tc.self, f.purpose)
+			}
 			write := func(w io.Writer) error {
 				if f.armor {
 					aw := armor.NewWriter(w)
-					if err := ageEncrypt(aw, cmd.InOrStdin(), pass); err != nil {
+					if err := ageEncrypt(aw, cmd.InOrStdin(), pass, tag); err != nil {
 						return err
 					}
 					return aw.Close()
 				}
-				return ageEncrypt(w, cmd.InOrStdin(), pass)
+				return ageEncrypt(w, cmd.InOrStdin(), pass, tag)
 			}
 			if f.output != "" {
 				return writeFileAtomic(f.output, write)
@@ -296,15 +300,16 @@ or with another purpose) or has been altered.`,
 				return err
 			}
 			in := cmd.InOrStdin()
+			who := func() *tagContext { return g.tagContext(cmd) }
 			if f.output != "" {
 				return writeFileAtomic(f.output, func(w io.Writer) error {
-					return ageDecrypt(w, in, pass, f.purpose)
+					return ageDecrypt(w, in, pass, f.purpose, who)
 				})
 			}
 			var buf limitedBuffer
 			buf.max = maxDecryptBuffer
 			defer clear(buf.b.Bytes())
-			if err := ageDecrypt(&buf, in, pass, f.purpose); err != nil {
+			if err := ageDecrypt(&buf, in, pass, f.purpose, who); err != nil {
 				return err
 			}
 			_, err = cmd.OutOrStdout().Write(buf.b.Bytes())
@@ -313,6 +318,25 @@ or with another purpose) or has been altered.`,
 	}
 	f.register(cmd, false)
 	return cmd
+}
+
+// tagContext asks the daemon who this node is and who its members are, for
+// the tag of a file (see agefile.go); nil when the socket does not say (an
+// application key socket answers keys only).
+func (g *globals) tagContext(cmd *cobra.Command) *tagContext {
+	ctx, cancel := reqCtx(cmd, diagnoseTimeout)
+	defer cancel()
+	st, err := g.keyClient().Status(ctx)
+	if err != nil {
+		return nil
+	}
+	tc := &tagContext{cluster: st.ClusterID, self: st.PeerID, purposes: []string{agePurpose}}
+	for _, m := range st.Members {
+		if m.PeerID != st.PeerID {
+			tc.members = append(tc.members, m.PeerID)
+		}
+	}
+	return tc
 }
 
 // limitedBuffer is a bytes.Buffer that refuses to grow past max.
@@ -329,15 +353,12 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 }
 
 // ageEncrypt writes in as an age file to out, its file key wrapped with an
-// scrypt stanza whose passphrase is pass: the hex form of a derived key.
-// encrypt and recover's encrypt use it, so either opens the other's files.
-func ageEncrypt(out io.Writer, in io.Reader, pass string) error {
-	r, err := age.NewScryptRecipient(pass)
-	if err != nil {
-		return err
-	}
-	r.SetWorkFactor(ageWorkFactor)
-	w, err := age.Encrypt(out, r)
+// scrypt stanza whose passphrase is pass (the hex form of a derived key)
+// and whose salt carries tag (see agefile.go; nil: none). encrypt and
+// recover's encrypt use it, so either opens the other's files, and so does
+// the age tool.
+func ageEncrypt(out io.Writer, in io.Reader, pass string, tag *fileTag) error {
+	w, err := age.Encrypt(out, &taggedScrypt{pass: []byte(pass), tag: tag, logN: ageWorkFactor})
 	if err != nil {
 		return err
 	}
@@ -354,8 +375,9 @@ const armorHeader = "-----BEGIN AGE ENCRYPTED FILE-----"
 // armoured, and writes the plaintext to out. Age authenticates the file
 // chunk by chunk, so out gets plaintext before a truncation or alteration
 // further on is found: the callers hold out back until ageDecrypt returns
-// nil.
-func ageDecrypt(out io.Writer, in io.Reader, pass, purpose string) error {
+// nil. When the file does not open with pass, who (if not nil) says which
+// node and purpose its tag names.
+func ageDecrypt(out io.Writer, in io.Reader, pass, purpose string, who func() *tagContext) error {
 	id, err := age.NewScryptIdentity(pass)
 	if err != nil {
 		return err
@@ -366,11 +388,22 @@ func ageDecrypt(out io.Writer, in io.Reader, pass, purpose string) error {
 	if head, _ := br.Peek(len(armorHeader)); string(head) == armorHeader {
 		src = armor.NewReader(br)
 	}
-	r, err := age.Decrypt(src, id)
+	hr := bufio.NewReaderSize(src, 512)
+	head, _ := hr.Peek(256)
+	head = bytes.Clone(head)
+	r, err := age.Decrypt(hr, id)
 	if err != nil {
 		var nm *age.NoIdentityMatchError
 		if errors.As(err, &nm) {
-			return fmt.Errorf("decrypt: this file does not open with this node's key for purpose %q: it was made by another node, or with another --purpose (or altered)", purpose)
+			msg := fmt.Sprintf("decrypt: this file does not open with this node's key for purpose %q", purpose)
+			var why string
+			if who != nil {
+				why = who().whose(readTag(head), purpose)
+			}
+			if why == "" {
+				why = "it was made by another node, or with another --purpose (or altered)"
+			}
+			return fmt.Errorf("%s: %s", msg, why)
 		}
 		return fmt.Errorf("decrypt: %w", err)
 	}

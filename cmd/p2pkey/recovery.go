@@ -174,7 +174,7 @@ would, with no daemon and no network:
 	keyCmd.Flags().StringVar(&purpose, "purpose", "default", "what the key is for")
 	keyCmd.Flags().StringVar(&format, "format", "hex", "output format: hex, base64 or raw")
 
-	ageCmd := func(use, short string, run func(out io.Writer, in io.Reader, pass, purpose string) error) *cobra.Command {
+	ageCmd := func(use, short string, run func(out io.Writer, in io.Reader, pass, purpose string, tc *tagContext) error) *cobra.Command {
 		var purpose string
 		c := &cobra.Command{
 			Use:   use + " [--purpose NAME] < IN > OUT",
@@ -192,7 +192,8 @@ would, with no daemon and no network:
 				}
 				pass := hex.EncodeToString(k)
 				clear(k)
-				return run(cmd.OutOrStdout(), cmd.InOrStdin(), pass, purpose)
+				tc := &tagContext{cluster: kit.ClusterID, self: kit.PeerID.String(), purposes: []string{agePurpose}}
+				return run(cmd.OutOrStdout(), cmd.InOrStdin(), pass, purpose, tc)
 			},
 		}
 		c.Flags().StringVar(&purpose, "purpose", agePurpose, "purpose of the derived key")
@@ -228,19 +229,19 @@ would, with no daemon and no network:
 	showCmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 
 	cmd.AddCommand(keyCmd,
-		ageCmd("decrypt", "Decrypt an age file made by 'p2pkey encrypt'", func(out io.Writer, in io.Reader, pass, purpose string) error {
+		ageCmd("decrypt", "Decrypt an age file made by 'p2pkey encrypt'", func(out io.Writer, in io.Reader, pass, purpose string, tc *tagContext) error {
 			// As decrypt does: nothing is written until the file is
 			// authenticated.
 			buf := limitedBuffer{max: maxDecryptBuffer}
 			defer clear(buf.b.Bytes())
-			if err := ageDecrypt(&buf, in, pass, purpose); err != nil {
+			if err := ageDecrypt(&buf, in, pass, purpose, func() *tagContext { return tc }); err != nil {
 				return err
 			}
 			_, err := out.Write(buf.b.Bytes())
 			return err
 		}),
-		ageCmd("encrypt", "Encrypt as 'p2pkey encrypt' does", func(out io.Writer, in io.Reader, pass, _ string) error {
-			return ageEncrypt(out, in, pass)
+		ageCmd("encrypt", "Encrypt as 'p2pkey encrypt' does", func(out io.Writer, in io.Reader, pass, purpose string, tc *tagContext) error {
+			return ageEncrypt(out, in, pass, makeTag(tc.cluster, tc.self, purpose))
 		}),
 		showCmd)
 	return cmd

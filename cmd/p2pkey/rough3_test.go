@@ -181,3 +181,60 @@ func TestDecryptAuthenticated(t *testing.T) {
 		t.Errorf("decrypt of an armoured file: %v", r)
 	}
 }
+
+// nodeDaemon is a fake daemon of node self in cluster c1 with members,
+// whose key for a purpose is SHA-256(self, purpose).
+func nodeDaemon(t *testing.T, self string, members ...string) string {
+	t.Helper()
+	st := node.Status{PeerID: self, ClusterID: "c1", Lock: "unlocked"}
+	for _, m := range members {
+		st.Members = append(st.Members, node.MemberStatus{PeerID: m, Status: "active", Voter: true})
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/status", reply(http.StatusOK, st))
+	mux.HandleFunc("POST /v1/key", func(w http.ResponseWriter, r *http.Request) {
+		var req node.KeyRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		k := sha256.Sum256([]byte(self + "\x00" + req.Purpose))
+		reply(http.StatusOK, node.KeyResponse{Purpose: req.Purpose, Key: k[:]})(w, r)
+	})
+	return fakeDaemon(t, mux)
+}
+
+// TestDecryptNamesNode: a file that does not open says which node and
+// purpose it needs, from the tag encrypt puts in the scrypt salt: another
+// member's file names that member; this node's file for another purpose
+// names the purpose when it is the default, and says "another --purpose"
+// otherwise.
+func TestDecryptNamesNode(t *testing.T) {
+	a, b := randID(t).String(), randID(t).String()
+	da, db := nodeDaemon(t, a, a, b), nodeDaemon(t, b, a, b)
+	enc := func(data string, args ...string) string {
+		t.Helper()
+		r := cli(t, data, strings.NewReader("secret"), append([]string{"encrypt"}, args...)...)
+		if r.code != 0 {
+			t.Fatalf("encrypt: %v", r)
+		}
+		return r.stdout
+	}
+	fromB := enc(db)
+	fromA := enc(da)
+	fromABackups := enc(da, "--purpose", "backups")
+	if r := cli(t, da, strings.NewReader(fromA), "decrypt"); r.code != 0 || r.stdout != "secret" {
+		t.Fatalf("decrypt of its own file: %v", r)
+	}
+	for _, tc := range []struct {
+		file string
+		args []string
+		want string
+	}{
+		{fromB, nil, `it was made by node ` + b + ` for purpose "p2pkey/age/v1": decrypt it on that node, or with its recovery kit`},
+		{fromABackups, nil, "it was made by this node with another --purpose"},
+		{fromA, []string{"--purpose", "backups"}, `it was made by this node for purpose "p2pkey/age/v1": run decrypt with --purpose p2pkey/age/v1`},
+	} {
+		r := cli(t, da, strings.NewReader(tc.file), append([]string{"decrypt"}, tc.args...)...)
+		if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, tc.want) || strings.Contains(r.stderr, "incorrect passphrase") {
+			t.Errorf("decrypt %v: want exit 1 and %q; got %v", tc.args, tc.want, r)
+		}
+	}
+}
