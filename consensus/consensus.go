@@ -200,6 +200,7 @@ type Consensus struct {
 	heartbeat     time.Duration
 	connectMu     sync.Mutex
 	connectNudged map[peer.ID]time.Time
+	connectDue    map[peer.ID]bool // a connect nudge waits for its window to end
 	leaderMu      sync.Mutex
 	leaderCh      chan struct{}
 
@@ -325,6 +326,7 @@ func New(cfg Config) (*Consensus, error) {
 	c.forward = newForwarder(c)
 	c.heartbeat = timing.HeartbeatTimeout
 	c.connectNudged = make(map[peer.ID]time.Time)
+	c.connectDue = make(map[peer.ID]bool)
 	c.notifee = &network.NotifyBundle{ConnectedF: c.connected}
 	cfg.Host.Network().Notify(c.notifee)
 	go c.nudgeLoop()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	stdlog "log"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"go.uber.org/zap"
@@ -174,7 +175,7 @@ func (l *hcLogger) StandardLogger(*hclog.StandardLoggerOptions) *stdlog.Logger {
 
 func (l *hcLogger) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
 	return writerFunc(func(p []byte) (int, error) {
-		l.Info(string(p))
+		l.Info(strings.TrimRight(string(p), "\n"))
 		return len(p), nil
 	})
 }

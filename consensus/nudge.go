@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // nudgeTimeout bounds how long a nudge waits to hand its barrier to Raft.
@@ -146,12 +147,15 @@ func (c *Consensus) observeLoop() {
 // leader: most likely a member that restarted. A restarted follower applies
 // nothing past its snapshot until an AppendEntries tells it the commit index,
 // and heartbeats do not; without a nudge it would wait for the next
-// CommitTimeout tick. It runs on libp2p's notification path, so it only
-// reads and queues.
+// CommitTimeout tick. A member that restarts within a heartbeat interval is
+// never seen to fail a heartbeat, so this nudge is its only one. It runs on
+// libp2p's notification path, so it only reads and queues.
 //
 // A server that reconnects in a loop could make the leader append barrier
 // after barrier; each server gets at most one such nudge per
-// HeartbeatTimeout.
+// HeartbeatTimeout, by the node's clock. A connection inside that window is
+// not dropped: its nudge comes when the window ends, one for all the
+// connections in it.
 func (c *Consensus) connected(_ network.Network, conn network.Conn) {
 	p := conn.RemotePeer()
 	if c.raft.State() != raft.Leader || !c.InConfiguration(p) {
@@ -159,18 +163,47 @@ func (c *Consensus) connected(_ network.Network, conn network.Conn) {
 	}
 	now := c.cfg.Now()
 	c.connectMu.Lock()
+	defer c.connectMu.Unlock()
+	if c.connectDue[p] {
+		return // a nudge for p is already due at the end of its window
+	}
 	last, seen := c.connectNudged[p]
-	ok := !seen || now.Sub(last) >= c.heartbeat
-	if ok {
-		if len(c.connectNudged) >= maxConnectNudged {
-			clear(c.connectNudged)
-		}
-		c.connectNudged[p] = now
-	}
-	c.connectMu.Unlock()
-	if ok {
+	wait := c.heartbeat - now.Sub(last)
+	if !seen || wait <= 0 {
+		c.connectNudgedAt(p, now)
 		c.Nudge()
+		return
 	}
+	c.connectDue[p] = true
+	time.AfterFunc(wait, func() {
+		c.connectMu.Lock()
+		delete(c.connectDue, p)
+		c.connectNudgedAt(p, c.cfg.Now())
+		c.connectMu.Unlock()
+		select {
+		case <-c.done:
+		default:
+			if c.raft.State() == raft.Leader {
+				c.Nudge()
+			}
+		}
+	})
+}
+
+// connectNudgedAt records a connect nudge for p; connectMu is held.
+func (c *Consensus) connectNudgedAt(p peer.ID, now time.Time) {
+	if len(c.connectNudged) >= maxConnectNudged {
+		clear(c.connectNudged)
+	}
+	c.connectNudged[p] = now
+}
+
+// connectNudgeDue reports whether a connect nudge for p waits for the end
+// of its window.
+func (c *Consensus) connectNudgeDue(p peer.ID) bool {
+	c.connectMu.Lock()
+	defer c.connectMu.Unlock()
+	return c.connectDue[p]
 }
 
 // maxConnectNudged bounds the servers connected remembers.

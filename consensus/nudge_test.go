@@ -102,7 +102,7 @@ func waitAllApplied(t *testing.T, nodes []*testNode, n int, timeout time.Duratio
 			select {
 			case <-ch:
 			case <-deadline.C:
-				t.Fatalf("node %s holds %d commands after %v, want %d", nd.host.ID(), nd.sm.Len(), timeout, n)
+				t.Fatalf("node %s holds %d commands after %v, want %d; Raft %+v", nd.host.ID(), nd.sm.Len(), timeout, n, nd.c.RaftState())
 			}
 		}
 	}
@@ -277,7 +277,9 @@ type connOf struct {
 func (c connOf) RemotePeer() peer.ID { return c.p }
 
 // The leader nudges when a server connects at most once per heartbeat
-// timeout per server, by the node's clock (Config.Now), which the test moves.
+// timeout per server, by the node's clock (Config.Now), which the test moves;
+// connections inside that window share one nudge at its end, so the latest
+// is never left without one.
 func TestConnectNudgePacedByClock(t *testing.T) {
 	var clock atomic.Int64
 	clock.Store(time.Now().UnixNano())
@@ -287,30 +289,40 @@ func TestConnectNudgePacedByClock(t *testing.T) {
 	leader := cl.byID(leaderID)
 	f := cl.followers(leaderID)[0].host.ID()
 	hb := leader.c.heartbeat
-	// connect reports the barriers a connection from f makes the leader
-	// append.
-	connect := func() uint64 {
+	// connect reports the barriers that n connections from f make the
+	// leader append at once (due reports whether one more is due at the
+	// end of the window), and then the barriers appended when it ends.
+	connect := func(n int) (now uint64, due bool, later uint64) {
 		t.Helper()
 		cl.quiesce()
 		before := leader.c.raft.LastIndex()
-		leader.c.connected(nil, connOf{p: f})
+		for range n {
+			leader.c.connected(nil, connOf{p: f})
+		}
+		due = leader.c.connectNudgeDue(f)
 		cl.quiesce()
+		now = leader.c.raft.LastIndex() - before
+		waitFor(t, "the due nudge", 10*time.Second, func() bool { return !leader.c.connectNudgeDue(f) })
+		cl.quiesce()
+		later = leader.c.raft.LastIndex() - before - now
 		if l := cl.waitLeader(cl.live()); l != leaderID {
 			t.Skipf("leadership moved to %s on a loaded machine; the pacing is the leader's", l)
 		}
-		return leader.c.raft.LastIndex() - before
+		return now, due, later
 	}
 
 	clock.Add(int64(2 * hb)) // past the nudges of the cluster's formation
-	if n := connect(); n != 1 {
-		t.Fatalf("first connection: %d barriers, want 1", n)
+	if n, due, later := connect(1); n != 1 || due || later != 0 {
+		t.Fatalf("first connection: %d barriers at once, one due %v, %d later; want 1, false, 0", n, due, later)
 	}
+	// Inside the window: the nudge is due at its end (1 ms later by the
+	// moved clock), one for both connections.
 	clock.Add(int64(hb - time.Millisecond))
-	if n := connect(); n != 0 {
-		t.Fatalf("a connection within the heartbeat timeout of the last nudge: %d barriers, want 0", n)
+	if n, due, later := connect(2); !due || n+later != 1 {
+		t.Fatalf("two connections within the heartbeat timeout of the last nudge: one due %v, %d barriers in all; want one due and 1 barrier", due, n+later)
 	}
-	clock.Add(int64(time.Millisecond))
-	if n := connect(); n != 1 {
-		t.Fatalf("a connection a heartbeat timeout after the last nudge: %d barriers, want 1", n)
+	clock.Add(int64(hb))
+	if n, due, later := connect(1); n != 1 || due || later != 0 {
+		t.Fatalf("a connection a heartbeat timeout after the last nudge: %d barriers at once, one due %v, %d later; want 1, false, 0", n, due, later)
 	}
 }
