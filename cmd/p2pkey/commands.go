@@ -232,7 +232,11 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			}
 			events, cancel := n.Events()
 			defer cancel()
-			fmt.Fprintf(cmd.ErrOrStderr(), "p2pkey: node %s running in cluster %s (control socket %s)\n", n.ID(), n.ClusterID(), cfg.SocketPath())
+			cluster := n.ClusterID()
+			if cluster == "" {
+				cluster = memberOf(g.dataDir)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "p2pkey: node %s running in cluster %s (control socket %s)\n", n.ID(), cluster, cfg.SocketPath())
 			sdDone = sd.watch(ctx, n)
 			for {
 				select {

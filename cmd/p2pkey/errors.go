@@ -73,10 +73,16 @@ func shortErr(err error) error {
 
 // noLeader says why a node knows no Raft leader and what to check.
 func noLeader(st node.Status) string {
+	// A node that has not heard from the cluster since it started knows its
+	// members from disk only, without their Raft suffrage: count them all.
+	anyVoter := false
+	for _, m := range st.Members {
+		anyVoter = anyVoter || m.Voter
+	}
 	voters, reach := 0, 0
 	var away []string
 	for _, m := range st.Members {
-		if !m.Voter {
+		if anyVoter && !m.Voter || m.Status == "removed" || m.Status == "rejected" {
 			continue
 		}
 		voters++

@@ -63,6 +63,9 @@ escrow_generation, shares_held, threshold.`,
 			fmt.Fprintf(w, "peer:        %s\n", st.PeerID)
 			fmt.Fprintf(w, "cluster:     %s\n", orNone(st.ClusterID, "(not known yet: the ledger is empty until this node hears from the cluster)"))
 			fmt.Fprintf(w, "lock:        %s\n", lockLine(st))
+			if u := st.Unlock; st.Lock != node.LockUnlocked && (len(u.Answered) > 0 || len(u.Awaiting) > 0) {
+				fmt.Fprintf(w, "holders:     %s\n", holdersLine(st))
+			}
 			fmt.Fprintf(w, "recovery:    %s\n", kitLine(decodeKit(raw)))
 			fmt.Fprintf(w, "reachable:   %s\n", reachLine(st.Reachability))
 			if c := st.CatchingUp; c != nil {
@@ -115,6 +118,30 @@ func lockLine(st node.Status) string {
 		return fmt.Sprintf("unlocked (generation %d: %s held, threshold %d)", u.Generation, plural(u.Have, "share"), u.Need)
 	}
 	return st.Lock
+}
+
+// holdersLine names the holders that answered the last unlock attempt and
+// those still awaited.
+func holdersLine(st node.Status) string {
+	name := func(ids []string) string {
+		out := make([]string, len(ids))
+		for i, id := range ids {
+			out[i] = short(id)
+			if id == st.PeerID {
+				out[i] += " (self)"
+			}
+		}
+		return strings.Join(out, ", ")
+	}
+	u := st.Unlock
+	var parts []string
+	if len(u.Answered) > 0 {
+		parts = append(parts, "answered "+name(u.Answered))
+	}
+	if len(u.Awaiting) > 0 {
+		parts = append(parts, "waiting on "+name(u.Awaiting))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // reachLine explains AutoNAT's verdict.
@@ -191,6 +218,9 @@ func printMembers(w io.Writer, st node.Status, votes map[string]memberVotes, add
 			held = fmt.Sprintf("%d, threshold %d", m.SharesHeld, m.Threshold)
 		}
 		note := m.Reason
+		if m.Status == "unknown" {
+			note = "known from this node's disk; the ledger has not caught up since it started"
+		}
 		if m.CatchingUp {
 			note = fmt.Sprintf("catching up (%s behind)", plural(m.Behind, "generation"))
 		}
