@@ -242,3 +242,29 @@ func TestTimeoutsExplained(t *testing.T) {
 		t.Errorf("leave with a daemon that drops the connection: %v", r)
 	}
 }
+
+// TestNoDoubledWords: a lock error whose reason already starts with
+// "locked:" is printed with the word once, and still exits 3.
+func TestNoDoubledWords(t *testing.T) {
+	mux := http.NewServeMux()
+	body := map[string]string{"error": "the node is locked: locked: 1 of 2 shares gathered for generation 4 (context deadline exceeded)", "code": "locked"}
+	mux.Handle("POST /v1/key", reply(http.StatusLocked, body))
+	data := fakeDaemon(t, mux)
+	r := cli(t, data, nil, "key", "--wait", "--timeout", "5s")
+	if want := "p2pkey: the node is locked: 1 of 2 shares gathered for generation 4 (context deadline exceeded)\n"; r.code != exitLocked || r.stderr != want {
+		t.Errorf("want exit 3 and %q; got %v", want, r)
+	}
+	for in, want := range map[string]string{
+		"locked (locked: 1 of 2)":       "locked (1 of 2)",
+		"locked: locked: locked: x":     "locked: x",
+		"the node is locked: locked: y": "the node is locked: y",
+		"unlocked: fine":                "unlocked: fine",
+	} {
+		if got := dedupe(in); got != want {
+			t.Errorf("dedupe(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if plural(1, "share") != "1 share" || plural(0, "share") != "0 shares" || plural(2, "member") != "2 members" {
+		t.Error("plural")
+	}
+}
