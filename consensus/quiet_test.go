@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -228,5 +229,41 @@ func TestContactLog(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("logged:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// The leader stopping, gracefully (leadership handed over first, as the node
+// does on SIGTERM) or not (killed), logs nothing at WARN or ERROR on any
+// node, and the cluster goes on with a new leader.
+func TestQuietLogsWhenTheLeaderStops(t *testing.T) {
+	for _, graceful := range []bool{true, false} {
+		t.Run(fmt.Sprintf("graceful=%v", graceful), func(t *testing.T) {
+			core, logs := observer.New(zapcore.DebugLevel)
+			cl := newClusterWith(t, 3, func(cfg *Config) { cfg.Logger = zap.New(core).Sugar() })
+			leaderID := cl.waitLeader(cl.nodes)
+			old := slices.IndexFunc(cl.nodes, func(nd *testNode) bool { return nd.host.ID() == leaderID })
+			if graceful {
+				if err := cl.nodes[old].c.TransferLeadership(5 * time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cl.kill(old)
+			var next peer.ID
+			waitFor(t, "an agreed new leader", 15*time.Second, func() bool {
+				next = ""
+				for _, nd := range cl.live() {
+					l := nd.c.Leader()
+					if l == "" || l == leaderID || (next != "" && l != next) {
+						return false
+					}
+					next = l
+				}
+				return true
+			})
+			apply(t, cl.byID(next).c, "after the leader stopped")
+			if l := loud(logs.All()); len(l) > 0 {
+				t.Errorf("%d lines at WARN or ERROR:\n%s", len(l), strings.Join(l, "\n"))
+			}
+		})
 	}
 }
