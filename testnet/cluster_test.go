@@ -78,7 +78,7 @@ type tnet struct {
 func newTnet(t testing.TB, n int) *tnet {
 	t.Helper()
 	c := &tnet{t: t, s: newScript(t, freePortBase(t)), nodes: map[int]*tnode{}}
-	c.bin = filepath.Join(c.s.dir, "bin", "p2pkey")
+	c.bin = c.s.bin
 	t.Cleanup(func() {
 		// Before the script's clean (cleanups run last first): keep the
 		// logs of a failed test, and let no daemon stay paused.

@@ -106,7 +106,7 @@ func TestTestnetKeys(t *testing.T) {
 	}
 
 	// encrypt | decrypt round trip on an unlocked node.
-	bin := filepath.Join(s.dir, "bin", "p2pkey")
+	bin := s.bin
 	plain := []byte("the quick brown fox\x00\x01\x02")
 	enc := exec.Command(bin, "--data", filepath.Join(s.dir, "node2"), "encrypt")
 	enc.Stdin = bytes.NewReader(plain)

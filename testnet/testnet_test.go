@@ -9,9 +9,50 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
+
+// TestMain removes the binary the tests built (see testBinary).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	binOnce sync.Once
+	binDir  string
+	binPath string
+	binErr  error
+)
+
+// testBinary builds ./cmd/p2pkey once per test process, and returns its
+// path: every testnet of the run uses that one binary (the script gets it
+// as TESTNET_BIN), so a long run tests one build from start to end, and
+// does not relink for every testnet.
+func testBinary(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "p2pkey-bin")
+		if binErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "p2pkey")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/p2pkey")
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build ./cmd/p2pkey: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
 
 // script runs testnet/testnet with its state in dir.
 type script struct {
@@ -21,6 +62,8 @@ type script struct {
 	closed bool
 	// env is added to the script's environment (and so to its daemons').
 	env []string
+	// bin is the p2pkey binary the script uses (TESTNET_BIN).
+	bin string
 }
 
 func newScript(t testing.TB, port int) *script {
@@ -32,7 +75,7 @@ func newScript(t testing.TB, port int) *script {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &script{t: t, dir: dir, port: port}
+	s := &script{t: t, dir: dir, port: port, bin: testBinary(t)}
 	t.Cleanup(s.close)
 	return s
 }
@@ -86,6 +129,7 @@ func (s *script) run(args ...string) (string, error) {
 func (s *script) runSplit(args ...string) (stdout, stderr string, err error) {
 	cmd := exec.Command("./testnet", args...)
 	cmd.Env = append(os.Environ(), "TESTNET_DIR="+s.dir, fmt.Sprintf("TESTNET_PORT=%d", s.port), "TESTNET_TIMEOUT=90s")
+	cmd.Env = append(cmd.Env, "TESTNET_BIN="+s.bin)
 	cmd.Env = append(cmd.Env, s.env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -234,7 +278,7 @@ func TestTestnetUpKillRestart(t *testing.T) {
 func TestCLIErrors(t *testing.T) {
 	s := newScript(t, 4550)
 	s.must("up", "-n", "1")
-	bin := filepath.Join(s.dir, "bin", "p2pkey")
+	bin := s.bin
 	dataDir := filepath.Join(s.dir, "node1")
 	run := func(args ...string) (string, int) {
 		cmd := exec.Command(bin, append([]string{"--data", dataDir}, args...)...)
@@ -254,8 +298,11 @@ func TestCLIErrors(t *testing.T) {
 	if out, code := run("status", "--bogus"); code != 2 {
 		t.Fatalf("unknown flag: exit %d, %s", code, out)
 	}
-	if out, code := run("daemon", "--bootstrap"); code == 0 || !strings.Contains(out, "already running") {
+	if out, code := run("daemon"); code == 0 || !strings.Contains(out, "already running") {
 		t.Fatalf("second daemon on the same data dir: exit %d, %s", code, out)
+	}
+	if out, code := run("daemon", "--bootstrap"); code != 2 || !strings.Contains(out, "already a member") {
+		t.Fatalf("--bootstrap on a member: exit %d, %s", code, out)
 	}
 	other := filepath.Join(s.dir, "nodeX")
 	cmd := exec.Command(bin, "--data", other, "status")
