@@ -45,6 +45,14 @@ func explain(c *node.Client, err error, what string, timeout time.Duration, need
 	ctx, cancel := context.WithTimeout(context.Background(), diagnoseTimeout)
 	defer cancel()
 	st, serr := c.Status(ctx)
+	var ae *node.APIError
+	if serr != nil && errors.As(serr, &ae) {
+		// An application key socket answers keys only: it cannot say why.
+		if needKey {
+			return &statusError{code: exitLocked, err: fmt.Errorf("the node did not release the key within %v: it is still locked (this socket does not say why: 'p2pkey status' as the daemon's user does)", timeout)}
+		}
+		return fmt.Errorf("cannot %s: no answer within %v from %s", what, timeout, c.Socket())
+	}
 	if serr != nil {
 		return fmt.Errorf("cannot %s: the daemon on %s did not answer within %v, nor to a status request (%v); it is stuck or overloaded: see its log", what, c.Socket(), timeout, shortErr(serr))
 	}

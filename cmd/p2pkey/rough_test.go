@@ -268,3 +268,17 @@ func TestNoDoubledWords(t *testing.T) {
 		t.Error("plural")
 	}
 }
+
+// TestTimeoutOnKeySocket: on a socket that answers keys only (the
+// application key socket refuses status), a key --wait that times out is
+// still a lock (exit 3) and says where to look, without a raw error.
+func TestTimeoutOnKeySocket(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/key", hang)
+	mux.Handle("GET /v1/status", reply(http.StatusForbidden, map[string]string{"error": "forbidden: this socket serves keys only", "code": "forbidden"}))
+	data := fakeDaemon(t, mux)
+	r := cli(t, data, nil, "key", "--wait", "--timeout", "1s")
+	if r.code != exitLocked || !strings.Contains(r.stderr, "did not release the key within 1s: it is still locked") || strings.Contains(r.stderr, "http://") {
+		t.Errorf("key --wait on a key socket: %v", r)
+	}
+}
