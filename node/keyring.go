@@ -25,6 +25,11 @@ type keyring struct {
 	made     map[uint64]bool
 	progress UnlockProgress
 	changed  chan struct{} // closed and replaced when k or progress changes
+	// gathered is the generation whose shares k was rebuilt from (a
+	// threshold of one split, key-checked when the ledger had a check), 0
+	// if k was made here: escrowed in it by construction, whether or not
+	// this node's ledger has caught up with it yet.
+	gathered uint64
 }
 
 // split is one Shamir split of K for one generation, kept in memory so that
@@ -54,8 +59,28 @@ func (kr *keyring) notifyLocked() {
 func (kr *keyring) set(k []byte) {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
-	kr.k = k
+	kr.k, kr.gathered = k, 0
 	kr.notifyLocked()
+}
+
+// setGathered sets K rebuilt from its holders' shares of generation gen
+// (see gathered).
+func (kr *keyring) setGathered(k []byte, gen uint64) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	kr.k, kr.gathered = k, gen
+	kr.notifyLocked()
+}
+
+// gatheredFrom returns the generation K in memory was rebuilt from, 0 if
+// none.
+func (kr *keyring) gatheredFrom() uint64 {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if kr.k == nil {
+		return 0
+	}
+	return kr.gathered
 }
 
 // get returns a copy of K, or nil when locked.
@@ -85,7 +110,7 @@ func (kr *keyring) wipe() {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	clear(kr.k)
-	kr.k = nil
+	kr.k, kr.gathered = nil, 0
 	for g, sp := range kr.splits {
 		sp.wipe()
 		delete(kr.splits, g)

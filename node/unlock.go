@@ -209,7 +209,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		if len(check) == 0 {
 			log.Warnw("no key-check value recorded; accepting the reconstructed key unchecked", "generation", gen)
 		}
-		n.keys.set(k)
+		n.keys.setGathered(k, gen)
 		unlocked = true
 		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Answered: answered})
 		log.Infow("unlocked", "generation", gen, "shares", have, "threshold", need)
@@ -237,7 +237,20 @@ func (n *Node) Lock() (string, UnlockProgress) {
 		return LockLocked, p
 	}
 	var can bool
-	n.view(func(l *generations.Ledger) { can = l.Coverage(n.host.ID()).CanUnlock })
+	var newest uint64
+	n.view(func(l *generations.Ledger) {
+		can = l.Coverage(n.host.ID()).CanUnlock
+		if gs := l.Generations(); len(gs) > 0 {
+			newest = gs[len(gs)-1].Number
+		}
+	})
+	if g := n.keys.gatheredFrom(); g > newest {
+		// Rebuilt from a threshold of shares of a generation this node's
+		// ledger has not reached yet: escrowed by construction (issue 13:
+		// a restart unlocks in one round trip, not after the leader's
+		// next AppendEntries). Once the ledger has caught up, it decides.
+		return LockUnlocked, p
+	}
 	if !can {
 		return LockUnescrowed, p
 	}
@@ -259,7 +272,7 @@ func (n *Node) Key(ctx context.Context, purpose string, wait bool) ([]byte, erro
 				continue
 			}
 			defer clear(k)
-			return deriveKey(k, n.ClusterID(), purpose)
+			return deriveKey(k, n.clusterID, purpose) // from disk: the ledger may still be catching up
 		}
 		reason := p.Reason
 		if !wait {
