@@ -79,7 +79,7 @@ func (n *Node) inviteRelays() []string {
 			}
 		}
 	}
-	if n.cfg.RelayService && p2p.Reachability(n.host) == "public" {
+	if n.cfg.RelayService && p2p.Reachability(n.host) == p2p.ReachPublic {
 		out = mergeStrings(out, p2p.AddrInfoStrings(n.host))
 	}
 	if len(out) > 16 {
@@ -138,16 +138,16 @@ type VoteResult struct {
 // suspends p at once: holders keep its envelopes but stop serving them. A
 // majority of the other members' votes makes the removal final.
 func (n *Node) Remove(ctx context.Context, p peer.ID) (VoteResult, error) {
-	if n.memberStatus(p) == generations.StatusUnknown {
-		return VoteResult{}, fmt.Errorf("%w: %s", ErrUnknownMember, p)
+	if err := n.checkMember(ctx, p); err != nil {
+		return VoteResult{}, err
 	}
 	return n.vote(ctx, p, true)
 }
 
 // Reinstate records this member's vote to lift p's suspension (rule R2).
 func (n *Node) Reinstate(ctx context.Context, p peer.ID) (VoteResult, error) {
-	if n.memberStatus(p) == generations.StatusUnknown {
-		return VoteResult{}, fmt.Errorf("%w: %s", ErrUnknownMember, p)
+	if err := n.checkMember(ctx, p); err != nil {
+		return VoteResult{}, err
 	}
 	return n.vote(ctx, p, false)
 }
@@ -217,6 +217,22 @@ func (n *Node) WaitReady(ctx context.Context) error {
 // vote records this node's vote on p and reports the ledger's view after
 // it. A vote that makes a removal final waits until p is out of the Raft
 // configuration.
+// checkMember checks that p is in the ledger, after catching this node's
+// ledger up with the leader if p is not in it yet (a node that restarted
+// unlocks before its ledger has caught up).
+func (n *Node) checkMember(ctx context.Context, p peer.ID) error {
+	if n.memberStatus(p) != generations.StatusUnknown {
+		return nil
+	}
+	if err := n.cons.Fresh(ctx); err != nil {
+		return fmt.Errorf("%w: %s (and this node cannot confirm its ledger is current: %v)", ErrUnknownMember, p, err)
+	}
+	if n.memberStatus(p) == generations.StatusUnknown {
+		return fmt.Errorf("%w: %s", ErrUnknownMember, p)
+	}
+	return nil
+}
+
 func (n *Node) vote(ctx context.Context, p peer.ID, remove bool) (VoteResult, error) {
 	now := n.now()
 	if err := n.apply(ctx, generations.NewVote(p, !remove, now.Add(n.cfg.GenerationTimeout), now)); err != nil {

@@ -458,7 +458,7 @@ func TestRaftRPCInAnotherMembersNameRefused(t *testing.T) {
 	state := func() map[peer.ID]raftState {
 		out := map[peer.ID]raftState{}
 		for _, n := range nodes {
-			out[n.ID()] = raftState{n.cons.Leader(), n.cons.Stats()["term"], n.cons.Servers()}
+			out[n.ID()] = raftState{n.cons.Leader(), strconv.FormatUint(n.cons.RaftState().Term, 10), n.cons.Servers()}
 		}
 		return out
 	}
@@ -640,7 +640,7 @@ func TestStaleHolderDoesNotServe(t *testing.T) {
 		t.Fatalf("stale holder's refusal: %v, want ErrForbidden saying it cannot confirm its ledger is current", err)
 	}
 	t.Logf("stale holder refused: %v", err)
-	if state, p := x.Lock(); state != LockLocked {
+	if state, p := x.LockState(); state != LockLocked {
 		t.Fatalf("X is %s (%+v)", state, p)
 	}
 	if _, err := x.Key(ctxT(t, time.Second), "x", false); !errors.Is(err, ErrLocked) {
@@ -653,10 +653,10 @@ func TestStaleHolderDoesNotServe(t *testing.T) {
 		return h.memberStatus(xID) == generations.StatusRemoved
 	})
 	waitFor(t, "X to learn it was removed", 30*time.Second, func() bool {
-		_, p := x.Lock()
+		_, p := x.LockState()
 		return strings.Contains(p.Reason, "removed")
 	})
-	if state, _ := x.Lock(); state != LockLocked {
+	if state, _ := x.LockState(); state != LockLocked {
 		t.Fatalf("removed X is %s", state)
 	}
 }
@@ -777,10 +777,10 @@ func TestRemovalByVote(t *testing.T) {
 	c = startNode(t, cfgC)
 	want := fmt.Sprintf("suspended by 1 of %d votes", vr.Needed)
 	waitFor(t, "the suspended node to say "+want, 30*time.Second, func() bool {
-		_, p := c.Lock()
+		_, p := c.LockState()
 		return strings.Contains(p.Reason, want)
 	})
-	if state, p := c.Lock(); state != LockLocked {
+	if state, p := c.LockState(); state != LockLocked {
 		t.Fatalf("suspended node is %s (%+v)", state, p)
 	}
 	if _, err := c.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), want) {
@@ -804,7 +804,7 @@ func TestRemovalByVote(t *testing.T) {
 	if vr.Final || vr.Status != "suspended" {
 		t.Fatalf("after b's reinstate vote: %+v, want still suspended", vr)
 	}
-	if state, _ := c.Lock(); state != LockLocked {
+	if state, _ := c.LockState(); state != LockLocked {
 		t.Fatalf("the suspended node unlocked on one reinstate vote: %s", state)
 	}
 	// a's reinstate vote makes the majority.
@@ -826,14 +826,14 @@ func TestRemovalByVote(t *testing.T) {
 		return !storeHolds(t, a, cID) && !storeHolds(t, b, cID)
 	})
 	waitFor(t, "the removed node to say it was removed", 20*time.Second, func() bool {
-		_, p := c.Lock()
+		_, p := c.LockState()
 		return strings.Contains(p.Reason, "removed")
 	})
 	if _, err := c.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "removed") {
 		t.Fatalf("removed node's key: %v", err)
 	}
 	c = restart(t, c)
-	if state, p := c.Lock(); state != LockLocked || !strings.Contains(p.Reason, "removed") {
+	if state, p := c.LockState(); state != LockLocked || !strings.Contains(p.Reason, "removed") {
 		t.Fatalf("removed node after a restart: %s %+v", state, p)
 	}
 	c.Close()
@@ -847,17 +847,17 @@ func TestRemovalByVote(t *testing.T) {
 		t.Fatalf("the copy has identity %s, want %s", cc.ID(), cID)
 	}
 	waitFor(t, "the copy to learn it was removed", 30*time.Second, func() bool {
-		_, p := cc.Lock()
+		_, p := cc.LockState()
 		return strings.Contains(p.Reason, "removed")
 	})
-	if state, _ := cc.Lock(); state != LockLocked {
+	if state, _ := cc.LockState(); state != LockLocked {
 		t.Fatalf("the copy is %s", state)
 	}
 	if _, err := cc.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) {
 		t.Fatalf("the copy's key: %v", err)
 	}
 	cc = restart(t, cc)
-	if state, p := cc.Lock(); state != LockLocked || !strings.Contains(p.Reason, "removed") {
+	if state, p := cc.LockState(); state != LockLocked || !strings.Contains(p.Reason, "removed") {
 		t.Fatalf("the copy after a restart: %s %+v", state, p)
 	}
 }

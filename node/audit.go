@@ -487,7 +487,7 @@ func (n *Node) auditLoop() {
 			return
 		case <-tick.C:
 		}
-		if state, _ := n.Lock(); state != LockUnlocked {
+		if state, _ := n.LockState(); state != LockUnlocked {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, time.Minute)

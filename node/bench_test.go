@@ -94,7 +94,7 @@ func benchUnlock(b *testing.B, size int) {
 			if tKey.IsZero() && n.keys.get() != nil {
 				tKey = now
 			}
-			if state, _ := n.Lock(); state == LockUnlocked {
+			if state, _ := n.LockState(); state == LockUnlocked {
 				if tKey.IsZero() {
 					tKey = now
 				}
@@ -104,7 +104,7 @@ func benchUnlock(b *testing.B, size int) {
 				break
 			}
 			if now.After(deadline) {
-				_, p := n.Lock()
+				_, p := n.LockState()
 				b.Fatalf("restart %d: node %d did not unlock within a minute: %+v", i, idx, p)
 			}
 			time.Sleep(time.Millisecond) // the sample's resolution: a benchmark, not a wait for a condition
@@ -154,7 +154,7 @@ func directUnlock(b *testing.B, n *Node) (time.Duration, bool) {
 	n.tryUnlock(clusterID, cov, check)
 	d := time.Since(t0)
 	if n.keys.get() == nil {
-		_, p := n.Lock()
+		_, p := n.LockState()
 		b.Logf("discarding a direct unlock sample of %s after %v: %+v", n.ID(), d, p)
 		waitUnlocked(b, n)
 		return 0, false

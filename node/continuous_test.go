@@ -64,7 +64,7 @@ func TestCatchUpThenRetire(t *testing.T) {
 	// The absent node is a member of the current generation but not
 	// escrowed in it: status shows it catching up, and its old generation
 	// is retained for it (G4).
-	var n5 MemberStatus
+	var n5 MemberInfo
 	for _, m := range live[0].Status().Members {
 		if m.PeerID == cfg5.identityPeer(t).String() {
 			n5 = m
@@ -205,10 +205,10 @@ func TestRemovedNodeStaysLocked(t *testing.T) {
 	removeByMajority(t, cfgC.identityPeer(t), a, b)
 	c = startNode(t, cfgC)
 	waitFor(t, "the removed node to learn it was removed", 20*time.Second, func() bool {
-		_, p := c.Lock()
+		_, p := c.LockState()
 		return strings.Contains(p.Reason, "removed")
 	})
-	if state, _ := c.Lock(); state != LockLocked {
+	if state, _ := c.LockState(); state != LockLocked {
 		t.Fatalf("removed node is %s", state)
 	}
 	if _, err := c.Key(ctxT(t, time.Second), "x", false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "removed") {
@@ -221,7 +221,7 @@ func TestRemovedNodeStaysLocked(t *testing.T) {
 	}
 	// And it stays so across another restart.
 	c = restart(t, c) // the marker is read at start: no wait
-	if _, p := c.Lock(); !strings.Contains(p.Reason, "removed") {
+	if _, p := c.LockState(); !strings.Contains(p.Reason, "removed") {
 		t.Fatalf("after a second restart: %+v", p)
 	}
 }
@@ -335,10 +335,10 @@ func TestRetentionBoundLapsesAbsentNode(t *testing.T) {
 	})
 	c = startNode(t, cfgC)
 	waitFor(t, "the lapsed node to say it must be invited again", 30*time.Second, func() bool {
-		_, p := c.Lock()
+		_, p := c.LockState()
 		return strings.Contains(p.Reason, "invited again") || strings.Contains(p.Reason, "lapsed")
 	})
-	if state, _ := c.Lock(); state != LockLocked {
+	if state, _ := c.LockState(); state != LockLocked {
 		t.Fatalf("lapsed node is %s", state)
 	}
 }

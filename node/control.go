@@ -152,7 +152,7 @@ func (n *Node) serveControl() (*controlServer, error) {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"left": n.host.ID().String()})
-		n.events.publish(Event{Type: EventMemberRemoved, Peer: n.host.ID(), Detail: "left"})
+		n.events.publish(Event{Type: EventLeft, Peer: n.host.ID()})
 	})
 	mux.HandleFunc("POST /v1/key", func(w http.ResponseWriter, r *http.Request) {
 		var req KeyRequest
@@ -486,8 +486,8 @@ func (c *Client) StatusJSON(ctx context.Context) (json.RawMessage, error) {
 }
 
 // Members fetches the member table.
-func (c *Client) Members(ctx context.Context) ([]MemberStatus, error) {
-	var ms []MemberStatus
+func (c *Client) Members(ctx context.Context) ([]MemberInfo, error) {
+	var ms []MemberInfo
 	err := c.do(ctx, http.MethodGet, "/members", nil, &ms)
 	return ms, err
 }

@@ -17,6 +17,7 @@ const (
 	EventJoined          EventType = "joined"
 	EventMemberAdded     EventType = "member_added"
 	EventMemberRemoved   EventType = "member_removed"
+	EventLeft            EventType = "left" // this node left the cluster (Leave)
 	EventMemberChanged   EventType = "member_changed"
 	EventLeaderChanged   EventType = "leader_changed"
 	EventGenerationOpen  EventType = "generation_opened"

@@ -60,7 +60,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	lock, _ := founder.Lock()
+	lock, _ := founder.LockState()
 	fmt.Println("lock:", lock)
 	fmt.Println("members:", len(founder.Status().Members))
 	fmt.Println("key bytes:", len(key))

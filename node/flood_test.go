@@ -560,8 +560,8 @@ func lastIndex(n *Node, m map[string]string) uint64 {
 func logIndexes(nodes []*Node) map[string]string {
 	out := map[string]string{}
 	for _, n := range nodes {
-		st := n.cons.Stats()
-		out[shortPeer(n.ID())] = st["last_log_index"] + "/" + strconv.FormatUint(n.cons.AppliedIndex(), 10) + " term " + st["term"]
+		st := n.cons.RaftState()
+		out[shortPeer(n.ID())] = fmt.Sprintf("%d/%d term %d", st.LastLogIndex, st.AppliedIndex, st.Term)
 	}
 	return out
 }

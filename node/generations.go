@@ -19,12 +19,12 @@ type GenerationInfo struct {
 	OpenedAt    time.Time  `json:"opened_at"`
 	Deadline    *time.Time `json:"deadline,omitempty"`
 	CommittedAt *time.Time `json:"committed_at,omitempty"`
-	Escrowed    int        `json:"escrowed"`
+	Escrowed    int        `json:"owners_escrowed"`
 	// Matrix[i][j] is true when Members[j] holds a recorded envelope of
 	// owner Members[i].
 	Matrix [][]bool `json:"matrix,omitempty"`
 	// Held[i] is how many shares of owner Members[i] are held.
-	Held []int `json:"held,omitempty"`
+	Held []int `json:"shares_held,omitempty"`
 }
 
 // Generations lists every generation the ledger knows, oldest first, with

@@ -182,7 +182,7 @@ func (n *Node) knownLeader(g *gossip) peer.ID {
 func (n *Node) localClusterID() string { return n.clusterID }
 
 // knownMember decides who takes part in the gossip topic: a joining or
-// active member of the local ledger (MemberStatus.IsMember; removed,
+// active member of the local ledger (generations.MemberStatus.IsMember; removed,
 // rejected and lapsed peers are out, as they are for Raft), or, while the
 // ledger is empty (catching up from nothing), a member named by the join
 // response or the peer book. Pubsub asks it from its event loop.

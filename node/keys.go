@@ -70,7 +70,7 @@ func (n *Node) keyLoop() {
 // keyLoopInterval is 500 ms while the key loop has work in hand, 30 s when
 // the node is unlocked, fully shared and nothing is open.
 func (n *Node) keyLoopInterval() time.Duration {
-	if state, _ := n.Lock(); state != LockUnlocked {
+	if state, _ := n.LockState(); state != LockUnlocked {
 		return 500 * time.Millisecond
 	}
 	var open bool

@@ -23,7 +23,7 @@ func waitUnlocked(t testing.TB, nodes ...*Node) {
 	t.Helper()
 	for _, n := range nodes {
 		waitFor(t, "node "+n.ID().String()+" to unlock", 30*time.Second, func() bool {
-			state, _ := n.Lock()
+			state, _ := n.LockState()
 			return state == LockUnlocked
 		})
 	}
@@ -93,7 +93,7 @@ func TestEscrowAndUnlockAfterRestart(t *testing.T) {
 	}
 	t.Cleanup(func() { again.Close() })
 	// Locked right after the restart: K is not on disk.
-	if state, _ := again.Lock(); state != LockLocked {
+	if state, _ := again.LockState(); state != LockLocked {
 		t.Fatalf("restarted node is %s, want locked", state)
 	}
 	if _, err := again.Key(ctxT(t, time.Second), "x", false); !errors.Is(err, ErrLocked) {
@@ -105,7 +105,7 @@ func TestEscrowAndUnlockAfterRestart(t *testing.T) {
 	}
 	// Once its ledger has caught up it reports its full coverage.
 	waitFor(t, "the restarted node to report its coverage", 10*time.Second, func() bool {
-		_, p := again.Lock()
+		_, p := again.LockState()
 		return p.Need == 3 && p.Have == 5
 	})
 }
@@ -129,10 +129,10 @@ func TestUnlockNeedsThreshold(t *testing.T) {
 	nodes[2].Close() // now 0, 1, 2 are down: 3 of 5 stopped
 	n4 = restart(t, n4)
 	waitFor(t, "an unlock attempt to report its shortfall", 60*time.Second, func() bool {
-		_, p := n4.Lock()
+		_, p := n4.LockState()
 		return strings.Contains(p.Reason, "fewer than the threshold")
 	})
-	state, p := n4.Lock()
+	state, p := n4.LockState()
 	if state != LockLocked || p.Have >= 3 || p.Need != 3 {
 		t.Fatalf("with 3 of 5 stopped: state %s, progress %+v", state, p)
 	}

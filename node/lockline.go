@@ -19,7 +19,7 @@ import (
 // "waiting on" names the holders of the generation the node unlocks with
 // that it is not connected to.
 func (n *Node) LockSummary() string {
-	state, p := n.Lock()
+	state, p := n.LockState()
 	switch state {
 	case LockUnlocked:
 		if p.Need > 0 {

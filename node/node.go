@@ -215,9 +215,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}))
 	}
 	switch cfg.Reachability {
-	case "public":
+	case p2p.ReachPublic:
 		hopts = append(hopts, p2p.WithReachability(network.ReachabilityPublic))
-	case "private":
+	case p2p.ReachPrivate:
 		hopts = append(hopts, p2p.WithReachability(network.ReachabilityPrivate))
 	}
 	if cfg.hooks != nil {

@@ -164,7 +164,7 @@ func (n *Node) MakeRecoveryKit(recipients []string) ([]byte, RecoveryKitInfo, er
 		rs = append(rs, r)
 		info.Recipients = append(info.Recipients, strings.TrimSpace(s))
 	}
-	state, p := n.Lock()
+	state, p := n.LockState()
 	if state != LockUnlocked {
 		if state == LockUnescrowed && n.activeMembers() < 2 {
 			return nil, info, ErrUnescrowed

@@ -10,11 +10,18 @@ import (
 	"github.com/p2pkey/p2pkey/p2p"
 )
 
-// Lock states of a node's key (rules K2, U1).
+// LockState is the state of a node's key (rules K2, U1).
+type LockState string
+
+// The lock states.
 const (
-	LockUnlocked   = "unlocked"
-	LockLocked     = "locked"
-	LockUnescrowed = "unescrowed"
+	// LockUnlocked: K is in memory and escrowed; keys are released.
+	LockUnlocked LockState = "unlocked"
+	// LockLocked: K is not in memory; the node gathers its shares.
+	LockLocked LockState = "locked"
+	// LockUnescrowed: K is in memory but no committed generation holds a
+	// threshold of its shares yet; no key is released.
+	LockUnescrowed LockState = "unescrowed"
 )
 
 // Status is a snapshot of the node, the cluster and every member, as the
@@ -22,7 +29,7 @@ const (
 type Status struct {
 	PeerID     string         `json:"peer_id"`
 	ClusterID  string         `json:"cluster_id"`
-	Lock       string         `json:"lock"`
+	Lock       LockState      `json:"lock"`
 	Unlock     UnlockProgress `json:"unlock"`
 	CatchingUp *CatchUp       `json:"catching_up"`
 	LastAudit  *AuditReport   `json:"last_audit"`
@@ -31,7 +38,7 @@ type Status struct {
 	Reachability string           `json:"reachability"`
 	Raft         RaftStatus       `json:"raft"`
 	Generation   GenerationStatus `json:"generation"`
-	Members      []MemberStatus   `json:"members"`
+	Members      []MemberInfo     `json:"members"`
 }
 
 // RaftStatus is this node's view of Raft.
@@ -60,8 +67,8 @@ type OpenGeneration struct {
 	Deadline  time.Time `json:"deadline"`
 }
 
-// MemberStatus is one member's row.
-type MemberStatus struct {
+// MemberInfo is one member's row.
+type MemberInfo struct {
 	PeerID           string  `json:"peer_id"`
 	Status           string  `json:"status"`
 	Voter            bool    `json:"voter"`
@@ -85,7 +92,7 @@ type MemberStatus struct {
 
 // Status reports the node's state.
 func (n *Node) Status() Status {
-	lock, progress := n.Lock()
+	lock, progress := n.LockState()
 	st := Status{
 		PeerID:       n.host.ID().String(),
 		Lock:         lock,
@@ -94,7 +101,7 @@ func (n *Node) Status() Status {
 		LastAudit:    n.lastAuditReport(),
 		Addrs:        p2p.AddrInfoStrings(n.host),
 		Reachability: p2p.Reachability(n.host),
-		Members:      []MemberStatus{},
+		Members:      []MemberInfo{},
 	}
 	voters := map[string]bool{}
 	for _, s := range n.cons.Servers() {
@@ -123,7 +130,7 @@ func (n *Node) Status() Status {
 			st.Generation.Open = &OpenGeneration{Number: g.Number, Members: len(g.Members), Threshold: g.Threshold, Deadline: g.Deadline}
 		}
 		for _, m := range l.Members() {
-			ms := MemberStatus{
+			ms := MemberInfo{
 				PeerID:     m.ID.String(),
 				Status:     memberStatusName(m),
 				Voter:      voters[m.ID.String()],
@@ -158,7 +165,7 @@ func (n *Node) Status() Status {
 		if h, ok := n.loadUnlockHint(); ok && len(st.Members) == 0 {
 			g := h.Generation
 			for _, id := range h.Holders {
-				row := MemberStatus{PeerID: id, Status: "unknown", Connection: "none"}
+				row := MemberInfo{PeerID: id, Status: "unknown", Connection: "none"}
 				if p, err := peer.Decode(id); err == nil {
 					row.Connection = n.connectionType(p)
 				}

@@ -483,7 +483,7 @@ func escrowSettled(nodes []*Node) bool {
 func (r *thiefRun) dump() string {
 	var b strings.Builder
 	for _, n := range r.nodes {
-		lock, p := n.Lock()
+		lock, p := n.LockState()
 		fmt.Fprintf(&b, "node %s (%s %+v, raft %s, applied %d):\n", shortPeer(n.ID()), lock, p, n.cons.State(), n.cons.AppliedIndex())
 		n.view(func(l *generations.Ledger) {
 			if c, ok := l.Current(); ok {

@@ -20,8 +20,8 @@ import (
 // UnlockProgress is what status reports while a node gathers its shares.
 type UnlockProgress struct {
 	Generation uint64 `json:"generation,omitempty"`
-	Have       int    `json:"have"`
-	Need       int    `json:"need"`
+	Have       int    `json:"shares_held"`
+	Need       int    `json:"threshold"`
 	Reason     string `json:"reason,omitempty"`
 	// Answered names the holders whose envelopes opened in the last
 	// attempt, Awaiting those that have not answered with one (yet).
@@ -229,8 +229,8 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	log.Infow("unlock attempt fell short; retrying as holders come back", "generation", gen, "have", have, "need", need, "failures", failures)
 }
 
-// Lock reports the lock state and, while not unlocked, why.
-func (n *Node) Lock() (string, UnlockProgress) {
+// LockState reports whether the node's key is unlocked and, while not, why.
+func (n *Node) LockState() (LockState, UnlockProgress) {
 	k, p, _ := n.keys.state()
 	defer clear(k)
 	if k == nil {
@@ -265,7 +265,7 @@ func (n *Node) Key(ctx context.Context, purpose string, wait bool) ([]byte, erro
 		return nil, errors.New("a key purpose is required")
 	}
 	for {
-		state, p := n.Lock()
+		state, p := n.LockState()
 		if state == LockUnlocked {
 			k := n.keys.get()
 			if k == nil {

@@ -31,7 +31,7 @@ type hostSource interface {
 // lockStates, raftStates and connTypes are the label values exported with
 // 0 or 1, so that a missing series never has to be read as "false".
 var (
-	lockStates = []string{node.LockUnlocked, node.LockLocked, node.LockUnescrowed}
+	lockStates = []node.LockState{node.LockUnlocked, node.LockLocked, node.LockUnescrowed}
 	raftStates = []string{"leader", "follower", "candidate", "shutdown"}
 	connTypes  = []string{p2p.ConnDirect, p2p.ConnHolePunched, p2p.ConnRelayed}
 )
@@ -115,7 +115,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 	gauge(ch, descInfo, 1, st.PeerID, st.ClusterID)
 	for _, s := range lockStates {
-		gauge(ch, descLock, b2f(st.Lock == s), s)
+		gauge(ch, descLock, b2f(st.Lock == s), string(s))
 	}
 	gauge(ch, descUnlockHave, float64(st.Unlock.Have))
 	gauge(ch, descUnlockNeed, float64(st.Unlock.Need))

@@ -91,7 +91,7 @@ func (fakeSource) Status() node.Status {
 		Raft:   node.RaftStatus{State: "candidate", Term: 9, AppliedIndex: 77},
 		Generation: node.GenerationStatus{Current: &cur, Open: &node.OpenGeneration{
 			Number: 5, Members: 3, Threshold: 2, Deadline: time.Unix(1700000000, 0)}},
-		Members: []node.MemberStatus{
+		Members: []node.MemberInfo{
 			{PeerID: "self", Status: "active", Connection: "self", SharesHeld: 1, Threshold: 2, EscrowGeneration: &cur},
 			{PeerID: "gone", Status: "active", Connection: "none", Behind: 2},
 		},

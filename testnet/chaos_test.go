@@ -371,7 +371,7 @@ func waitListed(c *tnet, watch, j *tnode, timeout time.Duration) time.Duration {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		st, err := cl.Status(ctx)
 		cancel()
-		if err == nil && slices.ContainsFunc(st.Members, func(m node.MemberStatus) bool { return m.PeerID == j.peer.String() }) {
+		if err == nil && slices.ContainsFunc(st.Members, func(m node.MemberInfo) bool { return m.PeerID == j.peer.String() }) {
 			return time.Since(start).Round(time.Millisecond)
 		}
 		time.Sleep(2 * time.Millisecond) // a tight poll: the fault is meant to land right after

@@ -169,7 +169,7 @@ func (c *tnet) checkEscrow(st node.Status, gens []node.GenerationInfo) error {
 	return nil
 }
 
-func (c *tnet) checkOwner(owner *tnode, m node.MemberStatus, byNum map[uint64]*node.GenerationInfo, clusterID string, load func(*tnode) (storeSnapshot, error)) error {
+func (c *tnet) checkOwner(owner *tnode, m node.MemberInfo, byNum map[uint64]*node.GenerationInfo, clusterID string, load func(*tnode) (storeSnapshot, error)) error {
 	if m.EscrowGeneration == nil {
 		return fmt.Errorf("node %d is escrowed in no committed generation", owner.i)
 	}

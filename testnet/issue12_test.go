@@ -69,7 +69,7 @@ func TestIssue12RestartInOpenGeneration(t *testing.T) {
 	}
 	// Let X's coverage top up to every member of its escrow generation, if
 	// it does.
-	var mine node.MemberStatus
+	var mine node.MemberInfo
 	poll(10*time.Second, func() (bool, string) {
 		st, err := c.status(w.i)
 		if err != nil {

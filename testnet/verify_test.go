@@ -107,7 +107,7 @@ func (c *tnet) check(o checkOpts) (why, fatal *violation) {
 		return vio("one-leader", "the leader, joiner node %d, does not answer", lead.i), nil
 	}
 	lst := la.st
-	ledger := map[string]node.MemberStatus{}
+	ledger := map[string]node.MemberInfo{}
 	for _, m := range lst.Members {
 		ledger[m.PeerID] = m
 	}
@@ -384,7 +384,7 @@ func (c *tnet) evidence() string {
 			open = fmt.Sprintf("%d (%d members, t=%d, deadline %s)", st.Generation.Open.Number, st.Generation.Open.Members,
 				st.Generation.Open.Threshold, st.Generation.Open.Deadline.UTC().Format("15:04:05.000"))
 		}
-		lock := st.Lock
+		lock := string(st.Lock)
 		if st.Unlock.Reason != "" {
 			lock += " (" + st.Unlock.Reason + ")"
 		}

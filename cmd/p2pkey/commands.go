@@ -247,7 +247,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 					if !ok {
 						return shutdown("shutting down")
 					}
-					if e.Type == node.EventMemberRemoved && e.Peer == n.ID() && e.Detail == "left" {
+					if e.Type == node.EventLeft && e.Peer == n.ID() {
 						fmt.Fprintln(cmd.ErrOrStderr(), "p2pkey: this node has left the cluster; exiting")
 						return shutdown("this node has left the cluster")
 					}

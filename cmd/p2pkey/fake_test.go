@@ -88,7 +88,7 @@ func TestLockedExit3(t *testing.T) {
 // vote, and the vote fields of rule R2 when votes is true.
 func statusJSON(t *testing.T, self, a, b peer.ID, votes bool) map[string]any {
 	t.Helper()
-	st := node.Status{PeerID: self.String(), ClusterID: "c1", Lock: "unlocked", Members: []node.MemberStatus{
+	st := node.Status{PeerID: self.String(), ClusterID: "c1", Lock: "unlocked", Members: []node.MemberInfo{
 		{PeerID: self.String(), Status: "active", Voter: true, Connection: "self"},
 		{PeerID: a.String(), Status: "active", Voter: true, Connection: "direct"},
 		{PeerID: b.String(), Status: "suspended", Voter: true, Connection: "direct"},

@@ -47,7 +47,7 @@ func resolvePeer(ctx context.Context, c *node.Client, st *node.Status, arg strin
 
 // matchPeers lists the members whose ID arg abbreviates: a prefix, or
 // PREFIX…SUFFIX (also PREFIX...SUFFIX).
-func matchPeers(ms []node.MemberStatus, arg string) []string {
+func matchPeers(ms []node.MemberInfo, arg string) []string {
 	prefix, suffix := arg, ""
 	for _, sep := range []string{"…", "..."} {
 		if p, s, ok := strings.Cut(arg, sep); ok {

@@ -23,7 +23,7 @@ func roughStatus(self, a, b peer.ID) node.Status {
 	return node.Status{PeerID: self.String(), ClusterID: "c1", Lock: "locked", Reachability: "unknown",
 		Unlock: node.UnlockProgress{Generation: 4, Have: 1, Need: 2, Reason: "locked: 1 of 2 shares gathered for generation 4"},
 		Raft:   node.RaftStatus{State: "Follower", Leader: a.String(), Term: 7, Voter: true},
-		Members: []node.MemberStatus{
+		Members: []node.MemberInfo{
 			{PeerID: self.String(), Status: "active", Voter: true, Connection: "self", EscrowGeneration: &g4, SharesHeld: 1, Threshold: 2, Addrs: []string{"/ip4/10.0.0.1/tcp/1"}},
 			{PeerID: a.String(), Status: "active", Voter: true, Connection: "direct", EscrowGeneration: &g4, SharesHeld: 3, Threshold: 2, Addrs: []string{"/ip4/10.0.0.2/tcp/1", "/ip4/10.0.0.2/udp/1/quic-v1", "/ip6/::1/tcp/1"}},
 			{PeerID: b.String(), Status: "joining", Voter: false, Connection: "relayed", CatchingUp: true, Behind: 1},

@@ -188,7 +188,7 @@ func nodeDaemon(t *testing.T, self string, members ...string) string {
 	t.Helper()
 	st := node.Status{PeerID: self, ClusterID: "c1", Lock: "unlocked"}
 	for _, m := range members {
-		st.Members = append(st.Members, node.MemberStatus{PeerID: m, Status: "active", Voter: true})
+		st.Members = append(st.Members, node.MemberInfo{PeerID: m, Status: "active", Voter: true})
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/status", reply(http.StatusOK, st))

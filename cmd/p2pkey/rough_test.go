@@ -172,7 +172,7 @@ func TestTimeoutsExplained(t *testing.T) {
 	self, a, b := randID(t), randID(t), randID(t)
 	st := node.Status{PeerID: self.String(), ClusterID: "c1", Lock: "locked",
 		Unlock: node.UnlockProgress{Generation: 4, Have: 1, Need: 2, Reason: "locked: 1 of 2 shares gathered for generation 4"},
-		Members: []node.MemberStatus{
+		Members: []node.MemberInfo{
 			{PeerID: self.String(), Status: "active", Voter: true, Connection: "self"},
 			{PeerID: a.String(), Status: "active", Voter: true, Connection: "none"},
 			{PeerID: b.String(), Status: "active", Voter: true, Connection: "none"},

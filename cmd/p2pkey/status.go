@@ -113,11 +113,11 @@ func lockLine(st node.Status) string {
 	u := st.Unlock
 	switch {
 	case st.Lock != node.LockUnlocked && (u.Reason != "" || u.Need > 0):
-		return st.Lock + ": " + lockReason(st)
+		return string(st.Lock) + ": " + lockReason(st)
 	case st.Lock == node.LockUnlocked && u.Need > 0:
 		return fmt.Sprintf("unlocked (generation %d: %s held, threshold %d)", u.Generation, plural(u.Have, "share"), u.Need)
 	}
-	return st.Lock
+	return string(st.Lock)
 }
 
 // holdersLine names the holders that answered the last unlock attempt and
@@ -184,7 +184,7 @@ func renameUnlock(raw json.RawMessage) any {
 // role is a member's part in Raft as this node sees it: leader, follower
 // (a voter), non-voter, or "-" for one out of the configuration; for this
 // node, its own Raft state.
-func role(st node.Status, m node.MemberStatus) string {
+func role(st node.Status, m node.MemberInfo) string {
 	switch {
 	case st.Raft.Leader != "" && m.PeerID == st.Raft.Leader:
 		return "leader"

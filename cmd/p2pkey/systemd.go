@@ -80,7 +80,7 @@ func (s *systemd) watch(ctx context.Context, n *node.Node) <-chan struct{} {
 		ready := false
 		last := ""
 		for {
-			state, _ := n.Lock()
+			state, _ := n.LockState()
 			line := n.LockSummary()
 			switch {
 			case !ready && state == node.LockUnlocked:

@@ -53,7 +53,7 @@ leader, lock}.`,
 				if !g.jsonOut {
 					return nil
 				}
-				return printJSON(cmd.OutOrStdout(), waitJSON{Healthy: healthy, WaitingFor: why, ActiveMembers: countActive(last), Leader: last.Raft.Leader, Lock: last.Lock})
+				return printJSON(cmd.OutOrStdout(), waitJSON{Healthy: healthy, WaitingFor: why, ActiveMembers: countActive(last), Leader: last.Raft.Leader, Lock: string(last.Lock)})
 			}
 			for {
 				st, err := c.Status(ctx)
@@ -120,7 +120,7 @@ func notHealthy(st node.Status, members int, unlocked bool) (string, bool) {
 	case st.Raft.Leader == "":
 		why := noLeaderShort(st)
 		if locked {
-			why += "; the key is " + st.Lock + ": " + lockReason(st)
+			why += "; the key is " + string(st.Lock) + ": " + lockReason(st)
 		}
 		return why, locked
 	case !self:
@@ -128,7 +128,7 @@ func notHealthy(st node.Status, members int, unlocked bool) (string, bool) {
 	case members > 0 && countActive(st) != members:
 		return fmt.Sprintf("%d of %d members active and voting", countActive(st), members), false
 	case locked:
-		return "the key is " + st.Lock + ": " + lockReason(st), true
+		return "the key is " + string(st.Lock) + ": " + lockReason(st), true
 	}
 	return "", false
 }

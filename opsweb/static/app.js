@@ -43,8 +43,8 @@ function render(d) {
   set("lock", st.lock, "big state-" + st.lock);
   const u = st.unlock;
   let lsub = "";
-  if (u.need) {
-    lsub = st.lock === "locked" ? `${u.have} of ${u.need} shares gathered` : `${u.have} shares held, threshold ${u.need}`;
+  if (u.threshold) {
+    lsub = st.lock === "locked" ? `${u.shares_held} of ${u.threshold} shares gathered` : `${u.shares_held} shares held, threshold ${u.threshold}`;
     if (u.generation) lsub += `, generation ${u.generation}`;
   }
   if (st.lock !== "unlocked" && u.reason) lsub = u.reason;
@@ -138,7 +138,7 @@ function renderMatrices(gens, st) {
       });
       // Held bar: all held (pale) and held by connected holders (solid),
       // against the threshold line.
-      const heldN = g.held ? g.held[i] : row.filter(Boolean).length;
+      const heldN = g.shares_held ? g.shares_held[i] : row.filter(Boolean).length;
       const avail = row.filter((v, j) => v && !away[j]).length;
       const bx = left + n * c + gap, unit = barW / n;
       svg.append(el("svg:rect", { class: "track", x: bx, y: y + 5, width: barW, height: c - 10 }));
@@ -151,7 +151,7 @@ function renderMatrices(gens, st) {
     svg.append(el("svg:text", { x: tx - 8, y: top - 24, class: "muted", text: `t=${g.threshold}` }));
     const tag = g.current ? " (current)" : "";
     box.append(el("div", { class: "matrix-card" },
-      el("h3", { text: `generation ${g.number}: ${g.state}${tag} · ${n} members · threshold ${g.threshold} · ${g.escrowed} escrowed` }),
+      el("h3", { text: `generation ${g.number}: ${g.state}${tag} · ${n} members · threshold ${g.threshold} · ${g.owners_escrowed} owners escrowed` }),
       svg));
   }
 }
