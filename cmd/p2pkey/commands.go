@@ -12,6 +12,7 @@ import (
 
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/p2pkey/p2pkey/node"
+	"github.com/p2pkey/p2pkey/opsweb"
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/spf13/cobra"
 )
@@ -94,6 +95,10 @@ func defaultPort() string {
 	return "PORT"
 }
 
+// daemonLog carries the daemon's own lines (running, shutting down), so that
+// they follow GOLOG_LOG_FMT like every other line.
+var daemonLog = logging.Logger("p2pkey/daemon")
+
 func newDaemonCmd(g *globals) *cobra.Command {
 	var bootstrap bool
 	var join, joinFile string
@@ -102,6 +107,8 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var natPortMap, noMDNS, noRelayService bool
 	var reachability string
 	var maxBehind uint32
+	var lapseGrace time.Duration
+	var metricsAddr string
 	var ks keySocketFlags
 	cmd := &cobra.Command{
 		Use:   "daemon [--bootstrap | --join-file FILE | --join -]",
@@ -155,6 +162,7 @@ Logs go to stderr. Set GOLOG_LOG_LEVEL to change the level, for example
 GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 		Example: `  p2pkey daemon --bootstrap
   p2pkey daemon --join-file invite.txt
+  p2pkey daemon --metrics 127.0.0.1:9476
   ssh member p2pkey invite | p2pkey daemon --join -
   p2pkey daemon --relay /ip4/203.0.113.7/udp/` + defaultPort() + `/quic-v1/p2p/12D3KooW...
   p2pkey daemon`,
@@ -191,6 +199,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			cfg.RelayService = !noRelayService
 			cfg.Reachability = reachability
 			cfg.MaxGenerationsBehind = maxBehind
+			cfg.LapseGrace = lapseGrace
 			if heartbeat > 0 {
 				cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = heartbeat, heartbeat, heartbeat/2
 			}
@@ -203,6 +212,19 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			var web *opsweb.Server
+			if metricsAddr != "" {
+				// The listener comes up before the node, so a port in use
+				// fails the start, and the page says "starting" until the
+				// node is attached.
+				web = opsweb.New()
+				addr, err := opsweb.Start(ctx, metricsAddr, web)
+				if err != nil {
+					return fmt.Errorf("--metrics %s: %w", metricsAddr, err)
+				}
+				cfg.Observer, cfg.Metrics = web, true
+				daemonLog.Infow("metrics and status page listening", "url", "http://"+addr.String()+"/", "metrics", "http://"+addr.String()+opsweb.PathMetrics)
+			}
 			sd := newSystemd(cmd.ErrOrStderr())
 			if cfg.Join != "" {
 				sd.status("joining the cluster")
@@ -213,6 +235,10 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			if err != nil {
 				sd.stopping("failed: " + err.Error())
 				return err
+			}
+			if web != nil {
+				web.Attach(n)
+				defer web.Attach(nil)
 			}
 			servers, err := sockets.serve(n)
 			if err != nil {
@@ -236,19 +262,19 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			if cluster == "" {
 				cluster = memberOf(g.dataDir)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "p2pkey: node %s running in cluster %s (control socket %s)\n", n.ID(), cluster, cfg.SocketPath())
+			daemonLog.Infow(fmt.Sprintf("node %s running in cluster %s", n.ID(), cluster), "peer", n.ID(), "cluster", cluster, "socket", cfg.SocketPath())
 			sdDone = sd.watch(ctx, n)
 			for {
 				select {
 				case <-ctx.Done():
-					fmt.Fprintln(cmd.ErrOrStderr(), "p2pkey: shutting down")
+					daemonLog.Infow("shutting down")
 					return shutdown("shutting down")
 				case e, ok := <-events:
 					if !ok {
 						return shutdown("shutting down")
 					}
 					if e.Type == node.EventLeft && e.Peer == n.ID() {
-						fmt.Fprintln(cmd.ErrOrStderr(), "p2pkey: this node has left the cluster; exiting")
+						daemonLog.Infow("this node has left the cluster; exiting")
 						return shutdown("this node has left the cluster")
 					}
 				}
@@ -264,6 +290,8 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	cmd.Flags().BoolVar(&noRelayService, "no-relay-service", false, "do not relay for other members when publicly reachable")
 	cmd.Flags().StringVar(&reachability, "reachability", "", "override NAT detection: public or private")
 	cmd.Flags().Uint32Var(&maxBehind, "max-generations-behind", 0, "with --bootstrap: how many generations an absent member's old shares are kept before it must be invited again (default 3)")
+	cmd.Flags().DurationVar(&lapseGrace, "lapse-grace", 0, "with --bootstrap: how long an absent member's old shares outlive --max-generations-behind (default 1h, at most 720h)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics (/metrics) and a live status page (/) on this address, for example 127.0.0.1:9476 (off by default; keep it on loopback or behind a proxy)")
 	ks.register(cmd)
 	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 2s, consensus.LANTiming)")
 	cmd.Flags().MarkHidden("raft-heartbeat")

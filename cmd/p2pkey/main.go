@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 )
 
 // Exit statuses.
@@ -26,7 +27,16 @@ type statusError struct {
 func (e *statusError) Error() string { return e.err.Error() }
 func (e *statusError) Unwrap() error { return e.err }
 
+// defaultGCPercent is the garbage collector's target when GOGC is not set:
+// a daemon's heap is small and mostly idle, and collecting at 50% growth
+// instead of 100% keeps a 25-member daemon under 40 MB of RSS at no
+// measurable CPU cost (issue 13, bench/idle).
+const defaultGCPercent = 50
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 	root := newRootCmd()
 	err := root.Execute()
 	if err == nil {

@@ -53,7 +53,7 @@ func TestLockedFromDisk(t *testing.T) {
 	if r := row(out, id2); !strings.Contains(r, "none") {
 		t.Errorf("the awaited holder's row: %q", r)
 	}
-	if !strings.Contains(d1.log(), "running in cluster "+before.ClusterID+" ") {
+	if !strings.Contains(d1.log(), "running in cluster "+before.ClusterID) {
 		t.Errorf("the daemon's start line lacks the cluster:\n%s", d1.log())
 	}
 	if r := cli(t, n1, nil, "key", "--wait", "--timeout", "1s"); r.code != exitLocked || !strings.Contains(r.stderr, "still locked after 1s: 1 of 2 shares") {
