@@ -515,7 +515,7 @@ func (l *Ledger) openGenerationCmd(now int64, c *pb.OpenGeneration) (Result, err
 func (l *Ledger) nextMembers() []peer.ID {
 	var out []peer.ID
 	for _, p := range sortedKeys(l.members) {
-		if s := l.members[p].status; s == StatusActive || s == StatusJoining {
+		if l.members[p].status.IsMember() {
 			out = append(out, p)
 		}
 	}

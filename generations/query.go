@@ -172,6 +172,15 @@ func (l *Ledger) Current() (Generation, bool) {
 	return g.copy(), true
 }
 
+// Newest returns the generation with the highest number, whatever its
+// state (open, committed, aborted or retired).
+func (l *Ledger) Newest() (Generation, bool) {
+	if len(l.gens) == 0 {
+		return Generation{}, false
+	}
+	return l.gens[len(l.gens)-1].copy(), true
+}
+
 // Open returns the open generation (there is at most one, G2).
 func (l *Ledger) Open() (Generation, bool) {
 	g := l.open()

@@ -544,3 +544,19 @@ func TestLapseGraceKeepsARestartingMember(t *testing.T) {
 	}
 	assertNothingServable(t, h.l, x, ids)
 }
+
+// Newest is the highest-numbered generation in any state.
+func TestNewest(t *testing.T) {
+	h := newHarness(t)
+	if _, ok := h.l.Newest(); ok {
+		t.Fatal("an empty ledger has a newest generation")
+	}
+	h2, ids := cluster(t, 3)
+	commitRound(t, h2)
+	h2.must(NewOpenGeneration(h2.now.Add(time.Hour), h2.tick()))
+	g, ok := h2.l.Newest()
+	cur, _ := h2.l.Current()
+	if !ok || g.State != StateOpen || g.Number != cur.Number+1 || len(g.Members) != len(ids) {
+		t.Fatalf("newest %+v (ok %v), current %d", g, ok, cur.Number)
+	}
+}

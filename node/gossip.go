@@ -222,8 +222,8 @@ func (n *Node) gossipLoop(clusterID string) {
 func (n *Node) newestGeneration() uint64 {
 	var newest uint64
 	n.view(func(l *generations.Ledger) {
-		if gs := l.Generations(); len(gs) > 0 {
-			newest = gs[len(gs)-1].Number
+		if g, ok := l.Newest(); ok {
+			newest = g.Number
 		}
 	})
 	return newest
@@ -367,8 +367,7 @@ func (n *Node) announce(ctx context.Context) {
 	}
 	a := &pb.GenerationAnnouncement{Version: 1, ClusterId: n.localClusterID(), RaftIndex: n.cons.AppliedIndex()}
 	n.view(func(l *generations.Ledger) {
-		if gs := l.Generations(); len(gs) > 0 {
-			g := gs[len(gs)-1]
+		if g, ok := l.Newest(); ok {
 			a.Generation, a.State = g.Number, g.State.String()
 		}
 		if c, ok := l.Current(); ok {
@@ -402,8 +401,7 @@ func (n *Node) announceLoop() {
 		}
 		var key string
 		n.view(func(l *generations.Ledger) {
-			if gs := l.Generations(); len(gs) > 0 {
-				g := gs[len(gs)-1]
+			if g, ok := l.Newest(); ok {
 				key = fmt.Sprint(g.Number, g.State)
 			}
 		})

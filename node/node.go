@@ -570,7 +570,7 @@ func (n *Node) Close() error {
 // relayMember: active and joining members may use this node's relay.
 func (n *Node) relayMember(p peer.ID) bool {
 	st := n.memberStatus(p)
-	return st == generations.StatusActive || st == generations.StatusJoining
+	return st.IsMember()
 }
 
 // onMDNSPeer handles a peer found on the LAN (rule N2). mDNS only supplies

@@ -356,7 +356,7 @@ func (n *Node) announceAddrs() bool {
 	var recorded []string
 	var member bool
 	n.view(func(l *generations.Ledger) {
-		if m, ok := l.Member(n.host.ID()); ok && (m.Status == generations.StatusActive || m.Status == generations.StatusJoining) {
+		if m, ok := l.Member(n.host.ID()); ok && m.Status.IsMember() {
 			member, recorded = true, m.Addrs
 		}
 	})

@@ -240,8 +240,8 @@ func (n *Node) LockState() (LockState, UnlockProgress) {
 	var newest uint64
 	n.view(func(l *generations.Ledger) {
 		can = l.Coverage(n.host.ID()).CanUnlock
-		if gs := l.Generations(); len(gs) > 0 {
-			newest = gs[len(gs)-1].Number
+		if g, ok := l.Newest(); ok {
+			newest = g.Number
 		}
 	})
 	if g := n.keys.gatheredFrom(); g > newest {
