@@ -121,7 +121,8 @@ type Config struct {
 	SnapshotThreshold uint64
 	// MaxPool is how many idle Raft streams are kept per peer.
 	MaxPool int
-	// OnApplied is called after each log command is applied, with its index.
+	// OnApplied is called after each log command is applied, with its index,
+	// and when a configuration change commits, with the change's index.
 	OnApplied func(index uint64)
 
 	// noAutoNudge stops the leader from nudging after each command it

@@ -125,6 +125,18 @@ func (f *fsm) Apply(l *raft.Log) any {
 	return applyResult{result: res, err: err}
 }
 
+// StoreConfiguration implements raft.ConfigurationStore: raft calls it, on
+// every server, when a configuration change commits. The state machine has
+// nothing to store (the configuration is in Raft's own log and snapshots);
+// it is reported like an applied command, so that whoever waits on
+// AppliedChan or OnApplied for a change of voters (a joiner waiting to be
+// promoted, a leave waiting to be out) wakes without polling.
+func (f *fsm) StoreConfiguration(index uint64, _ raft.Configuration) {
+	if f.applied != nil {
+		f.applied(index)
+	}
+}
+
 func (f *fsm) applyEntry(data []byte) (res []byte, err error) {
 	now, cmd, err := DecodeEntry(data)
 	if err != nil {

@@ -167,14 +167,8 @@ func (n *Node) Leave(ctx context.Context) error {
 }
 
 func (n *Node) waitOutOfRaft(ctx context.Context, p peer.ID) error {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for n.cons.InConfiguration(p) {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s is removed from the ledger but still in the Raft configuration: %w", p, ctx.Err())
-		case <-tick.C:
-		}
+	if err := n.waitUntil(ctx, func() bool { return !n.cons.InConfiguration(p) }); err != nil {
+		return fmt.Errorf("%s is removed from the ledger but still in the Raft configuration: %w", p, err)
 	}
 	return nil
 }
@@ -200,18 +194,9 @@ func (n *Node) isVoter() bool {
 
 // WaitReady waits until the node is a voting member that knows the leader.
 func (n *Node) WaitReady(ctx context.Context) error {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if n.isVoter() && n.cons.Leader() != "" && n.memberStatus(n.host.ID()) == generations.StatusActive {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
+	return n.waitUntil(ctx, func() bool {
+		return n.isVoter() && n.cons.Leader() != "" && n.memberStatus(n.host.ID()) == generations.StatusActive
+	})
 }
 
 // vote records this node's vote on p and reports the ledger's view after

@@ -329,11 +329,14 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 	// joiner is queued (its generation has not opened), JoinTimeout bounds
 	// the wait; once it has, the generation's deadline does (plus slack for
 	// the abort to reach this node).
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
+	// It wakes on every change (ledger, Raft configuration, leader), and
+	// at its own deadlines.
 	lastReport := n.now()
 	queuedUntil := n.now().Add(n.cfg.JoinTimeout)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
+		changed := n.changed.C()
 		var me generations.Member
 		var short generations.Shortfall
 		var hasShort bool
@@ -383,11 +386,20 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 			n.giveUpJoin(open, hasShort)
 			return fmt.Errorf("%w: not admitted in time: %s", ErrJoinRejected, msg)
 		}
+		wake := min(n.until(until), 5*time.Second) // the deadline, or the next progress line
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(max(wake, time.Millisecond))
 		select {
 		case <-ctx.Done():
 			n.giveUpJoin(open, hasShort)
 			return fmt.Errorf("%w: %v", ErrJoinRejected, ctx.Err())
-		case <-tick.C:
+		case <-changed:
+		case <-timer.C:
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -67,6 +68,28 @@ func (n *Node) changeLoop() {
 		n.changed.notify()
 		if n.keys.get() == nil {
 			n.pokeKeys() // a locked node retries its unlock when a holder connects
+		}
+	}
+}
+
+// waitUntil returns nil once cond holds, checking it at every change (the
+// ledger, the Raft configuration, the leader, connections), or ctx's error.
+func (n *Node) waitUntil(ctx context.Context, cond func() bool) error {
+	safety := time.NewTimer(safetyNet)
+	defer safety.Stop()
+	for {
+		c := n.changed.C()
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.ctx.Done():
+			return n.ctx.Err()
+		case <-c:
+		case <-safety.C:
+			safety.Reset(safetyNet)
 		}
 	}
 }
