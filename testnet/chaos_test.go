@@ -206,17 +206,10 @@ func flagSet(name string) bool {
 	return set
 }
 
-// openInCI lists the scenarios that still failed in the long run of issue
-// 12's closing note (a killed joiner that was already admitted, a member
-// lapsing in a burst of generations, a re-split on a stale ledger after a
-// cold restart). The short run in CI leaves them out until those are
-// fixed; -chaos.long and -chaos.only run them.
-var openInCI = []string{"kill-joiner-in-join", "churn", "cold-restart", "holder-disk-loss", "kill-follower-in-join"}
-
 // chosen reports whether -chaos.only selects the scenario.
 func chosen(name string) bool {
 	if *chaosOnly == "" {
-		return *chaosLong || !slices.Contains(openInCI, name)
+		return true
 	}
 	for w := range strings.SplitSeq(*chaosOnly, ",") {
 		if w != "" && strings.Contains(name, w) {
