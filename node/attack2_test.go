@@ -57,7 +57,13 @@ func wantJoinRefused(t testing.TB, what string, resp *pb.JoinResponse) {
 // eavesdropper could capture.
 func joinCmdOf(t testing.TB, n *Node) []byte {
 	t.Helper()
-	inv, err := DecodeInvite(n.cfg.Join)
+	return joinCmdWith(t, n, n.cfg.Join)
+}
+
+// joinCmdWith is n's own signed ConsumeInvite for the invite token tok.
+func joinCmdWith(t testing.TB, n *Node, tok string) []byte {
+	t.Helper()
+	inv, err := DecodeInvite(tok)
 	if err != nil {
 		t.Fatalf("invite of %s: %v", n.ID(), err)
 	}
@@ -467,4 +473,123 @@ func TestAttack2CutOffHolderKeepsEscrowedSplit(t *testing.T) {
 		t.Fatal("O derives another key after the attack")
 	}
 	_ = rest
+}
+
+// openAndCommit has n open a generation and waits until it commits.
+func openAndCommit(t testing.TB, n *Node) {
+	t.Helper()
+	before := current(n)
+	now := time.Now()
+	if err := n.apply(ctxT(t, 10*time.Second), generations.NewOpenGeneration(now.Add(time.Minute), now)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the generation to commit", 15*time.Second, func() bool { return current(n) > before })
+}
+
+// Attack 5 (generations LapseGrace): an absent member's newest escrow
+// outlives the retention bound for the lapse grace. The grace must not
+// keep a removed member's shares: C is down, two generations commit (C is
+// two behind a bound of one, within its one-hour grace, so its escrow is
+// kept), then a majority removes C. Every holder deletes all of C's
+// envelopes at once, the grace notwithstanding, and C, restarted, is
+// refused by every holder and stays locked.
+func TestAttack2LapseGraceKeepsNoRemovedShares(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Bootstrap = true
+	cfg.MaxGenerationsBehind = 1 // and the default lapse grace of one hour
+	a := startNode(t, cfg)
+	b := joinNode(t, a)
+	c := joinNode(t, a)
+	nodes := []*Node{a, b, c}
+	waitAgree(t, nodes, 3)
+	waitUnlocked(t, nodes...)
+	waitFullCoverage(t, nodes)
+	g0 := current(a)
+	cID := c.ID()
+	cfgC := c.cfg
+	cfgC.Bootstrap, cfgC.Join = false, ""
+	c.Close()
+
+	openAndCommit(t, a)
+	openAndCommit(t, a)
+	if st := a.memberStatus(cID); st != generations.StatusActive {
+		t.Fatalf("two generations behind, within its lapse grace, C is %s", st)
+	}
+	for _, h := range []*Node{a, b} {
+		if _, err := h.store.Get(g0, cID); err != nil {
+			t.Fatalf("within the grace, holder %s no longer keeps C's escrow of generation %d: %v", h.ID(), g0, err)
+		}
+	}
+
+	removeByMajority(t, cID, a, b)
+	waitFor(t, "every holder to delete all of the removed member's envelopes", 10*time.Second, func() bool {
+		return !storeHolds(t, a, cID) && !storeHolds(t, b, cID)
+	})
+	c = startNode(t, cfgC)
+	for _, h := range []*Node{a, b} {
+		_, err := c.svc.Fetch(ctxT(t, 10*time.Second), h.ID(), g0)
+		if !errors.Is(err, shares.ErrOwnerRemoved) {
+			t.Errorf("holder %s's answer to the removed member within the grace: %v, want ErrOwnerRemoved", h.ID(), err)
+		}
+	}
+	waitFor(t, "C to learn it was removed", 20*time.Second, func() bool {
+		st, p := c.LockState()
+		if st == LockUnlocked {
+			t.Fatalf("the removed member unlocked: %+v", p)
+		}
+		return strings.Contains(p.Reason, "removed")
+	})
+}
+
+// Attack 5 and 1: after its grace, an absent member lapses (its envelopes
+// are deleted by every holder), and a lapsed member presenting its old,
+// consumed invite is refused by the resume and told nothing.
+func TestAttack2LapsedMemberCannotResume(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Bootstrap = true
+	cfg.MaxGenerationsBehind = 1
+	cfg.LapseGrace = 2 * time.Second
+	a := startNode(t, cfg)
+	b := joinNode(t, a)
+	c := joinNode(t, a)
+	nodes := []*Node{a, b, c}
+	waitAgree(t, nodes, 3)
+	waitUnlocked(t, nodes...)
+	waitFullCoverage(t, nodes)
+	cID, tok := c.ID(), c.cfg.Join
+	cfgC := c.cfg
+	cfgC.Bootstrap, cfgC.Join = false, ""
+	c.Close()
+
+	openAndCommit(t, a)
+	openAndCommit(t, a)
+	if st := a.memberStatus(cID); st != generations.StatusActive {
+		t.Fatalf("within its lapse grace, C is %s", st)
+	}
+	var poked time.Time
+	waitFor(t, "C to lapse after its grace", 20*time.Second, func() bool {
+		if a.memberStatus(cID) == generations.StatusLapsed {
+			return true
+		}
+		if time.Since(poked) > 500*time.Millisecond {
+			poked = time.Now()
+			_, _ = a.Invite(ctxT(t, 5*time.Second), time.Minute)
+		}
+		return false
+	})
+	waitFor(t, "holders to delete the lapsed member's envelopes", 10*time.Second, func() bool {
+		return !storeHolds(t, a, cID) && !storeHolds(t, b, cID)
+	})
+	c = startNode(t, cfgC)
+	waitFor(t, "b to know C lapsed", 10*time.Second, func() bool { return b.memberStatus(cID) == generations.StatusLapsed })
+	for _, m := range []*Node{a, b} {
+		wantJoinRefused(t, "a lapsed member resuming with its consumed invite", sendJoin(t, c.host, m, joinCmdWith(t, c, tok)))
+	}
+	waitFor(t, "the lapsed member to say it must be invited again", 20*time.Second, func() bool {
+		st, p := c.LockState()
+		if st == LockUnlocked {
+			t.Fatalf("the lapsed member unlocked: %+v", p)
+		}
+		return strings.Contains(p.Reason, "invited again") || strings.Contains(p.Reason, "lapsed")
+	})
 }
