@@ -29,7 +29,9 @@
 //
 // The harness (cluster_test.go) starts and signals the daemons itself, with
 // the script's data layout and pid files, so that faults land at a chosen
-// moment; the script builds the binary and brings the first nodes up.
+// moment; the script brings the first nodes up. The tests build the p2pkey
+// binary once per run and give it to the script (TESTNET_BIN), so a long run
+// tests one build from start to end.
 //
 // Every test here is skipped under -short.
 package testnet
