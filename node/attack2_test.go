@@ -2,8 +2,10 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/node/pb"
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares"
@@ -763,5 +766,181 @@ func TestAttack2AdmittedResumeWithoutQuorumKeepsItsData(t *testing.T) {
 	}
 	if len(lost) > 0 {
 		t.Errorf("BUG: an admitted member whose resume timed out waiting for a quorum deleted %v (it held %d envelopes of other members; without the invite it cannot resume again)", lost, len(held))
+	}
+}
+
+// escrowedK rebuilds owner's K from the envelopes its holders store for
+// generation gen (a threshold of one split), with the owner's identity
+// from its data directory: what the cluster gives back on unlock.
+func escrowedK(t testing.TB, ownerDir string, gen uint64, threshold int, holders ...*Node) []byte {
+	t.Helper()
+	priv, err := loadOrCreateIdentity(Config{DataDir: ownerDir}.IdentityPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, _ := peer.IDFromPrivateKey(priv)
+	bySplit := map[generations.SplitID][][]byte{}
+	for _, h := range holders {
+		env, err := h.store.Get(gen, owner)
+		if err != nil {
+			continue
+		}
+		s, b, err := shares.Open(priv, env)
+		if err != nil {
+			t.Fatalf("open %s's envelope held by %s: %v", owner, h.ID(), err)
+		}
+		bySplit[b.Split] = append(bySplit[b.Split], s)
+	}
+	for _, ss := range bySplit {
+		if len(ss) >= threshold {
+			k, err := shares.Combine(ss)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return k
+		}
+	}
+	t.Fatalf("no split of %s in generation %d reaches the threshold %d among the holders", owner, gen, threshold)
+	return nil
+}
+
+// Attack 1 and 3 (join.go resume, keyring.go dropForeignKey): a joiner
+// crashes after its own escrow in its generation g was recorded, before g
+// commits (so before it could record its key check), with its Raft state
+// and the consumed invite on disk. Restarted, its new process makes a
+// fresh K'. The resume tells it it is still joining; its ledger shows it
+// escrowed in g, so it rightly splits nothing. When g commits it is an
+// active member escrowed with the first K, and no key check is recorded:
+// nothing drops K'. It must not release keys derived from K' (not
+// escrowed anywhere: lost on its next restart), nor record K”s key check
+// (the escrowed K would then fail it for good).
+func TestAttack2CrashedJoinerKeepsNoForeignK(t *testing.T) {
+	skipBug(t, "a joiner that crashed after its escrow, before its generation committed, restarts with a fresh K that nothing drops (no key check yet): it serves keys from an unescrowed K, records its key check, and its next restart is locked for good")
+	var cutJ atomic.Value
+	cutJ.Store(peer.ID(""))
+	var holdOthers atomic.Bool
+	deny := func(self peer.ID) func(peer.ID) bool {
+		return func(p peer.ID) bool {
+			x := cutJ.Load().(peer.ID)
+			return x != "" && p != self && (p == x || self == x)
+		}
+	}
+	edit := func(c *Config) {
+		self := c.identityPeer(t)
+		c.hooks = &testHooks{raftDeny: deny(self), dropPush: func(peer.ID) bool { return holdOthers.Load() }}
+	}
+	nodes := cuttableCluster(t, 3, edit)
+	leader := leaderOf(t, nodes)
+	issued, err := leader.Invite(ctxT(t, 10*time.Second), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgJ := testConfig(t)
+	cfgJ.Join = issued.Token
+	jID := cfgJ.identityPeer(t)
+	cfgJ.hooks = &testHooks{raftDeny: deny(jID)}
+
+	// The members hold their own shares back, so g cannot commit while
+	// J escrows.
+	holdOthers.Store(true)
+	ctxJ, cancelJ := context.WithCancel(context.Background())
+	defer cancelJ()
+	done := make(chan error, 1)
+	go func() {
+		n, err := Start(ctxJ, cfgJ)
+		if err == nil {
+			n.Close()
+		}
+		done <- err
+	}()
+	var gen uint64
+	var threshold int
+	waitFor(t, "J to be escrowed in its open generation", 20*time.Second, func() bool {
+		var e *generations.Escrow
+		leader.view(func(l *generations.Ledger) { e = l.Coverage(jID).Open })
+		if e == nil || !e.Escrowed {
+			return false
+		}
+		gen, threshold = e.Generation, e.Threshold
+		return true
+	})
+	// The crash: J's disk as it is now (Raft state, consumed invite).
+	cutJ.Store(jID)
+	recheckAll(nodes...)
+	crashed := copyDataDir(t, cfgJ.DataDir)
+	cancelJ()
+	if err := <-done; err == nil {
+		t.Fatal("the first J process joined while its generation was held open")
+	}
+
+	// J restarts from that disk; then the members share and g commits.
+	cutJ.Store(peer.ID(""))
+	recheckAll(nodes...)
+	cfgJ.DataDir, cfgJ.Join = crashed, ""
+	start := make(chan *Node, 1)
+	go func() {
+		n, err := Start(ctxT(t, 60*time.Second), cfgJ)
+		if err != nil {
+			t.Errorf("the restarted joiner: %v", err)
+		}
+		start <- n
+	}()
+	waitFor(t, "the restarted joiner's resume to reach the ledger", 10*time.Second, func() bool {
+		return leader.memberStatus(jID) == generations.StatusJoining
+	})
+	holdOthers.Store(false)
+	var j *Node
+	select {
+	case j = <-start:
+	case <-time.After(40 * time.Second):
+		t.Fatal("the restarted joiner's start did not return")
+	}
+	if j == nil {
+		return
+	}
+	t.Cleanup(func() { j.Close() })
+	// J's escrowed K, from its holders' envelopes (its own included).
+	k := escrowedK(t, crashed, gen, threshold, append(append([]*Node{}, nodes...), j)...)
+	defer clear(k)
+	want, err := deriveKey(k, leader.ClusterID(), "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "J's generation to commit", 20*time.Second, func() bool { return leader.memberStatus(jID) == generations.StatusActive })
+
+	var served []byte
+	waitFor(t, "the restarted joiner to release keys or gather its escrowed K", 20*time.Second, func() bool {
+		got, err := j.Key(ctxT(t, time.Second), "app", false)
+		if err != nil {
+			return false
+		}
+		served = got
+		return true
+	})
+	if !bytes.Equal(served, want) {
+		t.Errorf("BUG: the restarted joiner serves keys derived from a K that is not its escrowed one (the fresh K of its new process, escrowed nowhere: lost with its next restart)")
+	}
+	var check []byte
+	waitFor(t, "J's key check", 10*time.Second, func() bool {
+		leader.view(func(l *generations.Ledger) { check, _ = l.KeyCheck(jID) })
+		return len(check) > 0
+	})
+	if !bytes.Equal(check, keyCheck(k, leader.ClusterID(), jID)) {
+		t.Errorf("BUG: the key check recorded for J is not that of its escrowed K: unlocking from its holders now fails the check for good")
+	}
+	var cov generations.Coverage
+	leader.view(func(l *generations.Ledger) { cov = l.Coverage(jID) })
+	t.Logf("J's coverage: generation %d, %d of %d held, split %x, can unlock %v", cov.Generation, cov.SharesHeld, cov.Threshold, cov.Split[:4], cov.CanUnlock)
+
+	// What the cluster gives back after J's next restart.
+	j = restart(t, j)
+	err = testkit.Poll(15*time.Second, func() (bool, string) {
+		st, p := j.LockState()
+		return st == LockUnlocked, fmt.Sprintf("%s: %+v", st, p)
+	})
+	if err != nil {
+		t.Errorf("BUG: after one more restart J does not unlock (its escrowed K fails the key check recorded from K'): %v", err)
+	} else if got := mustKey(t, j, "app"); !bytes.Equal(got, served) {
+		t.Errorf("BUG: after one more restart J derives other keys than it served before")
 	}
 }
