@@ -393,7 +393,6 @@ func TestAttack2CutOffHolderKeepsEscrowedSplit(t *testing.T) {
 	leader := leaderOf(t, nodes)
 	fol := followers(nodes, leader)
 	h, o := fol[0], fol[1]
-	rest := []*Node{leader, fol[1], fol[2]}
 	keyBefore := mustKey(t, o, "app")
 	var newest uint64
 	leader.view(func(l *generations.Ledger) {
@@ -485,7 +484,6 @@ func TestAttack2CutOffHolderKeepsEscrowedSplit(t *testing.T) {
 	if got := mustKey(t, o, "app"); !bytes.Equal(got, keyBefore) {
 		t.Fatal("O derives another key after the attack")
 	}
-	_ = rest
 }
 
 // openAndCommit has n open a generation and waits until it commits.
