@@ -29,15 +29,6 @@ import (
 // replacement on a fresh ledger and the lapse grace. Real nodes on real
 // libp2p hosts; the adversary speaks the protocols with its own identity.
 
-// skipBug skips a test that shows a product bug not fixed yet, so CI stays
-// green; P2PKEY_RUN_BUGS=1 runs it (and it fails until the bug is fixed).
-func skipBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("P2PKEY_RUN_BUGS") == "" {
-		t.Skip("BUG: " + bug + " (P2PKEY_RUN_BUGS=1 runs it)")
-	}
-}
-
 // sendJoin sends one join request carrying cmd from h to member over the
 // join protocol and returns the member's answer.
 func sendJoin(t testing.TB, h host.Host, member *Node, cmd []byte) *pb.JoinResponse {
@@ -614,7 +605,6 @@ func TestAttack2LapsedMemberCannotResume(t *testing.T) {
 // open", a restarted J keeps the fresh K its new process made and splits
 // it into g instead of dropping it (join.go resume).
 func TestAttack2ResumeFromStaleMember(t *testing.T) {
-	skipBug(t, "join.go resume answers from a ledger it has not confirmed fresh: a cut-off member tells an admitted joiner it is still joining, and the joiner restarted without Raft state then keeps the fresh K it made and, in a race with its ledger's key check, serves keys from it")
 	var cut atomic.Value
 	cut.Store(peer.ID(""))
 	var hold atomic.Bool
@@ -723,7 +713,6 @@ func TestAttack2ResumeFromStaleMember(t *testing.T) {
 // holds (the envelopes of the other members, the consumed invite it needs
 // to resume again) as a failed first join does.
 func TestAttack2AdmittedResumeWithoutQuorumKeepsItsData(t *testing.T) {
-	skipBug(t, "node.go Start: an admitted member whose resumed join times out is cleaned up like a failed joiner (shares.db, joining.invite, cluster.json deleted)")
 	nodes := testCluster(t, 3)
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	issued, err := a.Invite(ctxT(t, 10*time.Second), time.Hour)
@@ -818,7 +807,6 @@ func escrowedK(t testing.TB, ownerDir string, gen uint64, threshold int, holders
 // escrowed anywhere: lost on its next restart), nor record K”s key check
 // (the escrowed K would then fail it for good).
 func TestAttack2CrashedJoinerKeepsNoForeignK(t *testing.T) {
-	skipBug(t, "a joiner that crashed after its escrow, before its generation committed, restarts with a fresh K that nothing drops (no key check yet): it serves keys from an unescrowed K, records its key check, and its next restart is locked for good")
 	var cutJ atomic.Value
 	cutJ.Store(peer.ID(""))
 	var holdOthers atomic.Bool

@@ -48,7 +48,7 @@ func (n *Node) reshareIfNoMargin(cov generations.Coverage, d generations.Duties)
 	// for cur), and at most once per process: a re-share can never feed
 	// another.
 	n.keys.mu.Lock()
-	made := n.keys.made[cur.Number]
+	made := n.keys.made[cur.Number] != (generations.SplitID{})
 	n.keys.mu.Unlock()
 	if made || !n.reshared.CompareAndSwap(0, cur.Number) {
 		return
@@ -196,7 +196,7 @@ func (n *Node) sealFor(clusterID string, k []byte, g generations.Generation, hol
 			sp.shares[m] = parts[i]
 		}
 		n.keys.splits[g.Number] = sp
-		n.keys.made[g.Number] = true
+		n.keys.made[g.Number] = sp.id
 	}
 	envs := map[peer.ID]*shares.Envelope{}
 	for _, h := range holders {

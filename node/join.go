@@ -170,6 +170,20 @@ func (js *joinService) serve(ctx context.Context, remote peer.ID, req *pb.JoinRe
 	if err == nil {
 		js.n.view(func(l *generations.Ledger) { err = l.CheckJoin(cmd, js.n.now()) })
 	}
+	if err != nil && errors.Is(err, generations.ErrInviteUsed) {
+		// A joiner resuming with its consumed invite is told where it
+		// stands (still joining, or admitted) from a ledger confirmed
+		// current: a member cut off from the leader could say "joining"
+		// of a joiner that is active, and the joiner would keep a K of
+		// its own. Unconfirmed, it sends the joiner to another member.
+		fctx, fcancel := context.WithTimeout(ctx, freshWait)
+		ferr := js.n.cons.Fresh(fctx)
+		fcancel()
+		if ferr != nil {
+			return refuse(codeUnavailable, fmt.Sprintf("this member cannot confirm its ledger is current (%v); try another", ferr))
+		}
+		js.n.view(func(l *generations.Ledger) { err = l.CheckJoin(cmd, js.n.now()) })
+	}
 	if err != nil {
 		if resumed := js.resume(remote, cmd, err, resp); resumed {
 			return resp
@@ -248,8 +262,11 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 	if werr := writeFileAtomic(n.cfg.joiningPath(), []byte(inv.Encode()+"\n"), 0o600); werr != nil {
 		return fmt.Errorf("keep the invite for a resumed join: %w", werr)
 	}
+	// A joiner the cluster already admitted keeps the invite whatever
+	// happens next (no quorum, a timeout): it is a member, and must resume.
+	var admitted bool
 	defer func() {
-		if err == nil || errors.Is(err, ErrJoinRejected) || errors.Is(err, ErrJoinRefused) {
+		if err == nil || (!admitted && (errors.Is(err, ErrJoinRejected) || errors.Is(err, ErrJoinRefused))) {
 			os.Remove(n.cfg.joiningPath())
 		}
 	}()
@@ -301,6 +318,7 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 		}
 	}
 	if resp.GetAdmitted() {
+		admitted = true
 		// Admitted before this process: the K it made is not the escrowed
 		// one. It must never serve or share it; it unlocks from its
 		// holders once its ledger has caught up.

@@ -22,7 +22,7 @@ type keyring struct {
 	splits map[uint64]*split
 	// made lists the generations this process split K for (the splits
 	// themselves are dropped once shared).
-	made     map[uint64]bool
+	made     map[uint64]generations.SplitID
 	progress UnlockProgress
 	changed  chan struct{} // closed and replaced when k or progress changes
 	// gathered is the generation whose shares k was rebuilt from (a
@@ -48,7 +48,7 @@ type split struct {
 }
 
 func newKeyring() *keyring {
-	return &keyring{splits: map[uint64]*split{}, made: map[uint64]bool{}, changed: make(chan struct{})}
+	return &keyring{splits: map[uint64]*split{}, made: map[uint64]generations.SplitID{}, changed: make(chan struct{})}
 }
 
 func (kr *keyring) notifyLocked() {
@@ -156,29 +156,49 @@ func deriveKey(k []byte, clusterID, purpose string) ([]byte, error) {
 	return hkdf.Key(sha256.New, k, []byte("p2pkey/derive/v1"), clusterID+"\x00"+purpose, KeySize)
 }
 
-// dropForeignKey wipes the K in memory when the ledger records a key-check
-// value for this node that K does not match, and reports whether it did. K
-// never changes for a member (rule K1), so a mismatch means this process
-// made a K of its own that is not the escrowed one: a joiner admitted just
-// before it was killed, which resumed its join with a fresh K. Serving keys
-// derived from it, or escrowing it, would be wrong; the escrowed K comes
-// back from the holders.
-func (n *Node) dropForeignKey() bool {
-	var check []byte
-	n.view(func(l *generations.Ledger) { check, _ = l.KeyCheck(n.host.ID()) })
-	k := n.keys.get()
-	if k == nil || len(check) == 0 {
-		clear(k)
+// foreignKey reports whether K in memory is not the K the cluster holds for
+// this node. K never changes for a member (rule K1), but a process that
+// restarted mid-join, or was admitted and then restarted before it had Raft
+// state, makes a K of its own. K is this node's if it was gathered from a
+// threshold of shares, or matches the ledger's key check, or, with no check
+// recorded yet, every escrow the ledger counts for this node (open or
+// committed) is of a split this process made. Otherwise it is foreign:
+// serving keys derived from it, or escrowing it, would be wrong.
+func (n *Node) foreignKey(k []byte) bool {
+	if k == nil || n.keys.gatheredFrom() != 0 {
 		return false
 	}
+	var check []byte
+	var live []generations.Escrow
+	n.view(func(l *generations.Ledger) {
+		check, _ = l.KeyCheck(n.host.ID())
+		live = l.Coverage(n.host.ID()).Live
+	})
+	if len(check) > 0 {
+		return subtle.ConstantTimeCompare(keyCheck(k, n.clusterID, n.host.ID()), check) != 1
+	}
+	n.keys.mu.Lock()
+	defer n.keys.mu.Unlock()
+	for _, e := range live {
+		if e.Escrowed && e.Split != n.keys.made[e.Generation] {
+			return true
+		}
+	}
+	return false
+}
+
+// dropForeignKey wipes a foreign K (see foreignKey) and reports whether it
+// did; the escrowed K then comes back from the holders.
+func (n *Node) dropForeignKey() bool {
+	k := n.keys.get()
 	defer clear(k)
-	if subtle.ConstantTimeCompare(keyCheck(k, n.ClusterID(), n.host.ID()), check) == 1 {
+	if !n.foreignKey(k) {
 		return false
 	}
 	n.keys.wipe()
 	n.keys.mu.Lock()
 	clear(n.keys.made)
 	n.keys.mu.Unlock()
-	n.keys.setProgress(UnlockProgress{Reason: "waiting for the cluster"})
+	n.keys.setProgress(UnlockProgress{Reason: "this process's key is not the one the cluster holds; waiting for the cluster"})
 	return true
 }

@@ -73,9 +73,14 @@ func (n *Node) keyLoopInterval() time.Duration {
 	if state, _ := n.LockState(); state != LockUnlocked {
 		return 500 * time.Millisecond
 	}
-	var open bool
-	n.view(func(l *generations.Ledger) { _, open = l.Open() })
-	if open {
+	var open, needsCheck bool
+	n.view(func(l *generations.Ledger) {
+		_, open = l.Open()
+		needsCheck = l.Duties(n.host.ID()).NeedsKeyCheck
+	})
+	// An open generation, a key check to record, or a ledger still
+	// catching up (a restart unlocks before it has) is work in hand.
+	if open || needsCheck || !n.caughtUp() {
 		return 500 * time.Millisecond
 	}
 	if _, missing := n.missingCurrentHolders(); len(missing) > 0 {
@@ -139,7 +144,7 @@ func (n *Node) keyDuties() {
 	if isMem && me.Suspended {
 		n.keys.setProgress(UnlockProgress{Reason: fmt.Sprintf("suspended by %d of %d votes; holders keep its shares but serve none until a majority reinstates it", len(me.RemoveVotes), me.VotesNeeded)})
 	}
-	if len(keyCheckValue) > 0 && n.dropForeignKey() {
+	if n.dropForeignKey() {
 		log.Infow("the key in memory is not the one the ledger records for this node; locked until a threshold of its shares is back")
 	}
 	k := n.keys.get()

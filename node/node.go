@@ -338,9 +338,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if err != nil {
 		n.Close()
-		if !hasState {
+		if _, stillPending := readPendingInvite(cfg.joiningPath()); !hasState && !stillPending {
 			// Leave no half-joined state behind: the next attempt, with a
-			// new invite, starts clean. The identity stays.
+			// new invite, starts clean. The identity stays. A join that
+			// kept its invite (it resumes, or it was admitted) keeps its
+			// data: it holds other members' envelopes.
 			for _, p := range []string{cfg.raftDir(), cfg.sharesPath(), cfg.clusterPath(), cfg.peersPath(), cfg.joiningPath(), cfg.hintPath()} {
 				os.RemoveAll(p)
 			}

@@ -244,6 +244,11 @@ func (n *Node) LockState() (LockState, UnlockProgress) {
 			newest = g.Number
 		}
 	})
+	if n.foreignKey(k) {
+		// Made by this process and not the K the cluster holds (it
+		// restarted mid-join): the key loop drops it.
+		return LockLocked, p
+	}
 	if g := n.keys.gatheredFrom(); g > newest {
 		// Rebuilt from a threshold of shares of a generation this node's
 		// ledger has not reached yet: escrowed by construction (issue 13:
