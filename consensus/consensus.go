@@ -744,6 +744,9 @@ func (c *Consensus) Close() error {
 		<-c.observeDone
 		c.transport.CloseStreams()
 		c.closeTransport()
+		if !c.stream.drain(2 * time.Second) {
+			c.cfg.Logger.Infow("closing the Raft store while an RPC handler still runs")
+		}
 		if cerr := c.store.Close(); err == nil {
 			err = cerr
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -53,6 +54,9 @@ type streamLayer struct {
 	refused    uint64
 	refusedRPC uint64
 	accepted   map[*streamConn]struct{}
+	// live counts accepted streams Raft has not closed yet: each has a
+	// handler goroutine in Raft's transport that may still be running.
+	live atomic.Int64
 }
 
 func newStreamLayer(h host.Host, allow gate, check rpcCheck) *streamLayer {
@@ -157,6 +161,7 @@ func (sl *streamLayer) Accept() (net.Conn, error) {
 		sl.mu.Lock()
 		sl.accepted[c] = struct{}{}
 		sl.mu.Unlock()
+		sl.live.Add(1)
 		return c, nil
 	case <-sl.ctx.Done():
 		return nil, net.ErrClosed
@@ -199,8 +204,9 @@ func (sl *streamLayer) resetWhere(drop func(peer.ID) bool) int {
 // streamConn makes a libp2p stream a net.Conn.
 type streamConn struct {
 	network.Stream
-	layer *streamLayer // set on accepted streams
-	guard *rpcGuard    // set on accepted streams when the layer checks RPCs
+	layer  *streamLayer // set on accepted streams
+	guard  *rpcGuard    // set on accepted streams when the layer checks RPCs
+	closed atomic.Bool  // Raft has closed it (its handler returned)
 }
 
 // Read reads through the guard on accepted streams, so Raft reads only RPCs
@@ -210,6 +216,24 @@ func (c *streamConn) Read(p []byte) (int, error) {
 		return c.guard.Read(p)
 	}
 	return c.Stream.Read(p)
+}
+
+// drain resets every accepted stream and waits, at most timeout, until Raft
+// has closed each of them: a handler that was running an RPC when Raft shut
+// down (a heartbeat writes the current term) has then returned, and the
+// stores can close under nobody.
+func (sl *streamLayer) drain(timeout time.Duration) bool {
+	sl.resetWhere(func(peer.ID) bool { return true })
+	deadline := time.Now().Add(timeout)
+	for {
+		if sl.live.Load() <= 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond) // shutdown only: Raft gives no signal when a handler returns
+	}
 }
 
 func (c *streamConn) forget() {
@@ -229,6 +253,9 @@ func (c *streamConn) RemoteAddr() net.Addr { return peerAddr(c.Conn().RemotePeer
 // a plain close fails.
 func (c *streamConn) Close() error {
 	c.forget()
+	if c.layer != nil && c.closed.CompareAndSwap(false, true) {
+		c.layer.live.Add(-1)
+	}
 	if err := c.Stream.Close(); err != nil {
 		c.Stream.Reset()
 		if errors.Is(err, network.ErrReset) {
