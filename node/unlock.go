@@ -158,7 +158,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	if _, p, _ := n.keys.state(); p.Have == 0 && len(p.Awaiting) == 0 {
 		n.keys.setProgress(progress(fmt.Sprintf("gathering shares for generation %d from %d holders", gen, len(awaiting))))
 	}
-	lapsed := false
+	lapsed, checkFailed := false, false
 	var suspended error
 	var failures []string
 	for range cov.Holders {
@@ -204,6 +204,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 			clear(k)
 			log.Errorw("reconstructed key fails its key check; refusing it", "generation", gen)
 			n.keys.setProgress(progress(ErrKeyCheck.Error()))
+			checkFailed = true
 			continue
 		}
 		if len(check) == 0 {
@@ -219,6 +220,9 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	reason := fmt.Sprintf("%d of %d shares gathered for generation %d, fewer than the threshold of %d", have, need, gen, need)
 	if lapsed {
 		reason = "holders say this node lapsed (it was away longer than the retention bound); it must be invited again"
+	}
+	if checkFailed {
+		reason = ErrKeyCheck.Error() + fmt.Sprintf(" (%d shares of generation %d combined into a key that does not match the ledger's key check)", have, gen)
 	}
 	if suspended != nil {
 		reason = "holders say this node is suspended (a member voted to remove it); it unlocks once a majority reinstates it"
