@@ -9,10 +9,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/p2pkey/p2pkey/internal/testkit"
 )
 
 func TestParseAppRule(t *testing.T) {
@@ -36,7 +37,7 @@ func TestParseAppRule(t *testing.T) {
 	} {
 		r, err := ParseAppRule(tc.in)
 		switch {
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+		case tc.err != "" && (err == nil || !testkit.ErrorSays(err, tc.err)):
 			t.Errorf("%q: %v, want an error with %q", tc.in, err, tc.err)
 		case tc.err == "" && err != nil:
 			t.Errorf("%q: %v", tc.in, err)
@@ -78,7 +79,7 @@ func TestAppGrant(t *testing.T) {
 		{peerCred{UID: 1000}, "app/db", false, "has no rule"}, // credentials unknown
 	} {
 		err := appGrant(rules, tc.cred, tc.purpose)
-		if (err == nil) != tc.ok || (err != nil && (!errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), tc.why))) {
+		if (err == nil) != tc.ok || (err != nil && (!errors.Is(err, ErrForbidden) || !testkit.ErrorSays(err, tc.why))) {
 			t.Errorf("%+v %q: %v, want ok=%v %q", tc.cred, tc.purpose, err, tc.ok, tc.why)
 		}
 	}
@@ -154,7 +155,7 @@ func TestServeApp(t *testing.T) {
 
 	// A client of a socket nobody serves says which socket.
 	_, err = NewSocketClient(filepath.Join(shortTempDir(t), "none.sock")).Key(ctx, "app/db", false)
-	if !errors.Is(err, ErrDaemonNotRunning) || !strings.Contains(err.Error(), "none.sock") {
+	if !errors.Is(err, ErrDaemonNotRunning) || !testkit.ErrorSays(err, "none.sock") {
 		t.Fatalf("absent socket: %v", err)
 	}
 }

@@ -229,7 +229,7 @@ func TestAttack2RemovedWhileDownMeetsRestartedStaleHolder(t *testing.T) {
 	if err == nil {
 		t.Fatal("the restarted stale holder served the removed node's envelope")
 	}
-	if !errors.Is(err, shares.ErrForbidden) || !strings.Contains(err.Error(), "cannot confirm its ledger is current") {
+	if !errors.Is(err, shares.ErrForbidden) || !testkit.ErrorSays(err, "cannot confirm its ledger is current") {
 		t.Fatalf("the restarted stale holder's refusal: %v, want ErrForbidden saying it cannot confirm its ledger", err)
 	}
 	t.Logf("restarted stale holder refused: %v", err)
@@ -446,7 +446,7 @@ func TestAttack2CutOffHolderKeepsEscrowedSplit(t *testing.T) {
 	switch {
 	case err == nil:
 		t.Error("the cut-off holder replaced the escrowed split")
-	case !hView.Escrowed && !strings.Contains(err.Error(), "cannot confirm its ledger is current"):
+	case !hView.Escrowed && !testkit.ErrorSays(err, "cannot confirm its ledger is current"):
 		t.Errorf("the cut-off holder refused, but not for its unconfirmed ledger: %v", err)
 	default:
 		t.Logf("cut-off holder refused another split: %v", err)

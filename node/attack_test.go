@@ -33,6 +33,7 @@ import (
 	"github.com/p2pkey/p2pkey/consensus"
 	"github.com/p2pkey/p2pkey/generations"
 	gpb "github.com/p2pkey/p2pkey/generations/pb"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/node/pb"
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares"
@@ -636,7 +637,7 @@ func TestStaleHolderDoesNotServe(t *testing.T) {
 	if err == nil {
 		t.Fatal("the stale holder served the removed node's envelope")
 	}
-	if !errors.Is(err, shares.ErrForbidden) || !strings.Contains(err.Error(), "cannot confirm its ledger is current") {
+	if !errors.Is(err, shares.ErrForbidden) || !testkit.ErrorSays(err, "cannot confirm its ledger is current") {
 		t.Fatalf("stale holder's refusal: %v, want ErrForbidden saying it cannot confirm its ledger is current", err)
 	}
 	t.Logf("stale holder refused: %v", err)
@@ -783,7 +784,7 @@ func TestRemovalByVote(t *testing.T) {
 	if state, p := c.LockState(); state != LockLocked {
 		t.Fatalf("suspended node is %s (%+v)", state, p)
 	}
-	if _, err := c.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), want) {
+	if _, err := c.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) || !testkit.ErrorSays(err, want) {
 		t.Fatalf("suspended node's key: %v", err)
 	}
 	for _, h := range []*Node{a, b} {
@@ -829,7 +830,7 @@ func TestRemovalByVote(t *testing.T) {
 		_, p := c.LockState()
 		return strings.Contains(p.Reason, "removed")
 	})
-	if _, err := c.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "removed") {
+	if _, err := c.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) || !testkit.ErrorSays(err, "removed") {
 		t.Fatalf("removed node's key: %v", err)
 	}
 	c = restart(t, c)

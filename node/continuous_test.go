@@ -10,6 +10,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/node/pb"
 	"github.com/p2pkey/p2pkey/p2p"
 	"github.com/p2pkey/p2pkey/shares"
@@ -211,7 +212,7 @@ func TestRemovedNodeStaysLocked(t *testing.T) {
 	if state, _ := c.LockState(); state != LockLocked {
 		t.Fatalf("removed node is %s", state)
 	}
-	if _, err := c.Key(ctxT(t, time.Second), "x", false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "removed") {
+	if _, err := c.Key(ctxT(t, time.Second), "x", false); !errors.Is(err, ErrLocked) || !testkit.ErrorSays(err, "removed") {
 		t.Fatalf("removed node's key: %v", err)
 	}
 	for _, h := range []*Node{a, b} {

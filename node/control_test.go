@@ -11,13 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 )
 
 func shortTempDir(t *testing.T) string {
@@ -145,7 +145,7 @@ func TestControlLockErrors(t *testing.T) {
 	if err.Error() != ErrUnescrowed.Error() {
 		t.Fatalf("message %q, want %q", err, ErrUnescrowed)
 	}
-	if !strings.Contains(err.Error(), "a cluster of one cannot protect K: invite a second node") {
+	if !testkit.ErrorSays(err, "a cluster of one cannot protect K: invite a second node") {
 		t.Fatalf("message %q", err)
 	}
 
@@ -223,7 +223,7 @@ func TestInviteTTLBounds(t *testing.T) {
 		{8760 * time.Hour, "cap of 168h0m0s"},
 	} {
 		err := inviteTTLBounds(tc.ttl)
-		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+		if (err == nil) != (tc.want == "") || (err != nil && !testkit.ErrorSays(err, tc.want)) {
 			t.Errorf("ttl %v: %v, want %q", tc.ttl, err, tc.want)
 		}
 	}

@@ -6,8 +6,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/p2pkey/p2pkey/internal/testkit"
 )
 
 func mode(t *testing.T, path string) os.FileMode {
@@ -128,7 +129,7 @@ func TestSecureDataDirForeignOwner(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := SecureDataDir(dir)
-		if !errors.Is(err, ErrForeignOwner) || !strings.Contains(err.Error(), "uid 65534") {
+		if !errors.Is(err, ErrForeignOwner) || !testkit.ErrorSays(err, "uid 65534") {
 			t.Fatalf("foreign data directory: %v", err)
 		}
 		if got := mode(t, dir); got != 0o755 {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/shares"
 )
 
@@ -136,7 +137,7 @@ func TestUnlockNeedsThreshold(t *testing.T) {
 	if state != LockLocked || p.Have >= 3 || p.Need != 3 {
 		t.Fatalf("with 3 of 5 stopped: state %s, progress %+v", state, p)
 	}
-	if _, err := n4.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "of 3 shares") {
+	if _, err := n4.Key(ctxT(t, time.Second), "app", false); !errors.Is(err, ErrLocked) || !testkit.ErrorSays(err, "of 3 shares") {
 		t.Fatalf("key with 3 of 5 stopped: %v", err)
 	}
 }
@@ -261,7 +262,7 @@ func TestJoinGateAbortsWhenPushesAreDropped(t *testing.T) {
 		j.Close()
 		t.Fatal("a joiner whose pushes were all dropped was admitted")
 	}
-	if !errors.Is(err, ErrJoinRejected) || !strings.Contains(err.Error(), "holders acknowledged") {
+	if !errors.Is(err, ErrJoinRejected) || !testkit.ErrorSays(err, "holders acknowledged") {
 		t.Fatalf("join error %q does not say what was missing", err)
 	}
 	t.Logf("joiner was told: %v", err)

@@ -264,7 +264,7 @@ func (r *thiefRun) noteSecrets(n *Node) {
 func (r *thiefRun) checkUnescrowedErr(err error) {
 	r.t.Helper()
 	const want = "a cluster of one cannot protect K: invite a second node"
-	if !errors.Is(err, ErrUnescrowed) || !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), want) {
+	if !errors.Is(err, ErrUnescrowed) || !errors.Is(err, ErrLocked) || !testkit.ErrorSays(err, want) {
 		r.t.Fatalf("key of a cluster of one: %v, want ErrUnescrowed saying %q", err, want)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -70,7 +71,7 @@ func TestPortInUse(t *testing.T) {
 				h.Close()
 				t.Fatalf("a second host started on %s, which another host holds", tc.taken)
 			}
-			if !errors.Is(err, ErrListen) || !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), tc.taken.String()) {
+			if !errors.Is(err, ErrListen) || !errors.Is(err, syscall.EADDRINUSE) || !testkit.ErrorSays(err, tc.taken.String()) {
 				t.Fatalf("error %q: want ErrListen and EADDRINUSE, naming %s", err, tc.taken)
 			}
 		})

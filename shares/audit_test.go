@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"go.uber.org/zap/zapcore"
 )
 
@@ -134,7 +134,7 @@ func TestAuditLogReadPartial(t *testing.T) {
 	}
 	os.WriteFile(path+".1", []byte("{}\nnot json\n"), 0o600)
 	err = ReadAuditLog(path, func(Event) error { return nil })
-	if err == nil || !strings.Contains(err.Error(), "audit.jsonl.1 line 2") {
+	if err == nil || !testkit.ErrorSays(err, "audit.jsonl.1 line 2") {
 		t.Fatalf("malformed line: %v", err)
 	}
 }

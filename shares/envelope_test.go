@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
-	"strings"
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/shares/pb"
 )
 
@@ -266,7 +266,7 @@ func TestParseEnvelopeRefusesNonCanonical(t *testing.T) {
 	}
 	// The refusal of a version 1 envelope says why.
 	_, err := ParseEnvelope(enc(func(m *pb.Envelope) { m.Version = 1; m.Split = nil }))
-	if err == nil || !strings.Contains(err.Error(), "version 1 names no split") {
+	if err == nil || !testkit.ErrorSays(err, "version 1 names no split") {
 		t.Errorf("version 1 refusal: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pkey/p2pkey/generations"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/shares/pb"
 )
 
@@ -62,7 +63,7 @@ func TestPushOtherSplitRefusedByDefault(t *testing.T) {
 	if !errors.Is(err, ErrDuplicate) {
 		t.Fatalf("push of another split: %v, want ErrDuplicate", err)
 	}
-	if !strings.Contains(err.Error(), fmt.Sprintf("%x", a.split[:])) {
+	if !testkit.ErrorSays(err, fmt.Sprintf("%x", a.split[:])) {
 		t.Errorf("the refusal does not name the stored split: %v", err)
 	}
 	b.refusedLog(a.id, pb.Response_DUPLICATE)
@@ -96,7 +97,7 @@ func TestPushOtherSplitDecided(t *testing.T) {
 	second := a.sealSplit(b.id, 1, []byte("second split"), sp2)
 	d.set(errors.New("the ledger counts split 1"))
 	_, err := a.svc.Push(ctx(t), b.id, second)
-	if !errors.Is(err, ErrDuplicate) || !strings.Contains(err.Error(), "the ledger counts split 1") {
+	if !errors.Is(err, ErrDuplicate) || !testkit.ErrorSays(err, "the ledger counts split 1") {
 		t.Fatalf("refused by the decision: %v", err)
 	}
 	d.set(fmt.Errorf("%w: gone", ErrOwnerRemoved))

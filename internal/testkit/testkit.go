@@ -8,6 +8,7 @@ package testkit
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -45,4 +46,11 @@ func Poll(timeout time.Duration, cond func() (ok bool, state string)) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// ErrorSays reports whether err's message, the text a user reads, contains
+// phrase. It is for checking wording only: a test checks what an error is
+// with errors.Is, never with its text.
+func ErrorSays(err error, phrase string) bool {
+	return err != nil && strings.Contains(err.Error(), phrase)
 }

@@ -1,7 +1,6 @@
 package testkit
 
 import (
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,7 +15,7 @@ func TestPoll(t *testing.T) {
 		t.Fatalf("checked %d times, want 3", n.Load())
 	}
 	err := Poll(3*Interval, func() (bool, string) { return false, "still 0" })
-	if err == nil || !strings.Contains(err.Error(), "timed out after") || !strings.Contains(err.Error(), "still 0") {
+	if err == nil || !ErrorSays(err, "timed out after") || !ErrorSays(err, "still 0") {
 		t.Fatalf("Poll of a condition that never holds: %v", err)
 	}
 }
