@@ -219,6 +219,18 @@ func New(priv crypto.PrivKey, opts ...Option) (host.Host, error) {
 			return nil, err
 		}
 	}
+	listen := make([]ma.Multiaddr, 0, len(o.listen))
+	for _, a := range o.listen {
+		listen = append(listen, ma.StringCast(a)) // checked by WithListenAddrs or a constant
+	}
+	listen, err := probeAll(listen)
+	if err != nil {
+		return nil, err
+	}
+	o.listen = o.listen[:0]
+	for _, a := range listen {
+		o.listen = append(o.listen, a.String())
+	}
 	tracker := newPunchTracker()
 	lopts, err := o.libp2pOptions(priv, tracker)
 	if err != nil {
@@ -226,6 +238,9 @@ func New(priv crypto.PrivKey, opts ...Option) (host.Host, error) {
 	}
 	inner, err := libp2p.New(lopts...)
 	if err != nil {
+		if len(listen) > 0 {
+			return nil, fmt.Errorf("%w on %v: %w", ErrListen, listen, err)
+		}
 		return nil, fmt.Errorf("start libp2p host: %w", err)
 	}
 	st := newNATState(tracker)
@@ -234,11 +249,7 @@ func New(priv crypto.PrivKey, opts ...Option) (host.Host, error) {
 		return nil, fmt.Errorf("start NAT tracking: %w", err)
 	}
 	h := &natHost{Host: inner, nat: st}
-	listen := make([]ma.Multiaddr, 0, len(o.listen))
-	for _, a := range o.listen {
-		listen = append(listen, ma.StringCast(a)) // checked by WithListenAddrs or a constant
-	}
-	if err := listenAll(h, listen); err != nil {
+	if err := checkListening(h, listen); err != nil {
 		h.Close()
 		return nil, err
 	}
@@ -273,8 +284,10 @@ func (o *options) libp2pOptions(priv crypto.PrivKey, tracker holepunch.EventTrac
 	}
 	lopts := []libp2p.Option{
 		libp2p.Identity(priv),
-		// New listens itself, address by address (listenAll).
-		libp2p.NoListenAddrs,
+		// The host listens as it starts (hole punching and AutoNAT set
+		// themselves up from the addresses it has then); New probes every
+		// TCP port first and checks afterwards that every address listens.
+		libp2p.ListenAddrStrings(o.listen...),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.DefaultTransports,

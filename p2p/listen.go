@@ -8,7 +8,6 @@ import (
 	"syscall"
 
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
@@ -38,62 +37,97 @@ var DefaultListenAddrs = []string{
 // for a port in use).
 var ErrListen = errors.New("p2p: cannot listen")
 
-// listenAll makes h listen on every address of addrs, one at a time, and
-// fails on the first it cannot listen on. go-libp2p's own Listen succeeds
-// when any one address works and only logs the others, so a QUIC port in
-// use would silently leave the host on TCP alone.
+// probeAll checks, before the host starts, that every TCP port of addrs is
+// free, and returns the addresses to listen on.
 //
-// A TCP port is first bound without SO_REUSEPORT, and that socket closed,
-// before go-libp2p listens on it. go-libp2p's TCP transport listens with
-// SO_REUSEPORT (so that it can dial from its listening port, which TCP
-// hole punching and NAT port mapping rely on), and on Linux two sockets
-// that both set it share a port: a second daemon on a taken port would
-// start and receive half of the connections. The plain bind fails with
-// EADDRINUSE whenever any other socket holds the port, reuseport or not.
-// Turning reuseport off in the transport would do the same, but would also
-// make TCP dials leave from random ports and break TCP hole punching. What
-// remains is a window of a few microseconds between the probe and the
-// listen in which a second daemon starting at the very same time could
-// still share the port.
+// A TCP port is bound without SO_REUSEPORT, and that socket closed, before
+// go-libp2p listens on it. go-libp2p's TCP transport listens with
+// SO_REUSEPORT (so that it can dial from its listening port, which TCP hole
+// punching and NAT port mapping rely on), and on Linux two sockets that both
+// set it share a port: a second daemon on a taken port would start and
+// receive half of the connections. The plain bind fails with EADDRINUSE
+// whenever any other socket holds the port, reuseport or not. What remains
+// is a window of a few microseconds between the probe and the listen in
+// which a second daemon starting at the very same time could still share the
+// port.
 //
-// An unspecified IPv6 address (/ip6/::) on a host without IPv6 is skipped
+// An unspecified IPv6 address (/ip6/::) on a host without IPv6 is dropped
 // (logged), so the defaults work there; any other failure is an error.
-func listenAll(h host.Host, addrs []ma.Multiaddr) error {
-	addrs = slices.Clone(addrs)
-	// swarm.Listen flattens its errors into text; AddListenAddr keeps
-	// their identity (EADDRINUSE).
-	listen := func(a ma.Multiaddr) error { return h.Network().Listen(a) }
-	if sw, ok := h.Network().(*swarm.Swarm); ok {
-		listen = sw.AddListenAddr
-		// Listen in the transports' order, as swarm.Listen does (QUIC
-		// before WebTransport and WebRTC, which share its socket).
-		order := func(a ma.Multiaddr) int {
-			if l, ok := sw.TransportForListening(a).(swarm.OrderedListener); ok {
-				return l.ListenOrder()
-			}
-			return 0
-		}
-		slices.SortStableFunc(addrs, func(a, b ma.Multiaddr) int { return order(a) - order(b) })
-	}
-	listening := 0
+func probeAll(addrs []ma.Multiaddr) ([]ma.Multiaddr, error) {
+	var out []ma.Multiaddr
 	for _, a := range addrs {
-		err := probeTCP(a)
-		if err == nil {
-			err = listen(a)
+		if err := probeTCP(a); err != nil {
+			if noIPv6(a, err) {
+				log.Infow("not listening on IPv6: this host has no IPv6", "addr", a, "err", err)
+				continue
+			}
+			return nil, listenError(a, err)
 		}
-		if err != nil {
+		out = append(out, a)
+	}
+	if len(out) == 0 && len(addrs) > 0 {
+		return nil, fmt.Errorf("%w on any of %v", ErrListen, addrs)
+	}
+	return out, nil
+}
+
+// checkListening fails unless h listens on every address of addrs (a port 0
+// matches any port). go-libp2p starts when any one address works and only
+// logs the others, so a QUIC port in use would silently leave the host on
+// TCP alone; the error names the address, and for a UDP port says why.
+func checkListening(h host.Host, addrs []ma.Multiaddr) error {
+	have := h.Network().ListenAddresses()
+	for _, a := range addrs {
+		if slices.ContainsFunc(have, func(l ma.Multiaddr) bool { return sameListen(a, l) }) {
+			continue
+		}
+		if err := probeUDP(a); err != nil {
 			if noIPv6(a, err) {
 				log.Infow("not listening on IPv6: this host has no IPv6", "addr", a, "err", err)
 				continue
 			}
 			return listenError(a, err)
 		}
-		listening++
-	}
-	if listening == 0 && len(addrs) > 0 {
-		return fmt.Errorf("%w on any of %v", ErrListen, addrs)
+		return fmt.Errorf("%w on %s: the transport did not listen on it (see the log above)", ErrListen, a)
 	}
 	return nil
+}
+
+// sameListen reports whether got is a listener for want: the same
+// protocols and values, a port 0 in want matching any port.
+func sameListen(want, got ma.Multiaddr) bool {
+	if len(want) != len(got) {
+		return false
+	}
+	for i := range want {
+		w, g := want[i], got[i]
+		if w.Code() != g.Code() {
+			return false
+		}
+		port := w.Code() == ma.P_TCP || w.Code() == ma.P_UDP
+		if w.Value() != g.Value() && !(port && w.Value() == "0") {
+			return false
+		}
+	}
+	return true
+}
+
+// probeUDP binds a's UDP port and closes it again, returning the bind's
+// error (EADDRINUSE when another socket holds it). Addresses without UDP, or
+// with port 0, are not probed.
+func probeUDP(a ma.Multiaddr) error {
+	if len(a) < 2 || a[1].Code() != ma.P_UDP || a[1].Value() == "0" {
+		return nil
+	}
+	network, hostport, err := manet.DialArgs(a[:2])
+	if err != nil {
+		return nil
+	}
+	c, err := net.ListenPacket(network, hostport)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 func listenError(a ma.Multiaddr, err error) error {
