@@ -142,10 +142,10 @@ func TestAttack2ResumeReplayAndAbuse(t *testing.T) {
 func cuttable(t testing.TB, cut *atomic.Value, extra func(self peer.ID, c *Config)) func(*Config) {
 	return func(c *Config) {
 		self := c.identityPeer(t)
-		c.hooks = &testHooks{raftDeny: func(p peer.ID) bool {
+		c.setHooks(&testHooks{raftDeny: func(p peer.ID) bool {
 			x := cut.Load().(peer.ID)
 			return x != "" && p != self && (p == x || self == x)
-		}}
+		}})
 		if extra != nil {
 			extra(self, c)
 		}
@@ -211,9 +211,7 @@ func TestAttack2RemovedWhileDownMeetsRestartedStaleHolder(t *testing.T) {
 		t.Fatalf("the restarted, cut-off holder already knows X is removed: the partition did not hold")
 	}
 	// X restarts and can reach H only.
-	hooks := *cfgX.hooks
-	hooks.libp2p = []libp2p.Option{libp2p.ConnectionGater(onlyPeers{hID: true, xID: true})}
-	cfgX.hooks = &hooks
+	cfgX.setHooks(cfgX.hooks.withLibp2p(libp2p.ConnectionGater(onlyPeers{hID: true, xID: true})))
 	x = startNode(t, cfgX)
 	x.host.Peerstore().AddAddrs(hID, h.host.Addrs(), time.Hour)
 
@@ -818,7 +816,7 @@ func TestAttack2CrashedJoinerKeepsNoForeignK(t *testing.T) {
 	}
 	edit := func(c *Config) {
 		self := c.identityPeer(t)
-		c.hooks = &testHooks{raftDeny: deny(self), dropPush: func(peer.ID) bool { return holdOthers.Load() }}
+		c.setHooks(&testHooks{raftDeny: deny(self), dropPush: func(peer.ID) bool { return holdOthers.Load() }})
 	}
 	nodes := cuttableCluster(t, 3, edit)
 	leader := leaderOf(t, nodes)
@@ -829,7 +827,7 @@ func TestAttack2CrashedJoinerKeepsNoForeignK(t *testing.T) {
 	cfgJ := testConfig(t)
 	cfgJ.Join = issued.Token
 	jID := cfgJ.identityPeer(t)
-	cfgJ.hooks = &testHooks{raftDeny: deny(jID)}
+	cfgJ.setHooks(&testHooks{raftDeny: deny(jID)})
 
 	// The members hold their own shares back, so g cannot commit while
 	// J escrows.

@@ -576,10 +576,10 @@ func TestStaleHolderDoesNotServe(t *testing.T) {
 	// rest, both ways.
 	partitionable := func(c *Config) {
 		self := c.identityPeer(t)
-		c.hooks = &testHooks{raftDeny: func(p peer.ID) bool {
+		c.setHooks(&testHooks{raftDeny: func(p peer.ID) bool {
 			x := cut.Load().(peer.ID)
 			return x != "" && p != self && (p == x || self == x)
-		}}
+		}})
 	}
 	cfg := testConfig(t)
 	cfg.Bootstrap = true
@@ -628,9 +628,7 @@ func TestStaleHolderDoesNotServe(t *testing.T) {
 	}
 
 	// X comes back with its old data, and can reach H only.
-	hooks := *cfgX.hooks
-	hooks.libp2p = []libp2p.Option{libp2p.ConnectionGater(onlyPeers{h.ID(): true, xID: true})}
-	cfgX.hooks = &hooks
+	cfgX.setHooks(cfgX.hooks.withLibp2p(libp2p.ConnectionGater(onlyPeers{h.ID(): true, xID: true})))
 	x = startNode(t, cfgX)
 	x.host.Peerstore().AddAddrs(h.ID(), h.host.Addrs(), time.Hour)
 	_, err := x.svc.Fetch(ctxT(t, 20*time.Second), h.ID(), gen)

@@ -355,7 +355,7 @@ func benchWireBytes(b *testing.B, size int) {
 		cmu.Lock()
 		counters = append(counters, wc)
 		cmu.Unlock()
-		c.hooks = &testHooks{libp2p: []libp2p.Option{libp2p.BandwidthReporter(wc)}}
+		c.setHooks(&testHooks{libp2p: []libp2p.Option{libp2p.BandwidthReporter(wc)}})
 	}
 	total := func() wireTotals {
 		cmu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/p2pkey/p2pkey/consensus"
@@ -194,6 +195,16 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: control socket path %q is too long for a unix socket; use a shorter data directory", c.SocketPath())
 	}
 	return nil
+}
+
+// setHooks installs h, the seam this package's tests and benchmarks reach
+// the transport through; programs cannot.
+func (c *Config) setHooks(h *testHooks) { c.hooks = h }
+
+// withLibp2p returns a copy of h that also adds opts to the host.
+func (h testHooks) withLibp2p(opts ...libp2p.Option) *testHooks {
+	h.libp2p = append(slices.Clone(h.libp2p), opts...)
+	return &h
 }
 
 type testHooks struct {

@@ -143,7 +143,7 @@ func TestGossipReachesNodeCutOffFromLeader(t *testing.T) {
 	a := startNode(t, cfg)
 	b := joinNode(t, a)
 	c := joinNodeWith(t, a, func(c *Config) {
-		c.hooks = &testHooks{raftDeny: func(p peer.ID) bool { return p == blocked.Load().(peer.ID) }}
+		c.setHooks(&testHooks{raftDeny: func(p peer.ID) bool { return p == blocked.Load().(peer.ID) }})
 	})
 	nodes := []*Node{a, b, c}
 	waitAgree(t, nodes, 3)

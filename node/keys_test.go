@@ -256,7 +256,7 @@ func TestJoinGateAbortsWhenPushesAreDropped(t *testing.T) {
 	}
 	jcfg := testConfig(t)
 	jcfg.Join = tok
-	jcfg.hooks = &testHooks{dropPush: func(holder peer.ID) bool { return true }}
+	jcfg.setHooks(&testHooks{dropPush: func(holder peer.ID) bool { return true }})
 	j, err := Start(ctxT(t, 60*time.Second), jcfg)
 	if err == nil {
 		j.Close()

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/p2pkey/p2pkey/internal/testkit"
 )
 
 // TestRoughLive runs the rough edges that need real daemons on one
@@ -43,13 +45,7 @@ func TestRoughLive(t *testing.T) {
 
 	// Without node 2 there is no quorum: invite says so, quickly.
 	d2.stop(t)
-	deadline := time.Now().Add(30 * time.Second)
-	for leaderOf(t, n1) != "" {
-		if time.Now().After(deadline) {
-			t.Fatal("node 1 still has a leader 30 s after node 2 stopped")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testkit.WaitFor(t, "node 1 to lose its leader after node 2 stopped", 30*time.Second, func() bool { return leaderOf(t, n1) == "" })
 	start := time.Now()
 	r := cli(t, n1, nil, "invite")
 	if r.code != 1 || !strings.Contains(r.stderr, "cannot issue an invite: there is no Raft leader") || !strings.Contains(r.stderr, id2) || strings.Contains(r.stderr, "http://") {
@@ -70,7 +66,7 @@ func TestRoughLive(t *testing.T) {
 	if r.code != 0 || !strings.HasPrefix(r.stdout, id2+": removed (final)") {
 		t.Fatalf("remove %s: %v", short(id2), r)
 	}
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		r = cli(t, n2, nil, "key", "--wait", "--timeout", "3s")
 		if r.code == exitLocked && strings.Contains(r.stderr, "removed") {

@@ -2,9 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/p2pkey/p2pkey/internal/testkit"
 )
 
 // TestLockedFromDisk: a node restarted alone (its peers down) is locked and
@@ -26,18 +29,13 @@ func TestLockedFromDisk(t *testing.T) {
 	d2.stop(t)
 	d1.stop(t)
 	d1 = startDaemon(t, n1, nil)
-	deadline := time.Now().Add(20 * time.Second)
 	var out string
-	for {
+	if err := testkit.Poll(20*time.Second, func() (bool, string) {
 		r := cli(t, n1, nil, "status")
 		out = r.stdout
-		if r.code == 0 && strings.Contains(out, "waiting on") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no locked status naming the awaited holder after 20 s: %v", r)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return r.code == 0 && strings.Contains(out, "waiting on"), fmt.Sprint(r)
+	}); err != nil {
+		t.Fatalf("no locked status naming the awaited holder: %v", err)
 	}
 	t.Logf("status:\n%s", out)
 	for _, want := range []string{

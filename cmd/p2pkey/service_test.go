@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"github.com/p2pkey/p2pkey/internal/testkit"
 	"github.com/p2pkey/p2pkey/node"
 )
 
@@ -150,12 +151,8 @@ func twoNodes(t *testing.T, env []string, args ...string) (n1, n2 string, d1, d2
 // waitLog waits until the daemon's log contains s.
 func (d *daemon) waitLog(t *testing.T, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(d.log(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon on %s did not log %q:\n%s", d.data, s, tail(d.log(), 3000))
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := testkit.Poll(10*time.Second, func() (bool, string) { return strings.Contains(d.log(), s), "" }); err != nil {
+		t.Fatalf("daemon on %s did not log %q (%v):\n%s", d.data, s, err, tail(d.log(), 3000))
 	}
 }
 
