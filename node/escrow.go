@@ -263,7 +263,14 @@ func (n *Node) pushRound(ctx context.Context, apply func(context.Context, *gpb.C
 				}
 				return false
 			}
-			log.Warnw("record receipts", "generation", g.Number, "receipts", len(batch), "err", err)
+			// A generation retired or aborted while its receipts were on
+			// their way is routine (the next duty pass shares into the
+			// current one); anything else is worth a warning.
+			if errors.Is(err, generations.ErrGenerationRetired) || errors.Is(err, generations.ErrGenerationAborted) {
+				log.Infow("record receipts: the generation ended first", "generation", g.Number, "receipts", len(batch), "err", err)
+			} else {
+				log.Warnw("record receipts", "generation", g.Number, "receipts", len(batch), "err", err)
+			}
 			return false
 		}
 		recorded += len(batch)

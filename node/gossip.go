@@ -75,6 +75,10 @@ const (
 // generation before this node says it is catching up.
 const catchUpGrace = time.Second
 
+// errNotLeader: an announcement whose author is not the leader this node
+// follows (or last followed).
+var errNotLeader = errors.New("the author is not the leader")
+
 // DecodeAnnouncement decodes and checks one announcement for cluster.
 func DecodeAnnouncement(data []byte, cluster string) (*pb.GenerationAnnouncement, error) {
 	if len(data) > maxAnnouncement {
@@ -147,13 +151,20 @@ func (n *Node) validateAnnouncement(g *gossip, from peer.ID, m *pubsub.Message) 
 	_, err := DecodeAnnouncement(m.GetData(), n.localClusterID())
 	if err == nil {
 		if leader := n.knownLeader(g); author != leader {
-			err = fmt.Errorf("%w: author %s is not the leader (%s)", ErrBadAnnouncement, author, leader)
+			err = fmt.Errorf("%w: %w: author %s, leader (%s)", ErrBadAnnouncement, errNotLeader, author, leader)
 		}
 	}
 	if err != nil {
 		g.rejected.Add(1)
 		if g.warn.Allow() {
-			log.Warnw("refused gossip message", "from", from, "author", author, "err", err)
+			// An announcement by someone this node does not (yet) see as
+			// leader is routine around a join or a leadership hand-over; a
+			// stranger's or a forged one is refused just the same.
+			level := log.Warnw
+			if errors.Is(err, errNotLeader) {
+				level = log.Infow
+			}
+			level("refused gossip message", "from", from, "author", author, "err", err)
 		}
 		return pubsub.ValidationReject
 	}
