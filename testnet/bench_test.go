@@ -44,7 +44,7 @@ const (
 func BenchmarkIdleDaemonRSS(b *testing.B) {
 	s := newScript(b, benchPort)
 	s.must("up", "-n", strconv.Itoa(benchNodes))
-	time.Sleep(settle)
+	time.Sleep(settle) // a benchmark's settling window
 
 	pids := make([]int, benchNodes)
 	cpu0 := make([]time.Duration, benchNodes)
@@ -54,7 +54,7 @@ func BenchmarkIdleDaemonRSS(b *testing.B) {
 	}
 	b.ResetTimer()
 	start := time.Now()
-	time.Sleep(idleWindow)
+	time.Sleep(idleWindow) // the measured idle window
 	elapsed := time.Since(start)
 	b.StopTimer()
 

@@ -254,7 +254,7 @@ func (ch *chaosRun) await(name string, since time.Time) error {
 // schedule, not a wait for a condition.
 func (ch *chaosRun) pause(lo, hi time.Duration) time.Duration {
 	d := lo + time.Duration(ch.r.Int64N(int64(hi-lo)+1))
-	time.Sleep(d)
+	time.Sleep(d) // the fault's own schedule (see above)
 	return d
 }
 

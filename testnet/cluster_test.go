@@ -480,7 +480,7 @@ func (c *tnet) signal(i int, sig syscall.Signal) error {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("node %d did not stop on SIGSTOP", i)
 			}
-			time.Sleep(100 * time.Microsecond)
+			time.Sleep(100 * time.Microsecond) // polling /proc for the stop: no event says a process is stopped
 		}
 	}
 	return nil

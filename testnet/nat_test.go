@@ -204,7 +204,7 @@ func TestNATTestnet(t *testing.T) {
 		if len(wrong) == 0 || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(2 * time.Second)
+		time.Sleep(2 * time.Second) // polling six processes' status; hole punches settle in connect rounds
 	}
 	for _, w := range wrong {
 		t.Error(w)
@@ -287,7 +287,7 @@ func TestNATTestnet(t *testing.T) {
 			if time.Now().After(raftDeadline) {
 				t.Fatalf("%s does not follow leader %s over the relay: applied %d of %d", x, leader, xst.Raft.AppliedIndex, lst.Raft.AppliedIndex)
 			}
-			time.Sleep(500 * time.Millisecond)
+			time.Sleep(500 * time.Millisecond) // polling another process's status over its socket
 		}
 		// Gossip: the leader re-announces at least every 30 s.
 		gossipDeadline := time.Now().Add(45 * time.Second)
@@ -295,7 +295,7 @@ func TestNATTestnet(t *testing.T) {
 			if time.Now().After(gossipDeadline) {
 				t.Fatalf("%s never heard the leader's gossip over the relay", x)
 			}
-			time.Sleep(time.Second)
+			time.Sleep(time.Second) // polling another process's log file
 		}
 		t.Logf("%s follows leader %s's Raft log and hears its gossip through the relay", x, leader)
 	}

@@ -338,7 +338,7 @@ func measure(procs []watched, window, interval time.Duration) ([]result, error) 
 		if next.After(end) {
 			next = end
 		}
-		time.Sleep(time.Until(next))
+		time.Sleep(time.Until(next)) // sampling on a fixed schedule inside the measured window
 		if err := take(); err != nil {
 			return nil, err
 		}
