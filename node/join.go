@@ -121,43 +121,42 @@ func (n *Node) startJoinService() {
 // is an answer the joiner reads, with a stable code.
 func (js *joinService) handle(s network.Stream) {
 	remote := s.Conn().RemotePeer()
-	refuse := func(code string, err error) *pb.JoinResponse {
-		return &pb.JoinResponse{Version: joinVersion, ClusterId: js.n.ClusterID(), ErrorCode: code, ErrorMessage: err.Error()}
-	}
 	if !js.limits.Allow(s.Conn(), js.n.now()) {
 		log.Warnw("join refused: rate limited", "peer", remote)
-		_ = wire.Reply(s, joinProto, refuse(codeRateLimited, ErrJoinRateLimit))
+		_ = wire.Reply(s, joinProto, js.refusal(codeRateLimited, ErrJoinRateLimit.Error()))
 		return
 	}
 	err := wire.Serve(js.n.ctx, s, joinProto, func(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
 		if err := checkJoinRequest(req); err != nil {
 			log.Warnw("join refused: malformed request", "peer", remote, "err", err)
-			return refuse(codeBadRequest, err), nil
+			return js.refusal(codeBadRequest, err.Error()), nil
 		}
 		return js.serve(ctx, remote, req), nil
 	}, wire.WithBadRequest(func(err error) *pb.JoinResponse {
 		log.Warnw("join refused: malformed request", "peer", remote, "err", err)
-		return refuse(codeBadRequest, fmt.Errorf("%w: %w", ErrBadInvite, err))
+		return js.refusal(codeBadRequest, fmt.Errorf("%w: %w", ErrBadInvite, err).Error())
 	}))
 	if err != nil && !errors.Is(err, wire.ErrMalformed) && !errors.Is(err, wire.ErrTooLarge) && !errors.Is(err, wire.ErrBadVersion) {
 		log.Debugw("join exchange failed", "peer", remote, "err", err)
 	}
 }
 
+// refusal is the answer to a join this member refuses: a stable code and a
+// message for the joiner.
+func (js *joinService) refusal(code, msg string) *pb.JoinResponse {
+	return &pb.JoinResponse{Version: joinVersion, ClusterId: js.n.ClusterID(), ErrorCode: code, ErrorMessage: msg}
+}
+
 // serve decides one well-formed join request; the response carries the
 // outcome, a refusal included.
 func (js *joinService) serve(ctx context.Context, remote peer.ID, req *pb.JoinRequest) *pb.JoinResponse {
 	resp := &pb.JoinResponse{Version: joinVersion, ClusterId: js.n.ClusterID()}
-	refuse := func(code string, msg string) *pb.JoinResponse {
-		resp.ErrorCode, resp.ErrorMessage = code, msg
-		return resp
-	}
 	if resp.ClusterId == "" {
-		return refuse(codeUnavailable, ErrNotReady.Error())
+		return js.refusal(codeUnavailable, ErrNotReady.Error())
 	}
 	if req.GetClusterId() != resp.ClusterId {
 		log.Warnw("join refused: invite for another cluster", "peer", remote, "invite_cluster", req.GetClusterId())
-		return refuse(codeWrongCluster, fmt.Sprintf("%v: the invite names cluster %s, this node is in cluster %s", ErrWrongCluster, req.GetClusterId(), resp.ClusterId))
+		return js.refusal(codeWrongCluster, fmt.Sprintf("%v: the invite names cluster %s, this node is in cluster %s", ErrWrongCluster, req.GetClusterId(), resp.ClusterId))
 	}
 	// The joiner signed its own ConsumeInvite and proved it holds the
 	// invite secret (the secret never leaves it). Check it against this
@@ -180,7 +179,7 @@ func (js *joinService) serve(ctx context.Context, remote peer.ID, req *pb.JoinRe
 		ferr := js.n.cons.Fresh(fctx)
 		fcancel()
 		if ferr != nil {
-			return refuse(codeUnavailable, fmt.Sprintf("this member cannot confirm its ledger is current (%v); try another", ferr))
+			return js.refusal(codeUnavailable, fmt.Sprintf("this member cannot confirm its ledger is current (%v); try another", ferr))
 		}
 		js.n.view(func(l *generations.Ledger) { err = l.CheckJoin(cmd, js.n.now()) })
 	}
@@ -193,11 +192,11 @@ func (js *joinService) serve(ctx context.Context, remote peer.ID, req *pb.JoinRe
 		if code == "" {
 			code = codeBadRequest
 		}
-		return refuse(code, err.Error())
+		return js.refusal(code, err.Error())
 	}
 	if !js.global.Allow() {
 		log.Warnw("join refused: too many proven joins at once", "peer", remote)
-		return refuse(codeRateLimited, ErrJoinRateLimit.Error())
+		return js.refusal(codeRateLimited, ErrJoinRateLimit.Error())
 	}
 	// Leave the answer time to reach the joiner.
 	ctx, cancel := context.WithTimeout(ctx, joinStreamTimeout-5*time.Second)
@@ -225,7 +224,7 @@ func (js *joinService) serve(ctx context.Context, remote peer.ID, req *pb.JoinRe
 		if code == "" {
 			code = codeUnavailable
 		}
-		return refuse(code, err.Error())
+		return js.refusal(code, err.Error())
 	}
 	log.Infow("invite accepted", "peer", remote)
 	js.n.host.Peerstore().AddAddrs(remote, js.n.host.Peerstore().Addrs(remote), time.Hour)

@@ -258,10 +258,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			}
 			events, cancel := n.Events()
 			defer cancel()
-			cluster := n.ClusterID()
-			if cluster == "" {
-				cluster = memberOf(g.dataDir)
-			}
+			cluster := n.Status().ClusterID // from disk while the ledger catches up
 			daemonLog.Infow(fmt.Sprintf("node %s running in cluster %s", n.ID(), cluster), "peer", n.ID(), "cluster", cluster, "socket", cfg.SocketPath())
 			sdDone = sd.watch(ctx, n)
 			for {

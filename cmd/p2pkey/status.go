@@ -44,12 +44,9 @@ escrow_generation, shares_held, threshold.`,
   p2pkey status --json | jq '.members[] | {peer_id, shares_held}'`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := reqCtx(cmd, 10*time.Second)
-			defer cancel()
-			c := g.client()
-			raw, err := c.StatusJSON(ctx)
+			raw, err := readStatus(cmd, g)
 			if err != nil {
-				return explain(c, err, "read the status", 10*time.Second, false)
+				return err
 			}
 			if g.jsonOut {
 				// As the daemon sent it: fields this CLI does not know yet too.
@@ -292,12 +289,9 @@ status, voter, connection, addrs, escrow_generation, shares_held, threshold.`,
   p2pkey members --json | jq -r '.members[] | select(.status=="active") | .peer_id'`,
 		Args: usageArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := reqCtx(cmd, 10*time.Second)
-			defer cancel()
-			c := g.client()
-			raw, err := c.StatusJSON(ctx)
+			raw, err := readStatus(cmd, g)
 			if err != nil {
-				return explain(c, err, "read the status", 10*time.Second, false)
+				return err
 			}
 			st, votes, err := decodeStatus(raw)
 			if err != nil {
@@ -333,4 +327,16 @@ status, voter, connection, addrs, escrow_generation, shares_held, threshold.`,
 	}
 	cmd.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
 	return cmd
+}
+
+// readStatus asks the daemon for its status object, as it sends it.
+func readStatus(cmd *cobra.Command, g *globals) ([]byte, error) {
+	ctx, cancel := reqCtx(cmd, 10*time.Second)
+	defer cancel()
+	c := g.client()
+	raw, err := c.StatusJSON(ctx)
+	if err != nil {
+		return nil, explain(c, err, "read the status", 10*time.Second, false)
+	}
+	return raw, nil
 }
