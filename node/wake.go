@@ -109,9 +109,7 @@ func (n *Node) onChange(pass func() time.Duration) {
 		case <-n.ctx.Done():
 			return
 		case <-c:
-			if !t.Stop() {
-				<-t.C
-			}
+			t.Stop() // Go 1.23+ timers: no stale value is left to drain
 		case <-t.C:
 		}
 	}
