@@ -24,6 +24,9 @@ const (
 	// dialled; retries double up to connectMaxBackoff.
 	connectInterval   = 2 * time.Second
 	connectMaxBackoff = 30 * time.Second
+	// upgradeRounds is how many steady rounds relayed-only members get (two
+	// minutes) before their retries back off like any other.
+	upgradeRounds     = 60
 	membershipTimeout = 10 * time.Second
 )
 
@@ -242,12 +245,25 @@ func (n *Node) connected(p peer.ID) bool {
 //
 // It runs on ledger and connection changes; while a member stays
 // unreachable it retries after connectInterval, doubling up to
-// connectMaxBackoff.
+// connectMaxBackoff. A member reached only through a relay is dialled at a
+// steady connectInterval for upgradeRounds rounds after the set of such
+// members last changed: the upgrade to a hole-punched or direct connection
+// takes a few rounds in which both sides dial, which a doubling backoff
+// would space out.
 func (n *Node) connectLoop() {
 	defer n.wg.Done()
 	backoff := connectInterval
+	var upgrades, lastRelayed int
 	n.onChange(func() time.Duration {
-		if n.connectMembers() {
+		ok, relayed := n.connectMembers()
+		if relayed != lastRelayed {
+			upgrades, lastRelayed = 0, relayed
+		}
+		if relayed > 0 && upgrades < upgradeRounds {
+			upgrades++
+			return connectInterval
+		}
+		if ok {
 			backoff = connectInterval
 			return safetyNet
 		}
@@ -283,9 +299,10 @@ func (n *Node) learnAddrs(p peer.ID) {
 	}
 }
 
-// connectMembers dials every live member not connected, and reports
-// whether all of them are connected now.
-func (n *Node) connectMembers() bool {
+// connectMembers dials every live member not connected directly, and
+// reports whether all of them are connected now and how many it reaches only
+// through a relay.
+func (n *Node) connectMembers() (ok bool, relayedOnly int) {
 	var members []generations.Member
 	n.view(func(l *generations.Ledger) { members = l.Members() })
 	var wg sync.WaitGroup
@@ -303,6 +320,9 @@ func (n *Node) connectMembers() bool {
 		if n.connected(m.ID) {
 			continue
 		}
+		if n.host.Network().Connectedness(m.ID) == network.Limited {
+			relayedOnly++
+		}
 		wg.Add(1)
 		go func(id peer.ID) {
 			defer wg.Done()
@@ -315,7 +335,7 @@ func (n *Node) connectMembers() bool {
 		}(m.ID)
 	}
 	wg.Wait()
-	return !failed.Load()
+	return !failed.Load(), relayedOnly
 }
 
 // announceAddrsLoop records this node's addresses in the ledger whenever they
