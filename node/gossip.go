@@ -269,7 +269,7 @@ func (n *Node) heard(a *pb.GenerationAnnouncement, author peer.ID) {
 	case g.check <- struct{}{}:
 	default:
 	}
-	go n.connectMembers()
+	go n.connectMembers(false)
 }
 
 // catchUpLoop checks announced generations after catchUpGrace (see heard).
@@ -319,7 +319,7 @@ func (n *Node) confirmCatchUp(h heardGeneration) {
 	if fresh {
 		log.Infow("catching up: the leader announced a generation the local ledger does not have", "generation", h.Generation, "local", newest, "from", h.author)
 		n.events.publish(Event{Type: EventCatchingUp, Peer: h.author, Detail: fmt.Sprintf("generation %d (local ledger has %d)", h.Generation, newest)})
-		go n.connectMembers()
+		go n.connectMembers(false)
 	}
 }
 

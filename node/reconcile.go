@@ -26,7 +26,7 @@ const (
 	connectMaxBackoff = 30 * time.Second
 	// upgradeRounds is how many steady rounds relayed-only members get (two
 	// minutes) before their retries back off like any other.
-	upgradeRounds     = 60
+	upgradeRounds = 60
 	membershipTimeout = 10 * time.Second
 )
 
@@ -255,7 +255,7 @@ func (n *Node) connectLoop() {
 	backoff := connectInterval
 	var upgrades, lastRelayed int
 	n.onChange(func() time.Duration {
-		ok, relayed := n.connectMembers()
+		ok, relayed := n.connectMembers(slices.Contains(holePunchRounds, upgrades))
 		if relayed != lastRelayed {
 			upgrades, lastRelayed = 0, relayed
 		}
@@ -299,10 +299,17 @@ func (n *Node) learnAddrs(p peer.ID) {
 	}
 }
 
+// holePunchRounds are the rounds of the upgrade window (counted from the
+// last change in the set of relayed-only members) in which a member reached
+// only through a relay is reconnected through it, to try hole punching again
+// (see reRelay): about 6 s, 20 s and 50 s in.
+var holePunchRounds = []int{3, 10, 25}
+
 // connectMembers dials every live member not connected directly, and
 // reports whether all of them are connected now and how many it reaches only
-// through a relay.
-func (n *Node) connectMembers() (ok bool, relayedOnly int) {
+// through a relay. With punch set, it also reconnects through the relay the
+// relayed-only members whose peer ID sorts after its own (reRelay).
+func (n *Node) connectMembers(punch bool) (ok bool, relayedOnly int) {
 	var members []generations.Member
 	n.view(func(l *generations.Ledger) { members = l.Members() })
 	var wg sync.WaitGroup
@@ -322,6 +329,15 @@ func (n *Node) connectMembers() (ok bool, relayedOnly int) {
 		}
 		if n.host.Network().Connectedness(m.ID) == network.Limited {
 			relayedOnly++
+			if punch && n.host.ID() < m.ID {
+				wg.Add(1)
+				go func(id peer.ID) {
+					defer wg.Done()
+					n.reRelay(id)
+				}(m.ID)
+			}
+			// A dial would return the relayed connection it already has.
+			continue
 		}
 		wg.Add(1)
 		go func(id peer.ID) {
@@ -336,6 +352,26 @@ func (n *Node) connectMembers() (ok bool, relayedOnly int) {
 	}
 	wg.Wait()
 	return !failed.Load(), relayedOnly
+}
+
+// reRelay closes this node's relayed connections to member p and connects
+// to it through the relay again. Hole punching (DCUtR) is tried only when a
+// relayed connection comes in, by its receiver, and it fails when it runs
+// before both sides have learnt their public addresses from enough peers
+// (soon after a start); libp2p never tries again on its own. A fresh relayed
+// connection makes p's node try it once more, now that both know their
+// addresses. Only one side of a pair does it (the lower peer ID), so that
+// the two do not close each other's new connections.
+func (n *Node) reRelay(p peer.ID) {
+	for _, c := range n.host.Network().ConnsToPeer(p) {
+		if c.Stat().Limited {
+			_ = c.Close()
+		}
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	defer cancel()
+	err := n.host.Connect(network.WithAllowLimitedConn(ctx, "p2pkey-holepunch"), peer.AddrInfo{ID: p})
+	log.Debugw("reconnected through the relay to retry hole punching", "peer", p, "err", err)
 }
 
 // announceAddrsLoop records this node's addresses in the ledger whenever they

@@ -184,7 +184,8 @@ func TestNATTestnet(t *testing.T) {
 	// punching and relay upgrades settle within a few connect rounds, so
 	// poll before judging.
 	var wrong []string
-	deadline := time.Now().Add(90 * time.Second)
+	settle := time.Now()
+	deadline := settle.Add(90 * time.Second)
 	for {
 		wrong = wrong[:0]
 		for _, x := range natNodes {
@@ -208,6 +209,9 @@ func TestNATTestnet(t *testing.T) {
 	}
 	for _, w := range wrong {
 		t.Error(w)
+	}
+	if len(wrong) == 0 {
+		t.Logf("connection types as expected %v after the cluster formed", time.Since(settle).Round(time.Second))
 	}
 	table := &strings.Builder{}
 	for _, x := range natNodes {
