@@ -26,7 +26,7 @@ const (
 	connectMaxBackoff = 30 * time.Second
 	// upgradeRounds is how many steady rounds relayed-only members get (two
 	// minutes) before their retries back off like any other.
-	upgradeRounds = 60
+	upgradeRounds     = 60
 	membershipTimeout = 10 * time.Second
 )
 
