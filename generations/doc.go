@@ -73,8 +73,22 @@
 //
 // Retirement is automatic: after every commit and every removal, each
 // committed generation h older than the current one is retired when every
-// active member of the current generation is escrowed in some committed
-// generation newer than h (late receipts into the current generation count).
+// active member of the current generation is escrowed with margin in some
+// committed generation newer than h (late receipts into the current
+// generation count). Escrowed with margin in g means that the owner's
+// receipts of its one split in g number at least min(t(g)+1, |M(g)|): it
+// can lose any one holder there, its own store included, and still have
+// t(g) shares. Escrowed with exactly t(g) is not enough to let the older
+// generation go: one lost disk would leave t(g)-1 shares in the new
+// generation and none in the retired one (issue 12). A member escrowed with
+// margin in no committed generation falls back to its newest escrow (h is
+// retired once that is newer), so that nothing is retained forever because
+// of it. Put together, each active member has a retention anchor, its newest
+// generation with margin or else its newest escrow, and G4 retires the
+// committed generations older than every anchor. The rule is computed from
+// the receipts on every check and never stored, so snapshots and the log
+// are unchanged by it. The retention bound below still overrides it; unlock
+// (Coverage) and lapse go by the plain newest escrow.
 // Retired generations keep their metadata but lose
 // their receipts, and never come back. The RetireGeneration command only
 // re-checks that rule through the log: since the ledger already retired every

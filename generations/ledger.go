@@ -840,7 +840,7 @@ func (l *Ledger) retireGenerationCmd(now int64, c *pb.RetireGeneration) (Result,
 		return Result{}, fmt.Errorf("%w: %d", ErrRetireCurrent, g.num)
 	}
 	if blockers := l.retentionBlockers(g); len(blockers) > 0 {
-		return Result{}, fmt.Errorf("%w: %d member(s) not escrowed in a newer committed generation, first %s", ErrRetentionRequired, len(blockers), blockers[0])
+		return Result{}, fmt.Errorf("%w: %d member(s) not escrowed with margin in a newer committed generation, first %s", ErrRetentionRequired, len(blockers), blockers[0])
 	}
 	var res Result
 	l.retire(now, g)
@@ -850,8 +850,11 @@ func (l *Ledger) retireGenerationCmd(now int64, c *pb.RetireGeneration) (Result,
 }
 
 // retentionBlockers returns the active members of the current generation
-// that are not escrowed in a committed generation newer than h (G4). h may
-// be retired exactly when the list is empty and h is not current.
+// whose retention anchor is not newer than h (G4): they are not escrowed
+// with margin in a committed generation newer than h (or, having a margin
+// nowhere, not escrowed in one at all). h may be retired exactly when the
+// list is empty and h is not current. The list follows cur.members, which
+// is sorted.
 func (l *Ledger) retentionBlockers(h *generation) []peer.ID {
 	cur := l.current()
 	if cur == nil {
@@ -862,7 +865,7 @@ func (l *Ledger) retentionBlockers(h *generation) []peer.ID {
 		if st := l.members[m]; st == nil || st.status != StatusActive {
 			continue
 		}
-		if l.newestEscrow(m) <= h.num {
+		if l.retentionAnchor(m) <= h.num {
 			out = append(out, m)
 		}
 	}
@@ -870,7 +873,8 @@ func (l *Ledger) retentionBlockers(h *generation) []peer.ID {
 }
 
 // newestEscrow is the newest committed generation in which owner is
-// escrowed, 0 if none.
+// escrowed, 0 if none. Unlock (Coverage), lapse and the retention bound's
+// grace go by it.
 func (l *Ledger) newestEscrow(owner peer.ID) uint64 {
 	for i := len(l.gens) - 1; i >= 0; i-- {
 		g := l.gens[i]
@@ -881,10 +885,28 @@ func (l *Ledger) newestEscrow(owner peer.ID) uint64 {
 	return 0
 }
 
+// retentionAnchor is the oldest generation G4 keeps for owner: the newest
+// committed generation in which owner is escrowed with margin (see
+// generation.escrowedWithMargin), so that one holder lost there, owner's
+// own store included, still leaves a threshold in some retained
+// generation. An owner with a margin nowhere falls back to its newest
+// escrow (0 if none), as before margins counted, so that no generation is
+// kept forever because of it; the retention bound overrides either way.
+func (l *Ledger) retentionAnchor(owner peer.ID) uint64 {
+	for i := len(l.gens) - 1; i >= 0; i-- {
+		g := l.gens[i]
+		if g.state == StateCommitted && g.escrowedWithMargin(owner) {
+			return g.num
+		}
+	}
+	return l.newestEscrow(owner)
+}
+
 // retireEligible first applies the retention bound (retiring generations
 // too far behind the current one and lapsing the members whose newest
 // escrow they were), then retires every committed generation older than the
-// current one that G4 no longer requires. It is run after every commit,
+// current one that G4 no longer requires: those older than every active
+// member's retention anchor. It is run after every commit,
 // removal, late escrow into the current generation and SetRetention, the
 // only events that can make a generation retirable.
 func (l *Ledger) retireEligible(now int64, res *Result) {
@@ -894,13 +916,15 @@ func (l *Ledger) retireEligible(now int64, res *Result) {
 	}
 	defer func() { slices.Sort(res.Retired) }()
 	l.applyBound(now, res)
-	// floor = min over active members of M(cur) of their newest escrow.
+	// floor = min over active members of M(cur) of their retention anchor
+	// (the newest generation escrowing them with margin, else their newest
+	// escrow).
 	var floor uint64 = cur.num
 	for _, m := range cur.members {
 		if st := l.members[m]; st == nil || st.status != StatusActive {
 			continue
 		}
-		if e := l.newestEscrow(m); e < floor {
+		if e := l.retentionAnchor(m); e < floor {
 			floor = e
 		}
 	}
@@ -1085,8 +1109,21 @@ func (g *generation) has(p peer.ID) bool {
 	return ok
 }
 
-// escrowed: owner has at least t(g) receipts in g.
+// escrowed: owner has at least t(g) receipts in g. All of owner's receipts
+// in g are of one split (g.splits[owner]): a new split replaces them all.
 func (g *generation) escrowed(owner peer.ID) bool { return len(g.receipts[owner]) >= g.threshold }
+
+// marginNeed is how many receipts of one split an owner needs in g to be
+// escrowed with margin: min(t(g)+1, |M(g)|).
+func (g *generation) marginNeed() int { return min(g.threshold+1, len(g.members)) }
+
+// escrowedWithMargin: owner's receipts in g (of its one split) number at
+// least marginNeed, so it can lose any one holder, itself included, and
+// still have t(g) shares (G4). In a generation where t(g) = |M(g)| (one
+// or two members) it is the same as escrowed.
+func (g *generation) escrowedWithMargin(owner peer.ID) bool {
+	return len(g.receipts[owner]) >= g.marginNeed()
+}
 
 // holds counts the owners of g for which h is a recorded holder.
 func (g *generation) holds(h peer.ID) int {

@@ -321,11 +321,11 @@ func TestRetireRules(t *testing.T) {
 	h, ids := cluster(t, 3)
 	a, b, c := ids[0], ids[1], ids[2]
 	h.must(NewOpenGeneration(h.now.Add(time.Minute), h.tick()))
-	// a and b escrowed in 2; c only has its self-receipt: 2 commits, 1 is
-	// retained for c (G4).
+	// a and b escrowed with margin in 2 (c holds their shares too); c only
+	// has its self-receipt: 2 commits, 1 is retained for c (G4).
 	var rs []Receipt
 	for _, o := range []peer.ID{a, b} {
-		for _, hd := range []peer.ID{a, b} {
+		for _, hd := range []peer.ID{a, b, c} {
 			rs = append(rs, signed(t, testCluster, 2, o, hd, digestOf(2, o, hd)))
 		}
 	}

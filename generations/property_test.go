@@ -19,19 +19,26 @@ import (
 type sigKey struct {
 	gen           uint64
 	owner, holder peer.ID
+	split         SplitID
 }
 
 type sigCache map[sigKey][]byte
 
-func (c sigCache) receipt(tb testing.TB, gen uint64, owner, holder peer.ID) Receipt {
+// propSplits are the splits an owner's receipts belong to in the property
+// test: mostly the first, now and then another (an owner that restarted
+// and split again).
+var propSplits = []SplitID{testSplit, {0x5e, 2}, {0x5e, 3}}
+
+func (c sigCache) receipt(tb testing.TB, gen uint64, owner, holder peer.ID, split SplitID) Receipt {
 	d := digestOf(gen, owner, holder)
-	k := sigKey{gen, owner, holder}
+	d[0] ^= split[1] // one digest per split
+	k := sigKey{gen, owner, holder, split}
 	sig, ok := c[k]
 	if !ok {
-		sig = signed(tb, testCluster, gen, owner, holder, d).Signature
+		sig = signedSplit(tb, testCluster, gen, owner, holder, split, d).Signature
 		c[k] = sig
 	}
-	return Receipt{Generation: gen, Owner: owner, Holder: holder, Split: testSplit, Digest: d, Signature: sig}
+	return Receipt{Generation: gen, Owner: owner, Holder: holder, Split: split, Digest: d, Signature: sig}
 }
 
 type propRun struct {
@@ -42,6 +49,9 @@ type propRun struct {
 	sigs    sigCache
 	nextInv int
 	retired map[uint64]bool
+	// byBound marks the retired generations that were more than the bound
+	// behind the current one when they retired.
+	byBound map[uint64]bool
 	aborted map[uint64]bool
 	// offline peers sign no receipts and get none (an absent member).
 	offline map[peer.ID]bool
@@ -51,6 +61,14 @@ type propRun struct {
 	// counters count adversarial steps.
 	applied                      []stamped
 	adversarial, forged, replays int
+	// lastEscrow is, per active member, the newest generation it was ever
+	// seen escrowed in (0 if none); forgotten when it stops being active.
+	lastEscrow map[peer.ID]uint64
+	// marginKept counts steps in which G4 kept a generation only because
+	// a member had no margin in a newer one (the margin rule at work).
+	marginKept int
+	// replaced counts splits replaced by another (Result.Replaced).
+	replaced int
 }
 
 func pick[T any](r *rand.Rand, xs []T) T { return xs[r.Intn(len(xs))] }
@@ -151,14 +169,21 @@ func (p *propRun) step() (*pb.Command, error) {
 		if len(online) == 0 {
 			online = g.Members
 		}
-		// Receipts are recorded by their owner, one owner per batch.
+		// Receipts are recorded by their owner, one owner per batch, all of
+		// one split: mostly the first, now and then another (a restarted
+		// owner's new split, which replaces an unescrowed one and is
+		// refused against an escrowed one).
 		var rs []Receipt
 		o := pick(r, online)
+		split := propSplits[0]
+		if r.Intn(8) == 0 {
+			split = pick(r, propSplits)
+		}
 		if r.Intn(4) == 0 {
 			// The owner's whole push to the online members, as a node
 			// does it: generations commit faster, so absences matter.
 			for _, hd := range online {
-				rs = append(rs, p.sigs.receipt(p.t, g.Number, o, hd))
+				rs = append(rs, p.sigs.receipt(p.t, g.Number, o, hd, split))
 			}
 		}
 		for n := 1 + r.Intn(6); n > 0; n-- {
@@ -166,7 +191,7 @@ func (p *propRun) step() (*pb.Command, error) {
 			if r.Intn(20) == 0 {
 				hd = pick(r, p.pool)
 			}
-			rc := p.sigs.receipt(p.t, g.Number, o, hd)
+			rc := p.sigs.receipt(p.t, g.Number, o, hd, split)
 			switch r.Intn(30) {
 			case 0:
 				rc.Signature = append([]byte(nil), rc.Signature...)
@@ -254,29 +279,82 @@ func (p *propRun) step() (*pb.Command, error) {
 		}
 		return cmd, err
 	}
-	_, err := h.apply(cmd)
+	res, err := h.apply(cmd)
+	p.replaced += res.Replaced
 	if err == nil && len(h.log) > 0 {
 		p.applied = append(p.applied, h.log[len(h.log)-1])
 	}
 	return cmd, err
 }
 
-type escrowView map[peer.ID]uint64
+// escrowView is, per active member of the current generation, the newest
+// committed generation it is escrowed in and the committed generations in
+// which it is escrowed with margin.
+type escrowView struct {
+	newest  map[peer.ID]uint64
+	margins map[peer.ID][]uint64
+}
 
 // currentEscrows maps every active member of the current generation to the
-// newest committed generation it is escrowed in.
+// newest committed generation it is escrowed in, and to the committed
+// generations in which it is escrowed with margin.
 func currentEscrows(l *Ledger) escrowView {
-	out := escrowView{}
+	out := escrowView{newest: map[peer.ID]uint64{}, margins: map[peer.ID][]uint64{}}
 	cur, ok := l.Current()
 	if !ok {
 		return out
 	}
 	for _, m := range cur.Members {
 		if mm, _ := l.Member(m); mm.Status == StatusActive {
-			out[m] = l.Coverage(m).Generation
+			out.newest[m] = l.Coverage(m).Generation
+			out.margins[m] = marginGenerations(l, m)
 		}
 	}
 	return out
+}
+
+// marginGenerations lists the committed generations in which owner is
+// escrowed with margin, as the test reads the rule: the receipts of its one
+// split number at least min(t(g)+1, |M(g)|), so it can lose any one holder,
+// itself included, and keep t(g).
+func marginGenerations(l *Ledger, owner peer.ID) []uint64 {
+	var out []uint64
+	for _, e := range l.Coverage(owner).Live {
+		g, _ := l.Generation(e.Generation)
+		if e.State != StateCommitted || len(e.Holders) == 0 {
+			continue
+		}
+		if sp, ok := l.Split(e.Generation, owner); !ok || sp != e.Split {
+			continue
+		}
+		if e.Held >= min(g.Threshold+1, len(g.Members)) {
+			out = append(out, e.Generation)
+		}
+	}
+	return out
+}
+
+// currentIn is the current generation's number in the listing, 0 if
+// none.
+func currentIn(gs []Generation) uint64 {
+	for i := len(gs) - 1; i >= 0; i-- {
+		if gs[i].State == StateCommitted {
+			return gs[i].Number
+		}
+	}
+	return 0
+}
+
+// behindBy counts the committed (or retired) generations in (g, cur], from
+// the listing: how far the retention bound sees g behind the current one.
+func behindBy(gs []Generation, g, cur uint64) int {
+	n := 0
+	for i := g + 1; i <= cur; i++ {
+		if s := gs[i-1].State; s == StateCommitted || s == StateRetired {
+			n++
+		}
+	}
+	return n
 }
 
 func (p *propRun) check(step int, cmd *pb.Command, before escrowView) {
@@ -298,6 +376,10 @@ func (p *propRun) check(step int, cmd *pb.Command, before escrowView) {
 		case StateCommitted:
 			newestCommitted = g.Number
 		case StateRetired:
+			if !p.retired[g.Number] {
+				// Newly retired: beyond the bound, or by G4 alone.
+				p.byBound[g.Number] = behindBy(gs, g.Number, currentIn(gs)) > int(l.Retention().MaxGenerationsBehind)
+			}
 			p.retired[g.Number] = true
 		case StateAborted:
 			p.aborted[g.Number] = true
@@ -369,19 +451,24 @@ func (p *propRun) check(step int, cmd *pb.Command, before escrowView) {
 	// (removal of a holder is the only way an escrow can shrink).
 	_, isRemoval := cmd.GetBody().(*pb.Command_RemoveMember)
 	after := currentEscrows(l)
-	for m, e := range after {
-		if prev, ok := before[m]; ok && prev > 0 && !isRemoval && e < prev {
+	for m, e := range after.newest {
+		if prev, ok := before.newest[m]; ok && prev > 0 && !isRemoval && e < prev {
 			fail("member %s escrow went from %d to %d", m, prev, e)
 		}
 	}
 	for _, g := range gs {
 		if g.State == StateRetired {
-			for m, e := range after {
-				if e != 0 && e <= g.Number {
+			for m, e := range after.newest {
+				// The bound may retire a generation newer than a member's
+				// newest escrow, which it keeps for LapseGrace.
+				if e != 0 && e <= g.Number && !p.byBound[g.Number] {
 					fail("generation %d retired but %s's newest escrow is %d", g.Number, m, e)
 				}
 			}
 		}
+	}
+	if ok {
+		p.checkMargins(fail, gs, cur.Number, int(k), isRemoval, before, after)
 	}
 	// R1: nothing of a removed owner is servable or counted, and a lapsed
 	// member has no served receipts (checked fully after removals and every
@@ -430,6 +517,58 @@ func (p *propRun) check(step int, cmd *pb.Command, before escrowView) {
 	}
 }
 
+// checkMargins checks G4's margin rule after a step:
+//
+//   - for every active member of the current generation, either some
+//     retained generation escrows it with margin (min(t+1,|M|) receipts of
+//     one split), or the newest generation it was ever escrowed in is
+//     retained, unless the retention bound took that one (it overrides);
+//   - no generation in which a member was escrowed with margin is retired
+//     by G4 (that is, within the bound) unless the member is escrowed with
+//     margin in a newer retained generation: retirement never leaves a
+//     member with only a bare threshold when it had more. A removal may
+//     take a margin away (it deletes the removed holder's receipts).
+func (p *propRun) checkMargins(fail func(string, ...any), gs []Generation, cur uint64, k int, isRemoval bool, before, after escrowView) {
+	retained := func(g uint64) bool { return gs[g-1].State == StateCommitted }
+	for m := range p.lastEscrow {
+		if _, ok := after.newest[m]; !ok {
+			delete(p.lastEscrow, m) // no longer active: lapsed, removed
+		}
+	}
+	for m, e := range after.newest {
+		last := max(p.lastEscrow[m], e)
+		p.lastEscrow[m] = last
+		if len(after.margins[m]) > 0 || last == 0 || retained(last) {
+			continue
+		}
+		if behindBy(gs, last, cur) <= k {
+			fail("%s has no margin in any retained generation and its newest escrow %d is %s, %d behind the current %d (bound %d)",
+				m, last, gs[last-1].State, behindBy(gs, last, cur), cur, k)
+		}
+	}
+	if isRemoval {
+		return
+	}
+	for m, gens := range before.margins {
+		if _, ok := after.newest[m]; !ok {
+			continue
+		}
+		now := after.margins[m]
+		for _, g := range gens {
+			if retained(g) || behindBy(gs, g, cur) > k {
+				continue
+			}
+			if len(now) == 0 || slices.Max(now) <= g {
+				fail("generation %d, where %s was escrowed with margin, was retired within the bound (%d behind, bound %d), and %s has no margin in a newer retained generation (margins now %v)",
+					g, m, behindBy(gs, g, cur), k, m, now)
+			}
+		}
+		if len(now) > 0 && slices.Max(now) < after.newest[m] {
+			p.marginKept++
+		}
+	}
+}
+
 func TestPropertyRandomSequences(t *testing.T) {
 	seqs, steps := 200, 200
 	if testing.Short() {
@@ -442,6 +581,7 @@ func TestPropertyRandomSequences(t *testing.T) {
 		lapses, rejoins, setRetention                         int
 	}
 	var adversary struct{ adversarial, forged, replays int }
+	var marginKept, replaced int
 	// edges counts the member status changes seen, each of which must be
 	// one transition of the member table.
 	edges := map[[2]MemberStatus]int{}
@@ -454,7 +594,8 @@ func TestPropertyRandomSequences(t *testing.T) {
 		}
 		p := &propRun{
 			t: t, rng: rng, h: h, pool: pool, sigs: sigs,
-			retired: map[uint64]bool{}, aborted: map[uint64]bool{}, offline: map[peer.ID]bool{},
+			retired: map[uint64]bool{}, byBound: map[uint64]bool{}, aborted: map[uint64]bool{}, offline: map[peer.ID]bool{},
+			lastEscrow: map[peer.ID]uint64{},
 		}
 
 		h.must(NewBootstrapWithRetention(testCluster, pool[0], uint32(rng.Intn(4)), h.tick()))
@@ -529,11 +670,17 @@ func TestPropertyRandomSequences(t *testing.T) {
 		adversary.adversarial += p.adversarial
 		adversary.forged += p.forged
 		adversary.replays += p.replays
+		marginKept += p.marginKept
+		replaced += p.replaced
 		if seq%10 == 0 {
 			checkReplay(t, h.log)
 		}
 	}
 	t.Logf("%+v adversarial=%d forged=%d replays=%d", stats, adversary.adversarial, adversary.forged, adversary.replays)
+	t.Logf("steps where G4 kept an older generation for a member's margin: %d; splits replaced: %d", marginKept, replaced)
+	if marginKept == 0 || replaced == 0 {
+		t.Fatal("sequences never exercise the margin rule or a split replacement")
+	}
 	if adversary.forged == 0 || adversary.replays == 0 || adversary.adversarial == 0 {
 		t.Fatal("the adversary never forged, replayed or spoke for another")
 	}

@@ -560,7 +560,10 @@ func (l *Ledger) JoinShortfall(joiner peer.ID) (Shortfall, bool) {
 
 // RetentionBlockers returns the active members of the current generation
 // that keep committed generation gen from being retired (G4): they are not
-// yet escrowed in a newer committed generation.
+// yet escrowed with margin (min(t+1, |M|) receipts of one split) in a newer
+// committed generation, or, for a member with a margin in no committed
+// generation, not escrowed in a newer one at all. The retention bound may
+// still retire gen (see Retention).
 func (l *Ledger) RetentionBlockers(gen uint64) []peer.ID {
 	g := l.gen(gen)
 	if g == nil || g.state != StateCommitted {
