@@ -103,23 +103,77 @@ func (n *Node) neverEscrowed(isMem bool, me generations.Member, cov generations.
 
 // tryUnlock fetches this node's envelopes of its newest escrowed generation
 // from every holder in parallel, and combines as soon as t of one split
-// have opened (rule U1).
+// have opened (rule U1). When they fall short, it tries the older committed
+// generations the owner is escrowed in that the ledger still keeps (rule G4
+// keeps one until the owner is escrowed with a margin in a newer one): an
+// owner escrowed with exactly t shares that then loses one of them, its
+// own included, still has its older set.
 func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byte) {
 	if cov.Generation == 0 {
 		n.keys.setProgress(UnlockProgress{Reason: "no committed generation holds this node's shares (is the ledger still catching up?)"})
 		return
 	}
 	if !n.unlock.begin(n.now(), n.changed.count()) {
+		tmpT(n.host.ID(), "unlock attempt held back (running or backoff)")
 		return
 	}
+	tmpT(n.host.ID(), "tryUnlock gen %d t=%d holders=%d", cov.Generation, cov.Threshold, len(cov.Holders))
 	unlocked := false
 	defer func() {
 		if took := n.unlock.end(n.now(), unlocked); unlocked && n.cfg.Observer != nil {
 			n.cfg.Observer.Unlocked(took)
 		}
 	}()
+	var first UnlockProgress
+	for i, a := range unlockAttempts(cov) {
+		p, done := n.gather(clusterID, a, check, i == 0)
+		if p.Reason == "" {
+			unlocked = true
+			return
+		}
+		if done {
+			// Removed, lapsed or suspended: no older generation is served.
+			return
+		}
+		if i == 0 {
+			first = p
+			continue
+		}
+		log.Infow("an older generation's shares fell short too", "generation", a.gen, "have", p.Have, "need", p.Need)
+	}
+	// Say what the newest escrow lacks: that is what returning holders fix.
+	n.keys.setProgress(first)
+}
 
-	gen, need := cov.Generation, cov.Threshold
+// unlockAttempt is one generation's envelopes to gather: the generation,
+// its threshold, the holders with a receipt, and the split they belong to.
+type unlockAttempt struct {
+	gen     uint64
+	need    int
+	holders []peer.ID
+	split   generations.SplitID
+}
+
+// unlockAttempts lists the committed generations cov's owner is escrowed
+// in, newest first.
+func unlockAttempts(cov generations.Coverage) []unlockAttempt {
+	out := []unlockAttempt{{cov.Generation, cov.Threshold, cov.Holders, cov.Split}}
+	for _, e := range slices.Backward(cov.Live) {
+		if e.Escrowed && e.Generation < cov.Generation && e.State == generations.StateCommitted {
+			out = append(out, unlockAttempt{e.Generation, e.Threshold, e.Holders, e.Split})
+		}
+	}
+	return out
+}
+
+// gather fetches a's envelopes from every holder in parallel and, as soon as
+// t of one split have opened and pass the key check, unlocks. It returns
+// the attempt's last progress (no Reason once unlocked) and done when no
+// other generation is worth trying (a holder says this node was removed,
+// lapsed or suspended). Only the newest attempt (live) reports progress as
+// it goes.
+func (n *Node) gather(clusterID string, a unlockAttempt, check []byte, live bool) (UnlockProgress, bool) {
+	gen, need := a.gen, a.need
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
 	type result struct {
@@ -128,11 +182,14 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		split  generations.SplitID
 		err    error
 	}
-	results := make(chan result, len(cov.Holders))
-	for _, h := range cov.Holders {
+	results := make(chan result, len(a.holders))
+	for _, h := range a.holders {
 		n.redial(h)
 		go func() {
+			tf := time.Now()
+			conn := n.connected(h)
 			env, err := n.svc.Fetch(ctx, h, gen)
+			tmpT(n.host.ID(), "fetch %s conn=%v took %v err=%v", h.ShortString(), conn, time.Since(tf), err)
 			if err != nil {
 				results <- result{holder: h, err: err}
 				return
@@ -151,22 +208,27 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	}()
 	have := 0
 	var answered []string
-	awaiting := ids(cov.Holders)
+	awaiting := ids(a.holders)
 	progress := func(reason string) UnlockProgress {
 		return UnlockProgress{Generation: gen, Have: have, Need: need, Reason: reason, Answered: slices.Clone(answered), Awaiting: slices.Clone(awaiting)}
 	}
+	setProgress := func(p UnlockProgress) {
+		if live {
+			n.keys.setProgress(p)
+		}
+	}
 	if _, p, _ := n.keys.state(); p.Have == 0 && len(p.Awaiting) == 0 {
-		n.keys.setProgress(progress(fmt.Sprintf("gathering shares for generation %d from %d holders", gen, len(awaiting))))
+		setProgress(progress(fmt.Sprintf("gathering shares for generation %d from %d holders", gen, len(awaiting))))
 	}
 	lapsed, checkFailed := false, false
 	var suspended error
 	var failures []string
-	for range cov.Holders {
+	for range a.holders {
 		res := <-results
 		if errors.Is(res.err, shares.ErrOwnerRemoved) {
 			// A holder says this node was removed: believe the cluster.
 			n.markRemoved()
-			return
+			return progress("removed"), true
 		}
 		if errors.Is(res.err, shares.ErrOwnerLapsed) {
 			lapsed = true
@@ -181,7 +243,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		// Only shares of one split combine: the ledger's escrow split when
 		// it is known, else whichever split first reaches the threshold.
 		id := res.split
-		if cov.Split != (generations.SplitID{}) && id != cov.Split {
+		if a.split != (generations.SplitID{}) && id != a.split {
 			clear(res.plain)
 			failures = append(failures, fmt.Sprintf("%s: an envelope of another split", res.holder))
 			continue
@@ -190,7 +252,7 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		have = max(have, len(groups[id]))
 		answered = append(answered, res.holder.String())
 		awaiting = slices.DeleteFunc(awaiting, func(s string) bool { return s == res.holder.String() })
-		n.keys.setProgress(progress(fmt.Sprintf("%d of %d shares gathered for generation %d", have, need, gen)))
+		setProgress(progress(fmt.Sprintf("%d of %d shares gathered for generation %d", have, need, gen)))
 		log.Infow("unlock progress", "generation", gen, "have", have, "need", need, "from", res.holder, "awaiting", len(awaiting))
 		if len(groups[id]) < need {
 			continue
@@ -203,19 +265,20 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		if len(check) > 0 && !hmac.Equal(check, keyCheck(k, clusterID, n.host.ID())) {
 			clear(k)
 			log.Errorw("reconstructed key fails its key check; refusing it", "generation", gen)
-			n.keys.setProgress(progress(ErrKeyCheck.Error()))
+			setProgress(progress(ErrKeyCheck.Error()))
 			checkFailed = true
 			continue
 		}
 		if len(check) == 0 {
 			log.Warnw("no key-check value recorded; accepting the reconstructed key unchecked", "generation", gen)
 		}
+		tmpT(n.host.ID(), "combined+checked; setGathered")
 		n.keys.setGathered(k, gen)
-		unlocked = true
-		n.keys.setProgress(UnlockProgress{Generation: gen, Have: have, Need: need, Answered: answered})
+		done := UnlockProgress{Generation: gen, Have: have, Need: need, Answered: answered}
+		n.keys.setProgress(done)
 		log.Infow("unlocked", "generation", gen, "shares", have, "threshold", need)
 		n.events.publish(Event{Type: EventUnlocked, Peer: n.host.ID(), Detail: fmt.Sprintf("generation %d, %d of %d shares", gen, have, need)})
-		return
+		return done, true
 	}
 	reason := fmt.Sprintf("%d of %d shares gathered for generation %d, fewer than the threshold of %d", have, need, gen, need)
 	if lapsed {
@@ -227,10 +290,12 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 	if suspended != nil {
 		reason = "holders say this node is suspended (a member voted to remove it); it unlocks once a majority reinstates it"
 	}
-	n.keys.setProgress(progress(reason))
+	p := progress(reason)
+	setProgress(p)
 	// Normal while holders are still starting or unreachable: the node
 	// retries on the next change, and the status says who is awaited.
 	log.Infow("unlock attempt fell short; retrying as holders come back", "generation", gen, "have", have, "need", need, "failures", failures)
+	return p, lapsed || suspended != nil
 }
 
 // LockState reports whether the node's key is unlocked and, while not, why.
