@@ -305,7 +305,7 @@ func New(cfg Config) (*Consensus, error) {
 		store.Close()
 		return nil, fmt.Errorf("raft config: %w", err)
 	}
-	r, err := raft.NewRaft(rc, c.fsm, logs, store, snaps, c.transport)
+	r, err := raft.NewRaft(rc, c.fsm, logs, store, snaps, serialTransport{c.transport})
 	if err != nil {
 		c.closeTransport()
 		store.Close()

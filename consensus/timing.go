@@ -39,27 +39,28 @@ const (
 	MinCommitTimeout = time.Millisecond
 )
 
-// LANTiming is the default, for members on one LAN: a 2 s HeartbeatTimeout
-// (twice hashicorp/raft's), so a dead leader is replaced within about 2-4 s,
-// and a 2 s CommitTimeout. Idle, the leader sends each follower 2.5 to 5
-// heartbeats and 0.25 to 0.5 AppendEntries a second. Measured on 5 daemons
-// (bench/idle, 2 vCPUs): leader 0.9% of a core, followers 0.37%, 10 kB/s on
-// the leader's wire and 2.6 kB/s on a follower's; at hashicorp/raft's 1 s
-// it was 1.5% and 20 kB/s at the leader.
+// LANTiming is the default, for members on one LAN: a 3 s HeartbeatTimeout
+// (three times hashicorp/raft's), so a dead leader is replaced within about
+// 3-6 s, and a 3 s CommitTimeout. Idle, the leader sends each follower 1.7
+// to 3.3 heartbeats and 0.17 to 0.33 AppendEntries a second. A key custody
+// ledger commits a few entries a minute and nothing waits on a failover but
+// joins and removals (unlock reads no leader), so the heartbeat is set for
+// an idle cluster's cost: on 5 daemons (bench/idle) the heartbeats are
+// nearly all of an idle node's traffic, and at 2 s they came to 2.1 kB/s per
+// node, over issue 13's 2 KiB/s.
 func LANTiming() Timing {
 	return Timing{
-		HeartbeatTimeout:   2 * time.Second,
-		ElectionTimeout:    2 * time.Second,
-		LeaderLeaseTimeout: time.Second,
-		CommitTimeout:      2 * time.Second,
+		HeartbeatTimeout:   3 * time.Second,
+		ElectionTimeout:    3 * time.Second,
+		LeaderLeaseTimeout: 1500 * time.Millisecond,
+		CommitTimeout:      3 * time.Second,
 	}
 }
 
 // WANTiming is for members that are tens to hundreds of milliseconds apart,
 // or on links that drop packets or cost money: a 5 s HeartbeatTimeout, so a
 // slow round trip or a lost packet is not taken for a dead leader (a dead
-// one is replaced within about 5-10 s), at 40% of LANTiming's heartbeats.
-// Measured on 5 daemons: leader 0.6% of a core, 5.7 kB/s on its wire.
+// one is replaced within about 5-10 s), at 60% of LANTiming's heartbeats.
 func WANTiming() Timing {
 	return Timing{
 		HeartbeatTimeout:   5 * time.Second,

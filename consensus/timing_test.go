@@ -16,7 +16,7 @@ func TestTimingValidate(t *testing.T) {
 		{"LAN", LANTiming(), true},
 		{"WAN", WANTiming(), true},
 		{"tests' fast timing", Timing{300 * ms, 300 * ms, 150 * ms, 5 * ms}, true},
-		{"a long heartbeat lifts the default election timeout", Timing{HeartbeatTimeout: 3 * time.Second}, true},
+		{"a long heartbeat lifts the default election timeout", Timing{HeartbeatTimeout: 4 * time.Second}, true},
 		{"hashicorp/raft's defaults", Timing{time.Second, time.Second, 500 * ms, 50 * ms}, true},
 		{"negative", Timing{CommitTimeout: -ms}, false},
 		{"heartbeat below the floor", Timing{HeartbeatTimeout: ms, ElectionTimeout: ms}, false},
@@ -33,8 +33,8 @@ func TestTimingValidate(t *testing.T) {
 }
 
 func TestTimingDefaults(t *testing.T) {
-	got := Timing{HeartbeatTimeout: 3 * time.Second}.withDefaults()
-	want := Timing{HeartbeatTimeout: 3 * time.Second, ElectionTimeout: 3 * time.Second, LeaderLeaseTimeout: 1500 * time.Millisecond, CommitTimeout: 2 * time.Second}
+	got := Timing{HeartbeatTimeout: 4 * time.Second}.withDefaults()
+	want := Timing{HeartbeatTimeout: 4 * time.Second, ElectionTimeout: 4 * time.Second, LeaderLeaseTimeout: 2 * time.Second, CommitTimeout: LANTiming().CommitTimeout}
 	if got != want {
 		t.Fatalf("withDefaults = %+v, want %+v", got, want)
 	}

@@ -26,10 +26,28 @@ const RaftProtocol protocol.ID = "/p2pkey/raft/1.0.0"
 const raftServiceName = "p2pkey.raft"
 
 // defaultMaxPool is how many idle streams the transport keeps per peer. Every
-// RPC on a fresh stream costs a 256 KiB buffer at each end (the dialer's
-// writer, the acceptor's reader); pooling makes an idle cluster's heartbeats
-// nearly free. go-libp2p-raft uses 0.
-const defaultMaxPool = 3
+// stream costs a 256 KiB buffer at each end (the dialer's writer, the
+// acceptor's reader: hashicorp/raft's NetworkTransport sizes them with a
+// constant); pooling makes an idle cluster's heartbeats nearly free, and one
+// pooled stream per peer is enough when replication does not pipeline (see
+// serialTransport): a leader's heartbeat and its replication RPC to a
+// follower rarely overlap, and when they do the second opens a stream for
+// that one RPC. go-libp2p-raft uses 0.
+const defaultMaxPool = 1
+
+// serialTransport is NetworkTransport without pipelined replication. A
+// pipeline holds a stream of its own per follower for as long as the
+// follower keeps up, so the leader kept two 256 KiB write buffers per
+// follower (pipeline and heartbeat) and each follower two read buffers: 12
+// MB of a 25-member leader's heap. The ledger commits a few entries a
+// minute, each nudged to the followers at once, and gains nothing from
+// pipelining; without it, replication and heartbeats share the pool.
+type serialTransport struct{ *raft.NetworkTransport }
+
+// AppendEntriesPipeline tells Raft to replicate one AppendEntries at a time.
+func (serialTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
+}
 
 // gate decides whether a remote peer may open a Raft stream (rule S1).
 type gate func(peer.ID) bool

@@ -95,9 +95,10 @@ type Config struct {
 	hooks *testHooks
 
 	// Raft timing (consensus.Timing): DefaultConfig takes
-	// consensus.LANTiming (a 2 s heartbeat: a dead leader is replaced in
-	// 2-4 s, and an idle 5-node cluster costs its leader under 1% of a
-	// core); consensus.WANTiming suits members far apart. Joins and
+	// consensus.LANTiming (a 3 s heartbeat: a dead leader is replaced in
+	// 3-6 s, and an idle 5-node cluster costs its leader under 1% of a
+	// core and 1.5 kB/s per node); consensus.WANTiming suits members far
+	// apart. Joins and
 	// generations do not wait on these: the leader nudges followers when it
 	// commits. A zero field takes LANTiming's value.
 	HeartbeatTimeout   time.Duration

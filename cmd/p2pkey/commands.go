@@ -290,7 +290,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	cmd.Flags().DurationVar(&lapseGrace, "lapse-grace", 0, "with --bootstrap: how long an absent member's old shares outlive --max-generations-behind (default 1h, at most 720h)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics (/metrics) and a live status page (/) on this address, for example 127.0.0.1:9476 (off by default; keep it on loopback or behind a proxy)")
 	ks.register(cmd)
-	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 2s, consensus.LANTiming)")
+	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 3s, consensus.LANTiming)")
 	cmd.Flags().MarkHidden("raft-heartbeat")
 	return cmd
 }
