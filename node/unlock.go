@@ -114,10 +114,8 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		return
 	}
 	if !n.unlock.begin(n.now(), n.changed.count()) {
-		tmpT(n.host.ID(), "unlock attempt held back (running or backoff)")
 		return
 	}
-	tmpT(n.host.ID(), "tryUnlock gen %d t=%d holders=%d", cov.Generation, cov.Threshold, len(cov.Holders))
 	unlocked := false
 	defer func() {
 		if took := n.unlock.end(n.now(), unlocked); unlocked && n.cfg.Observer != nil {
@@ -186,10 +184,7 @@ func (n *Node) gather(clusterID string, a unlockAttempt, check []byte, live bool
 	for _, h := range a.holders {
 		n.redial(h)
 		go func() {
-			tf := time.Now()
-			conn := n.connected(h)
 			env, err := n.svc.Fetch(ctx, h, gen)
-			tmpT(n.host.ID(), "fetch %s conn=%v took %v err=%v", h.ShortString(), conn, time.Since(tf), err)
 			if err != nil {
 				results <- result{holder: h, err: err}
 				return
@@ -272,7 +267,6 @@ func (n *Node) gather(clusterID string, a unlockAttempt, check []byte, live bool
 		if len(check) == 0 {
 			log.Warnw("no key-check value recorded; accepting the reconstructed key unchecked", "generation", gen)
 		}
-		tmpT(n.host.ID(), "combined+checked; setGathered")
 		n.keys.setGathered(k, gen)
 		done := UnlockProgress{Generation: gen, Have: have, Need: need, Answered: answered}
 		n.keys.setProgress(done)
