@@ -493,17 +493,21 @@ func (n *Node) raftDeny(p peer.ID) bool {
 	return n.cfg.hooks != nil && n.cfg.hooks.raftDeny != nil && n.cfg.hooks.raftDeny(p)
 }
 
-// allowMember admits a Raft peer this node knows as a member: active or
-// joining in its ledger, or named by its join response while its ledger has
-// no record of it yet. Removed, rejected and lapsed peers are refused.
+// allowMember admits a Raft peer (its AppendEntries and InstallSnapshot
+// only, see consensus' admission) that this node's ledger knows as active,
+// or that its join response named as a member while its own ledger lags
+// behind: unknown to it yet, still joining in it (a member that joined
+// after the point this joiner's log has reached, and leads now), or
+// rejected or lapsed there before it was invited again. A removed peer is
+// refused whatever the response said (R1): removal is final.
 func (n *Node) allowMember(p peer.ID) bool {
 	switch n.memberStatus(p) {
 	case generations.StatusActive:
 		return true
-	case generations.StatusUnknown:
-		return n.allowUnconfigured(p)
+	case generations.StatusRemoved:
+		return false
 	}
-	return false
+	return n.allowUnconfigured(p)
 }
 
 // allowForward admits forwarded commands (and read-index requests) from
