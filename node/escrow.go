@@ -34,23 +34,40 @@ type escrowState struct {
 // the split is gone; mixing in a new split is never allowed). With no
 // margin, one holder down would lock it out: "escrowed" must mean
 // recoverable under a fault, so the cluster re-shares. Once per process.
+//
+// It decides on a ledger confirmed current (a read index, Fresh), not on
+// caughtUp: a node that has just restarted and unlocked from its hint can
+// hold a ledger still short of the leader's (Raft counts entries applied
+// once handed to the state machine, and a follower's commit index stops at
+// its own last entry), in which its escrow of a generation long since
+// superseded looks like one without margin. Re-sharing on such a view cost
+// every member a generation per restart (issue 13: in BenchmarkUnlock each
+// one made the next restart wait on exactly t holders while 15 owners
+// re-shared).
 func (n *Node) reshareIfNoMargin(cov generations.Coverage, d generations.Duties) {
-	if d.Open != 0 || cov.Generation == 0 || cov.SharesHeld > cov.Threshold {
-		return
-	}
-	var cur generations.Generation
-	var ok bool
-	n.view(func(l *generations.Ledger) { cur, ok = l.Current() })
-	if !ok || cur.Number != cov.Generation || cov.SharesHeld >= len(cur.Members) {
+	gen, ok := n.noMargin(cov, d)
+	if !ok {
 		return
 	}
 	// Only an escrow made by an earlier process (this one never split K
-	// for cur), and at most once per process: a re-share can never feed
+	// for gen), and at most once per process: a re-share can never feed
 	// another.
 	n.keys.mu.Lock()
-	made := n.keys.made[cur.Number] != (generations.SplitID{})
+	made := n.keys.made[gen] != (generations.SplitID{})
 	n.keys.mu.Unlock()
-	if made || !n.reshared.CompareAndSwap(0, cur.Number) {
+	if made || n.reshared.Load() != 0 {
+		return
+	}
+	fctx, fcancel := context.WithTimeout(n.ctx, freshWait)
+	err := n.cons.Fresh(fctx)
+	fcancel()
+	if err != nil {
+		log.Debugw("escrow margin: the ledger is not confirmed current; deciding later", "err", err)
+		return
+	}
+	self := n.host.ID()
+	n.view(func(l *generations.Ledger) { cov, d = l.Coverage(self), l.Duties(self) })
+	if again, ok := n.noMargin(cov, d); !ok || again != gen || !n.reshared.CompareAndSwap(0, gen) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
@@ -58,10 +75,26 @@ func (n *Node) reshareIfNoMargin(cov generations.Coverage, d generations.Duties)
 	now := n.now()
 	if err := n.apply(ctx, generations.NewOpenGeneration(now.Add(n.cfg.GenerationTimeout), now)); err != nil {
 		n.reshared.Store(0) // not done: the next pass tries again
-		log.Infow("could not open a generation to restore this node's escrow margin", "generation", cur.Number, "err", err)
+		log.Infow("could not open a generation to restore this node's escrow margin", "generation", gen, "err", err)
 		return
 	}
-	log.Infow("opened a generation: this node's escrow had no margin (it restarted before topping its holders up)", "generation", cur.Number, "held", cov.SharesHeld, "threshold", cov.Threshold)
+	log.Infow("opened a generation: this node's escrow had no margin (it restarted before topping its holders up)", "generation", gen, "held", cov.SharesHeld, "threshold", cov.Threshold)
+}
+
+// noMargin reports the current generation when this node's ledger shows it
+// escrowed there with exactly its threshold, fewer than every member, and
+// no generation open.
+func (n *Node) noMargin(cov generations.Coverage, d generations.Duties) (uint64, bool) {
+	if d.Open != 0 || cov.Generation == 0 || cov.SharesHeld > cov.Threshold {
+		return 0, false
+	}
+	var cur generations.Generation
+	var ok bool
+	n.view(func(l *generations.Ledger) { cur, ok = l.Current() })
+	if !ok || cur.Number != cov.Generation || cov.SharesHeld >= len(cur.Members) {
+		return 0, false
+	}
+	return cur.Number, true
 }
 
 // distribute splits K for generation gen (once per process), seals one
