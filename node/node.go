@@ -553,6 +553,7 @@ func (n *Node) Close() error {
 		}
 		n.cancel()
 		n.wg.Wait()
+		n.snapshotForRestart()
 		n.savePeerBook()
 		if n.svc != nil {
 			n.svc.Close()
@@ -571,6 +572,35 @@ func (n *Node) Close() error {
 		n.events.close()
 	})
 	return err
+}
+
+// closeSnapshotWait bounds the snapshot a stopping node takes.
+const closeSnapshotWait = 2 * time.Second
+
+// snapshotForRestart has Raft snapshot the ledger as the node stops, so the
+// next start restores it in one step instead of replaying every entry since
+// the last snapshot (by default, up to 8192 of them): replaying re-checks
+// the signature of each command and of each receipt in it, and on a
+// 15-member cluster that was about 100 ms of CPU per restart, spent while
+// the restarted node opens its connections and its holders confirm their
+// ledgers, which made up most of the restart-to-unlocked tail of issue 13.
+// A node killed without stopping still replays. The snapshot is the ledger,
+// which holds no key material.
+func (n *Node) snapshotForRestart() {
+	if n.cons == nil {
+		return
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.cons.Snapshot() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			// Nothing new since the last snapshot, most often.
+			log.Debugw("snapshot on stop", "err", err)
+		}
+	case <-time.After(closeSnapshotWait):
+		log.Infow("stopping without a fresh snapshot: it took longer than " + closeSnapshotWait.String())
+	}
 }
 
 // relayMember: active and joining members may use this node's relay.
