@@ -128,17 +128,18 @@ func (n *Node) keyDuties() {
 		}
 		return
 	}
-	n.sweep(d)
 	if isMem && me.Status == generations.StatusRemoved {
 		n.markRemoved()
 	}
 	if n.isRemoved() {
+		n.sweep(d)
 		return
 	}
 	if isMem && me.Status == generations.StatusLapsed {
 		// Its shares are no longer served: the cluster cannot give K back.
 		n.keys.wipe()
 		n.keys.setProgress(UnlockProgress{Reason: "" + me.Reason + "; this node must be invited again"})
+		n.sweep(d)
 		return
 	}
 	if isMem && me.Suspended {
@@ -159,18 +160,23 @@ func (n *Node) keyDuties() {
 		k = n.keys.get()
 	}
 	if k == nil {
-		if me.Suspended {
-			return
+		if !me.Suspended {
+			// The ledger may not have caught up (no quorum yet, or replay
+			// pending): then the hint saved at the last escrow is newer.
+			if h, ok := n.loadUnlockHint(); ok && h.ClusterID == clusID && h.Generation > cov.Generation {
+				cov, keyCheckValue = h.coverage(), h.KeyCheck
+			}
+			n.tryUnlock(clusID, cov, keyCheckValue)
 		}
-		// The ledger may not have caught up (no quorum yet, or replay
-		// pending): then the hint saved at the last escrow is newer.
-		if h, ok := n.loadUnlockHint(); ok && h.ClusterID == clusID && h.Generation > cov.Generation {
-			cov, keyCheckValue = h.coverage(), h.KeyCheck
-		}
-		n.tryUnlock(clusID, cov, keyCheckValue)
+		// The store's housekeeping waits for the unlock: after a restart,
+		// every retired generation is swept again (sweeps are remembered
+		// per process), a store write each, and they held the first
+		// unlock attempt back by up to 30 ms (issue 13).
+		n.sweep(d)
 		return
 	}
 	defer clear(k)
+	n.sweep(d)
 	if !n.caughtUp() {
 		// Sharing on a ledger that is still replaying would split for
 		// generations that are long over.
