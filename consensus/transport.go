@@ -26,28 +26,14 @@ const RaftProtocol protocol.ID = "/p2pkey/raft/1.0.0"
 const raftServiceName = "p2pkey.raft"
 
 // defaultMaxPool is how many idle streams the transport keeps per peer. Every
-// stream costs a 256 KiB buffer at each end (the dialer's writer, the
-// acceptor's reader: hashicorp/raft's NetworkTransport sizes them with a
-// constant); pooling makes an idle cluster's heartbeats nearly free, and one
-// pooled stream per peer is enough when replication does not pipeline (see
-// serialTransport): a leader's heartbeat and its replication RPC to a
-// follower rarely overlap, and when they do the second opens a stream for
-// that one RPC. go-libp2p-raft uses 0.
-const defaultMaxPool = 1
-
-// serialTransport is NetworkTransport without pipelined replication. A
-// pipeline holds a stream of its own per follower for as long as the
-// follower keeps up, so the leader kept two 256 KiB write buffers per
-// follower (pipeline and heartbeat) and each follower two read buffers: 12
-// MB of a 25-member leader's heap. The ledger commits a few entries a
-// minute, each nudged to the followers at once, and gains nothing from
-// pipelining; without it, replication and heartbeats share the pool.
-type serialTransport struct{ *raft.NetworkTransport }
-
-// AppendEntriesPipeline tells Raft to replicate one AppendEntries at a time.
-func (serialTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
-	return nil, raft.ErrPipelineReplicationNotSupported
-}
+// RPC on a fresh stream costs a 256 KiB buffer at each end (the dialer's
+// writer, the acceptor's reader); pooling makes an idle cluster's heartbeats
+// nearly free. go-libp2p-raft uses 0. One is not enough: a leader's
+// heartbeats and its replication RPCs to a follower overlap whenever
+// entries flow (every CommitTimeout in tests), and each overlap then opened
+// and dropped a stream with its buffers (TestJoinFlood timed out removing a
+// member from the configuration).
+const defaultMaxPool = 3
 
 // gate decides whether a remote peer may open a Raft stream (rule S1).
 type gate func(peer.ID) bool
@@ -61,10 +47,12 @@ type streamLayer struct {
 	host  host.Host
 	allow gate
 	// check, if set, is asked about every RPC on an accepted stream.
-	check   rpcCheck
-	streams chan network.Stream
-	ctx     context.Context
-	cancel  context.CancelFunc
+	check rpcCheck
+	// onRefused, if set, is told of a refused stream (in == nil) or RPC.
+	onRefused func(p peer.ID, in *rpcInfo)
+	streams   chan network.Stream
+	ctx       context.Context
+	cancel    context.CancelFunc
 
 	log        *zap.SugaredLogger
 	refusedLog *rate.Limiter
@@ -105,6 +93,9 @@ func (sl *streamLayer) handle(s network.Stream) {
 			sl.log.Warnw("refused Raft stream from a peer outside the Raft configuration", "peer", remote, "addr", s.Conn().RemoteMultiaddr(), "refused_total", n)
 		}
 		s.Reset()
+		if sl.onRefused != nil {
+			sl.onRefused(remote, nil)
+		}
 		return
 	}
 	if err := s.Scope().SetService(raftServiceName); err != nil {
@@ -146,6 +137,9 @@ func (sl *streamLayer) refuseRPC(c *streamConn, in *rpcInfo, err error) {
 	}
 	c.Stream.Reset()
 	c.forget()
+	if sl.onRefused != nil {
+		sl.onRefused(c.Conn().RemotePeer(), in)
+	}
 }
 
 // Dial opens a Raft stream to the peer whose ID is address.
