@@ -98,6 +98,13 @@ type Config struct {
 	// commands and read-index requests: a block list, and the seam where
 	// tests partition a node without touching the rest of the host.
 	Deny func(peer.ID) bool
+	// OnRefused, if set, is told of each peer whose Raft stream the gate
+	// refused, or whose AppendEntries or InstallSnapshot the guard refused
+	// (not of denied peers). A node whose configuration lags refuses a
+	// leader it has not heard of yet this way; the caller may find out
+	// from members it trusts whether that peer leads, and admit it through
+	// AllowMember. It must not block.
+	OnRefused func(peer.ID)
 	// Now is this node's clock: stamped into every entry it appends as the
 	// leader (rule S7), and read wherever consensus paces or measures
 	// something itself (nudges when servers connect, how long a member
@@ -272,6 +279,13 @@ func New(cfg Config) (*Consensus, error) {
 	c.adm = &admission{raft: c.ready.Load, allowUnconfigured: cfg.AllowUnconfigured, allowMember: cfg.AllowMember, deny: cfg.Deny}
 	c.stream = newStreamLayer(cfg.Host, c.adm.stream, c.adm.rpc)
 	c.stream.log = cfg.Logger
+	if cfg.OnRefused != nil {
+		c.stream.onRefused = func(p peer.ID, in *rpcInfo) {
+			if !c.adm.denied(p) && (in == nil || in.fromLeader()) {
+				cfg.OnRefused(p)
+			}
+		}
+	}
 	c.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: addrProvider{},
 		Logger:                hl.Named("transport"),
@@ -305,7 +319,7 @@ func New(cfg Config) (*Consensus, error) {
 		store.Close()
 		return nil, fmt.Errorf("raft config: %w", err)
 	}
-	r, err := raft.NewRaft(rc, c.fsm, logs, store, snaps, serialTransport{c.transport})
+	r, err := raft.NewRaft(rc, c.fsm, logs, store, snaps, c.transport)
 	if err != nil {
 		c.closeTransport()
 		store.Close()

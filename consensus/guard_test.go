@@ -409,3 +409,50 @@ func TestLeaderRemovesItself(t *testing.T) {
 		waitFor(t, "the others to apply both commands", 5*time.Second, func() bool { return nd.sm.Len() == 2 })
 	}
 }
+
+// OnRefused hears of every peer whose Raft stream or leader RPC a node
+// refused: a node whose configuration lags refuses the leader it has not
+// heard of yet that way, and its caller finds out from members it trusts
+// whether that peer leads (package node).
+func TestOnRefusedNamesTheRefusedPeer(t *testing.T) {
+	var told sync.Map // [2]peer.ID{node, refused} -> true
+	cl := newClusterWith(t, 3, func(c *Config) {
+		self := c.Host.ID()
+		c.OnRefused = func(p peer.ID) { told.Store([2]peer.ID{self, p}, true) }
+	})
+	cl.waitLeader(cl.nodes)
+	stranger := newHost(t)
+	defer stranger.Close()
+	sl := newStreamLayer(stranger, func(peer.ID) bool { return true }, nil)
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		ServerAddressProvider: addrProvider{}, Stream: sl, MaxPool: 1, Timeout: 2 * time.Second,
+		Logger: newHCLogger(&log.SugaredLogger),
+	})
+	defer trans.Close()
+	for _, nd := range cl.nodes {
+		stranger.Peerstore().AddAddrs(nd.host.ID(), nd.host.Addrs(), time.Hour)
+		id := raft.ServerID(nd.host.ID().String())
+		req := &raft.AppendEntriesRequest{
+			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(stranger.ID().String()), Addr: []byte(stranger.ID().String())},
+			Term:      1,
+		}
+		var resp raft.AppendEntriesResponse
+		if err := trans.AppendEntries(id, raft.ServerAddress(id), req, &resp); err == nil {
+			t.Fatalf("node %s accepted AppendEntries from a stranger", nd.host.ID())
+		}
+	}
+	waitFor(t, "every node to name the stranger to OnRefused", 5*time.Second, func() bool {
+		for _, nd := range cl.nodes {
+			if _, ok := told.Load([2]peer.ID{nd.host.ID(), stranger.ID()}); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	told.Range(func(k, _ any) bool {
+		if p := k.([2]peer.ID)[1]; p != stranger.ID() {
+			t.Errorf("OnRefused named %s, which nobody refused", p)
+		}
+		return true
+	})
+}

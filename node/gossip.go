@@ -329,6 +329,9 @@ type catchUpState struct {
 	mu      sync.Mutex
 	pending *CatchUp
 	heard   map[heardKey]bool
+	// vouch holds the peers members named as current while this node's
+	// Raft refused them (vouch.go).
+	vouch vouchState
 }
 
 // heardKey names one announcement: who said which generation is in which

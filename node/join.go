@@ -114,6 +114,8 @@ func (n *Node) startJoinService() {
 		limits: p2p.NewConnLimiter(p2p.Bucket{Rate: rate.Every(2 * time.Second), Burst: 3}, p2p.Bucket{Rate: 1, Burst: 20}),
 	}
 	n.host.SetStreamHandler(JoinProtocol, js.handle)
+	n.wg.Add(1)
+	go n.leaderlessWatch()
 }
 
 // handle runs one join exchange (wire.Serve: scope, reservation, deadline,
@@ -127,6 +129,9 @@ func (js *joinService) handle(s network.Stream) {
 		return
 	}
 	err := wire.Serve(js.n.ctx, s, joinProto, func(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
+		if req.GetCatchUp() {
+			return js.catchUp(ctx, remote, req), nil
+		}
 		if err := checkJoinRequest(req); err != nil {
 			log.Warnw("join refused: malformed request", "peer", remote, "err", err)
 			return js.refusal(codeBadRequest, err.Error()), nil

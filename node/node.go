@@ -271,6 +271,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		CommitTimeout:      cfg.CommitTimeout,
 		OnApplied:          n.onApplied,
 		Deny:               n.raftDeny,
+		OnRefused:          n.onRaftRefused,
 	})
 	if err != nil {
 		store.Close()
@@ -498,8 +499,10 @@ func (n *Node) raftDeny(p peer.ID) bool {
 // or that its join response named as a member while its own ledger lags
 // behind: unknown to it yet, still joining in it (a member that joined
 // after the point this joiner's log has reached, and leads now), or
-// rejected or lapsed there before it was invited again. A removed peer is
-// refused whatever the response said (R1): removal is final.
+// rejected or lapsed there before it was invited again. A member that
+// lags the same way admits the peers active members named when it asked
+// them (vouch.go). A removed peer is refused whatever anyone said (R1):
+// removal is final.
 func (n *Node) allowMember(p peer.ID) bool {
 	switch n.memberStatus(p) {
 	case generations.StatusActive:
@@ -507,7 +510,7 @@ func (n *Node) allowMember(p peer.ID) bool {
 	case generations.StatusRemoved:
 		return false
 	}
-	return n.allowUnconfigured(p)
+	return n.allowUnconfigured(p) || n.catchUp.vouch.has(p, n.now())
 }
 
 // allowForward admits forwarded commands (and read-index requests) from

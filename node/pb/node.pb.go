@@ -112,11 +112,16 @@ func (x *Invite) GetRelays() []string {
 // (generations.pb.Command), proving knowledge of the secret with the invite
 // key, which the member checks against its own ledger before proposing it.
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Addrs         []string               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"` // the joiner's own /p2p/ multiaddrs
-	Command       []byte                 `protobuf:"bytes,5,opt,name=command,proto3" json:"command,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Version   uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	ClusterId string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Addrs     []string               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"` // the joiner's own /p2p/ multiaddrs
+	Command   []byte                 `protobuf:"bytes,5,opt,name=command,proto3" json:"command,omitempty"`
+	// catch_up: not a join. An active member whose ledger lags (it does not
+	// know the peer that leads now) asks for the current members; it sends no
+	// command, and the answer names the active members and the leader, from
+	// a ledger confirmed current, or refuses.
+	CatchUp       bool `protobuf:"varint,6,opt,name=catch_up,json=catchUp,proto3" json:"catch_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -177,6 +182,13 @@ func (x *JoinRequest) GetCommand() []byte {
 		return x.Command
 	}
 	return nil
+}
+
+func (x *JoinRequest) GetCatchUp() bool {
+	if x != nil {
+		return x.CatchUp
+	}
+	return false
 }
 
 type Peer struct {
@@ -510,13 +522,14 @@ const file_node_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x14\n" +
 	"\x05addrs\x18\x05 \x03(\tR\x05addrs\x12\x16\n" +
-	"\x06relays\x18\x06 \x03(\tR\x06relays\"|\n" +
+	"\x06relays\x18\x06 \x03(\tR\x06relays\"\x97\x01\n" +
 	"\vJoinRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x14\n" +
 	"\x05addrs\x18\x04 \x03(\tR\x05addrs\x12\x18\n" +
-	"\acommand\x18\x05 \x01(\fR\acommandJ\x04\b\x03\x10\x04\",\n" +
+	"\acommand\x18\x05 \x01(\fR\acommand\x12\x19\n" +
+	"\bcatch_up\x18\x06 \x01(\bR\acatchUpJ\x04\b\x03\x10\x04\",\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x14\n" +
 	"\x05addrs\x18\x02 \x03(\tR\x05addrs\"\xbb\x02\n" +
