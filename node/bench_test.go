@@ -10,8 +10,11 @@ package node
 //	go test ./node -run '^$' -bench . -benchtime 1x -timeout 30m
 
 import (
+	"cmp"
+	"flag"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -42,19 +45,34 @@ const benchBuildTimeout = 3 * time.Minute
 //     directory; the time from Start returning to Lock() reporting
 //     "unlocked" (which also needs the ledger to have caught up), polled
 //     every millisecond. Also reported: from the Start call to K being back
-//     in memory, and to "unlocked".
+//     in memory, and to "unlocked". Close is a graceful stop, which leaves a
+//     Raft snapshot behind: a node killed instead replays its log on start
+//     (see Node.snapshotForRestart), and unlocks later.
+//
+// With -unlock.trace FILE it also writes to FILE (appending), for the three
+// slowest restarts of each size, every node's unlock steps from the Start
+// call on: the attempts, each fetch and whether it had to dial, and each
+// holder's confirmation that its ledger is current before it serves.
 func BenchmarkUnlock(b *testing.B) {
 	for _, size := range []int{5, 15} {
 		b.Run(fmt.Sprintf("nodes=%d", size), func(b *testing.B) { benchUnlock(b, size) })
 	}
 }
 
+var unlockTrace = flag.String("unlock.trace", "", "BenchmarkUnlock: write the unlock steps of the slowest restarts to this file")
+
 func benchUnlock(b *testing.B, size int) {
 	const (
 		directSamples  = 20
 		restartSamples = 20
 	)
-	nodes := benchCluster(b, size, nil)
+	var rec *stepRecorder
+	var edit func(*Config)
+	if *unlockTrace != "" {
+		rec = &stepRecorder{}
+		edit = func(c *Config) { c.setHooks(&testHooks{trace: rec.add}) }
+	}
+	nodes := benchCluster(b, size, edit)
 	benchSettle(b, nodes)
 
 	// (b) The unlock phase alone, on every node in turn.
@@ -70,6 +88,7 @@ func benchUnlock(b *testing.B, size int) {
 
 	// (a) Restarts of a rotating node.
 	var fromReturn, fromStart, keyBack []time.Duration
+	var traces []string
 	for i := range restartSamples {
 		idx := (i + 1) % size // nodes 1, 2, ..., then the founder (the first leader)
 		cfg := nodes[idx].cfg
@@ -82,7 +101,9 @@ func benchUnlock(b *testing.B, size int) {
 		for _, a := range nodes[idx].host.Network().ListenAddresses() {
 			cfg.ListenAddrs = append(cfg.ListenAddrs, a.String())
 		}
+		restarted := nodes[idx].ID()
 		nodes[idx].Close()
+		rec.start()
 		t0 := time.Now()
 		n := benchStart(b, cfg)
 		t1 := time.Now()
@@ -99,6 +120,7 @@ func benchUnlock(b *testing.B, size int) {
 					tKey = now
 				}
 				fromReturn = append(fromReturn, now.Sub(t1))
+				traces = append(traces, rec.take(fmt.Sprintf("restart %d of node %d: Start returned after %.1f ms, unlocked %.1f ms after the Start call", i, idx, ms(t1.Sub(t0)), ms(now.Sub(t0))), t0, restarted))
 				fromStart = append(fromStart, now.Sub(t0))
 				keyBack = append(keyBack, tKey.Sub(t0))
 				break
@@ -114,6 +136,27 @@ func benchUnlock(b *testing.B, size int) {
 		benchWaitAgree(b, nodes, size, time.Minute)
 	}
 
+	if rec != nil {
+		order := make([]int, len(fromReturn))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortFunc(order, func(i, j int) int { return cmp.Compare(fromReturn[j], fromReturn[i]) })
+		var out []string
+		for _, i := range order[:min(3, len(order))] {
+			out = append(out, fmt.Sprintf("nodes=%d, one of the slowest restarts: %s\n", size, traces[i]))
+		}
+		f, err := os.OpenFile(*unlockTrace, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, err = f.WriteString(strings.Join(out, ""))
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			b.Errorf("write the unlock trace: %v", err)
+		}
+	}
 	b.Logf("nodes=%d direct unlock (ms): %s", size, fmtMS(direct))
 	b.Logf("nodes=%d restart, Start return -> unlocked (ms): %s", size, fmtMS(fromReturn))
 	b.Logf("nodes=%d restart, Start call -> K in memory (ms): %s", size, fmtMS(keyBack))
@@ -647,4 +690,57 @@ func fmtMS(ds []time.Duration) string {
 		parts[i] = fmt.Sprintf("%.1f", ms(d))
 	}
 	return strings.Join(parts, " ")
+}
+
+// stepRecorder collects the nodes' trace steps (testHooks.trace) from one
+// restart to the next. A nil recorder records nothing.
+type stepRecorder struct {
+	mu    sync.Mutex
+	on    bool
+	steps []recordedStep
+}
+
+type recordedStep struct {
+	at   time.Time
+	self peer.ID
+	step string
+}
+
+func (r *stepRecorder) add(self peer.ID, step string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.on {
+		r.steps = append(r.steps, recordedStep{time.Now(), self, step})
+	}
+}
+
+// start drops what was recorded and records from now on.
+func (r *stepRecorder) start() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.on, r.steps = true, nil
+}
+
+// take stops recording and returns the steps as lines under title, in ms
+// from t0, the restarted node named "restarted".
+func (r *stepRecorder) take(title string, t0 time.Time, restarted peer.ID) string {
+	if r == nil {
+		return ""
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.on = false
+	lines := []string{title}
+	for _, s := range r.steps {
+		who := shortPeer(s.self)
+		if s.self == restarted {
+			who = "restarted"
+		}
+		step := strings.ReplaceAll(s.step, restarted.String(), "restarted")
+		lines = append(lines, fmt.Sprintf("  %8.1f %s: %s", ms(s.at.Sub(t0)), who, step))
+	}
+	return strings.Join(lines, "\n")
 }

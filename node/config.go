@@ -215,6 +215,9 @@ type testHooks struct {
 	raftDeny func(peer.ID) bool
 	// libp2p adds options to the host (a bandwidth counter, say).
 	libp2p []libp2p.Option
+	// trace, if set, is told the steps of this node's unlock attempts and
+	// of each fetch it serves as a holder (see Node.trace).
+	trace func(self peer.ID, step string)
 }
 
 // IdentityPath is where the node's libp2p identity lives.

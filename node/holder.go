@@ -212,10 +212,12 @@ func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
 	// from its stale copy (rule S9).
 	ctx, cancel := context.WithTimeout(p.n.ctx, freshWait)
 	defer cancel()
-	if err := p.n.cons.Fresh(ctx); err != nil {
+	start := time.Now()
+	err := p.n.cons.Fresh(ctx)
+	p.n.trace("serve %s: ledger confirmed current in %v (err %v)", owner, time.Since(start), err)
+	if err != nil {
 		return fmt.Errorf("%w: this holder cannot confirm its ledger is current (%v); it serves no envelope until it can", shares.ErrForbidden, err)
 	}
-	var err error
 	p.n.view(func(l *generations.Ledger) {
 		if m, ok := l.Member(owner); ok && m.Status == generations.StatusRemoved {
 			err = fmt.Errorf("%w: %s", generations.ErrOwnerRemoved, owner)

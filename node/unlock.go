@@ -114,8 +114,10 @@ func (n *Node) tryUnlock(clusterID string, cov generations.Coverage, check []byt
 		return
 	}
 	if !n.unlock.begin(n.now(), n.changed.count()) {
+		n.trace("unlock attempt held back: one is running, or the last fell short and nothing changed since")
 		return
 	}
+	n.trace("unlock attempt: generation %d, threshold %d, %d holders", cov.Generation, cov.Threshold, len(cov.Holders))
 	unlocked := false
 	defer func() {
 		if took := n.unlock.end(n.now(), unlocked); unlocked && n.cfg.Observer != nil {
@@ -184,7 +186,12 @@ func (n *Node) gather(clusterID string, a unlockAttempt, check []byte, live bool
 	for _, h := range a.holders {
 		n.redial(h)
 		go func() {
+			start, how := time.Now(), "connected"
+			if h != n.host.ID() && !n.connected(h) {
+				how = "dialled"
+			}
 			env, err := n.svc.Fetch(ctx, h, gen)
+			n.trace("fetch generation %d from %s (%s): %v, err %v", gen, h, how, time.Since(start), err)
 			if err != nil {
 				results <- result{holder: h, err: err}
 				return
@@ -271,6 +278,7 @@ func (n *Node) gather(clusterID string, a unlockAttempt, check []byte, live bool
 		done := UnlockProgress{Generation: gen, Have: have, Need: need, Answered: answered}
 		n.keys.setProgress(done)
 		log.Infow("unlocked", "generation", gen, "shares", have, "threshold", need)
+		n.trace("unlocked: generation %d, %d of %d shares", gen, have, need)
 		n.events.publish(Event{Type: EventUnlocked, Peer: n.host.ID(), Detail: fmt.Sprintf("generation %d, %d of %d shares", gen, have, need)})
 		return done, true
 	}
