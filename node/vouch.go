@@ -50,6 +50,7 @@ type vouchState struct {
 	until   map[peer.ID]time.Time
 	last    time.Time
 	running bool
+	failing bool // the last round found no member to answer
 }
 
 func (v *vouchState) has(p peer.ID, now time.Time) bool {
@@ -73,6 +74,22 @@ func (v *vouchState) add(ps []peer.ID, now time.Time) {
 	for _, p := range ps {
 		v.until[p] = now.Add(vouchTTL)
 	}
+}
+
+// failedOnce reports whether this failed round is the first since the last
+// one that succeeded (the node says so once, not every round).
+func (v *vouchState) failedOnce() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	first := !v.failing
+	v.failing = true
+	return first
+}
+
+func (v *vouchState) succeeded() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.failing = false
 }
 
 // begin reports whether a round of questions may start now.
@@ -191,6 +208,7 @@ func (n *Node) askVouch(refused peer.ID) bool {
 			continue
 		}
 		n.catchUp.vouch.add(named, n.now())
+		n.catchUp.vouch.succeeded()
 		if leader != "" && leader != n.host.ID() && !n.connected(leader) {
 			ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
 			if err := n.host.Connect(ctx, peer.AddrInfo{ID: leader}); err != nil {
@@ -202,7 +220,11 @@ func (n *Node) askVouch(refused peer.ID) bool {
 			"asked", m, "members", len(named), "leader", leader, "refused", refused)
 		return true
 	}
-	log.Infow("catching up: no member could name the current members", "asked", min(len(asks), vouchAsk), "refused", refused)
+	if n.catchUp.vouch.failedOnce() {
+		log.Infow("catching up: no member could name the current members; asking again while this node knows no leader", "asked", min(len(asks), vouchAsk), "refused", refused)
+	} else {
+		log.Debugw("catching up: no member could name the current members", "asked", min(len(asks), vouchAsk), "refused", refused)
+	}
 	return false
 }
 
@@ -259,7 +281,9 @@ func (js *joinService) catchUp(ctx context.Context, remote peer.ID, req *pb.Join
 		return js.refusal(codeUnavailable, fmt.Sprintf("this member cannot confirm its ledger is current (%v); try another", err))
 	}
 	if st := n.memberStatus(remote); st != generations.StatusActive {
-		log.Warnw("catch-up refused: not an active member", "peer", remote, "status", st)
+		// A removed member whose own ledger lags asks too, every round
+		// until it learns it was removed: not worth a warning each time.
+		log.Infow("catch-up refused: not an active member", "peer", remote, "status", st)
 		return js.refusal(codeBadRequest, "only an active member may ask for the current members")
 	}
 	n.view(func(l *generations.Ledger) {
