@@ -115,10 +115,14 @@ func (n *Node) onRaftRefused(p peer.ID) {
 	if n.catchUp.vouch.has(p, n.now()) || !n.catchUp.vouch.begin(n.now()) {
 		return
 	}
-	n.wg.Add(1)
+	// Not on n.wg: a refusal can come in while Close waits on it. The
+	// round ends with n.ctx, and touches nothing Close frees but the host,
+	// whose calls then fail.
 	go func() {
-		defer n.wg.Done()
 		defer n.catchUp.vouch.end()
+		if n.ctx.Err() != nil {
+			return
+		}
 		if n.memberStatus(n.host.ID()) != generations.StatusActive {
 			// Only an active member is answered (a joiner has its join
 			// response; a removed or lapsed node has nothing to follow).
