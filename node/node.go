@@ -589,8 +589,16 @@ const closeSnapshotWait = 2 * time.Second
 // ledgers, which made up most of the restart-to-unlocked tail of issue 13.
 // A node killed without stopping still replays. The snapshot is the ledger,
 // which holds no key material.
+//
+// Raft logs a snapshot it refuses at ERROR, so none is asked for when it
+// would be refused: with nothing applied since the last one, or with log
+// entries not yet applied (a configuration change among them makes Raft
+// wait for it).
 func (n *Node) snapshotForRestart() {
 	if n.cons == nil {
+		return
+	}
+	if st := n.cons.RaftState(); st.AppliedIndex <= st.LastSnapshotIndex || st.AppliedIndex < st.LastLogIndex {
 		return
 	}
 	done := make(chan error, 1)
