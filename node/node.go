@@ -591,14 +591,27 @@ const closeSnapshotWait = 2 * time.Second
 // which holds no key material.
 //
 // Raft logs a snapshot it refuses at ERROR, so none is asked for when it
-// would be refused: with nothing applied since the last one, or with log
-// entries not yet applied (a configuration change among them makes Raft
-// wait for it).
+// would be refused: with log entries not yet applied (a configuration change
+// among them makes Raft wait for it), it first waits a moment for them, and
+// with nothing applied since the last snapshot it asks for none.
 func (n *Node) snapshotForRestart() {
 	if n.cons == nil {
 		return
 	}
-	if st := n.cons.RaftState(); st.AppliedIndex <= st.LastSnapshotIndex || st.AppliedIndex < st.LastLogIndex {
+	st := n.cons.RaftState()
+	applied := st.AppliedIndex
+	if applied < st.LastLogIndex {
+		// n.ctx is already cancelled: the node is stopping.
+		ctx, cancel := context.WithTimeout(context.Background(), closeSnapshotWait/2)
+		err := n.cons.WaitApplied(ctx, st.LastLogIndex)
+		cancel()
+		if err != nil {
+			log.Debugw("stopping without a fresh snapshot: log entries are still to be applied", "err", err)
+			return
+		}
+		applied = st.LastLogIndex
+	}
+	if applied <= st.LastSnapshotIndex {
 		return
 	}
 	done := make(chan error, 1)
@@ -606,8 +619,7 @@ func (n *Node) snapshotForRestart() {
 	select {
 	case err := <-done:
 		if err != nil {
-			// Nothing new since the last snapshot, most often.
-			log.Debugw("snapshot on stop", "err", err)
+			log.Debugw("stopping without a fresh snapshot", "err", err)
 		}
 	case <-time.After(closeSnapshotWait):
 		log.Infow("stopping without a fresh snapshot: it took longer than " + closeSnapshotWait.String())
