@@ -114,6 +114,7 @@ func (n *Node) startJoinService() {
 		limits: p2p.NewConnLimiter(p2p.Bucket{Rate: rate.Every(2 * time.Second), Burst: 3}, p2p.Bucket{Rate: 1, Burst: 20}),
 	}
 	n.host.SetStreamHandler(JoinProtocol, js.handle)
+	n.catchUp.vouch.ready.Store(true)
 	n.wg.Add(1)
 	go n.leaderlessWatch()
 }

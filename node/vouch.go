@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -51,6 +52,9 @@ type vouchState struct {
 	last    time.Time
 	running bool
 	failing bool // the last round found no member to answer
+	// ready is set once the node has its consensus and ledger: Raft
+	// refuses streams from inside consensus.New, before either exists.
+	ready atomic.Bool
 }
 
 func (v *vouchState) has(p peer.ID, now time.Time) bool {
@@ -112,6 +116,10 @@ func (v *vouchState) end() {
 // onRaftRefused is consensus' OnRefused: it must not block, so the round
 // runs on its own goroutine.
 func (n *Node) onRaftRefused(p peer.ID) {
+	if !n.catchUp.vouch.ready.Load() {
+		// Still starting: the leaderless watch asks once it runs.
+		return
+	}
 	if n.catchUp.vouch.has(p, n.now()) || !n.catchUp.vouch.begin(n.now()) {
 		return
 	}

@@ -49,3 +49,15 @@ func TestStaleMemberFollowsALeaderItsLedgerDoesNotKnow(t *testing.T) {
 		return d2.cons.Leader() == j.ID() && d2.memberStatus(j.ID()) == generations.StatusActive
 	})
 }
+
+// The long chaos run (seed 581884051, churn) crashed a restarting member:
+// its Raft refused a stream from inside consensus.New, and the catch-up
+// round read the ledger through a consensus not yet assigned. A refusal
+// before the node is ready starts nothing.
+func TestRefusalWhileStartingAsksNothing(t *testing.T) {
+	n := &Node{} // no consensus, no ledger, no host: what a starting node has
+	n.onRaftRefused("12D3KooWStranger")
+	if n.catchUp.vouch.running {
+		t.Fatal("a refusal before the node was ready started a catch-up round")
+	}
+}
