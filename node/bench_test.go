@@ -49,9 +49,11 @@ const benchBuildTimeout = 3 * time.Minute
 //     Raft snapshot behind: a node killed instead replays its log on start
 //     (see Node.snapshotForRestart), and unlocks later.
 //
-// With -unlock.trace FILE it also writes to FILE (appending), for the three
-// slowest restarts of each size, every node's unlock steps from the Start
-// call on: the attempts, each fetch and whether it had to dial, and each
+// With -unlock.leader every restart is of the node that leads at the time
+// (a graceful stop hands leadership over first). With -unlock.trace FILE it
+// also writes to FILE (appending), for the three slowest restarts of each
+// size, every node's unlock steps from the Start call on: the attempts,
+// each fetch and whether it had to dial, and each
 // holder's confirmation that its ledger is current before it serves.
 func BenchmarkUnlock(b *testing.B) {
 	for _, size := range []int{5, 15} {
@@ -59,7 +61,10 @@ func BenchmarkUnlock(b *testing.B) {
 	}
 }
 
-var unlockTrace = flag.String("unlock.trace", "", "BenchmarkUnlock: write the unlock steps of the slowest restarts to this file")
+var (
+	unlockTrace  = flag.String("unlock.trace", "", "BenchmarkUnlock: write the unlock steps of the slowest restarts to this file")
+	unlockLeader = flag.Bool("unlock.leader", false, "BenchmarkUnlock: restart the leader every time instead of each node in turn")
+)
 
 func benchUnlock(b *testing.B, size int) {
 	const (
@@ -91,6 +96,9 @@ func benchUnlock(b *testing.B, size int) {
 	var traces []string
 	for i := range restartSamples {
 		idx := (i + 1) % size // nodes 1, 2, ..., then the founder (the first leader)
+		if *unlockLeader {
+			idx = slices.Index(nodes, benchLeader(b, nodes))
+		}
 		cfg := nodes[idx].cfg
 		cfg.Bootstrap, cfg.Join = false, ""
 		// Come back on the same port, as a daemon with a configured listen

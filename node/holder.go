@@ -214,7 +214,7 @@ func (p sharePolicy) AllowFetch(owner peer.ID, gen uint64) error {
 	defer cancel()
 	start := time.Now()
 	err := p.n.cons.Fresh(ctx)
-	p.n.trace("serve %s: ledger confirmed current in %v (err %v)", owner, time.Since(start), err)
+	p.n.trace("serve %s: confirming the ledger current (read index) took %v, err %v", owner, time.Since(start), err)
 	if err != nil {
 		return fmt.Errorf("%w: this holder cannot confirm its ledger is current (%v); it serves no envelope until it can", shares.ErrForbidden, err)
 	}
