@@ -165,3 +165,35 @@ func TestReadRoundsNeverShareAnOlderRound(t *testing.T) {
 		t.Fatalf("%d rounds ran for 9 callers, want 2", rounds)
 	}
 }
+
+// After a command, an idle cluster appends barriers and no-ops (a nudge per
+// member that connects, an election's no-op) that change nothing a reader
+// sees. The read index names the last command, however many of those follow
+// it (100 here, past the old scan of 64): a follower that applied the
+// command is fresh at once, instead of waiting up to 2×CommitTimeout (4 s
+// here) to learn that the last barrier committed.
+func TestReadIndexSkipsManyBarriers(t *testing.T) {
+	cl := newClusterWith(t, 3, func(c *Config) { c.CommitTimeout = 2 * time.Second })
+	leaderID := cl.waitLeader(cl.nodes)
+	leader := cl.byID(leaderID)
+	fol := cl.byID(cl.followers(leaderID)[0].host.ID())
+	apply(t, leader.c, "the last command")
+	waitFor(t, "the follower to apply the command", 10*time.Second, func() bool { return fol.sm.Len() == 1 })
+	for range 100 {
+		if err := leader.c.raft.Barrier(5 * time.Second).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idx, err := leader.c.readIndexLocal(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := leader.c.fsm.lastIndex.Load(); idx != last {
+		t.Fatalf("read index %d, want the last command's index %d", idx, last)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := fol.c.Fresh(ctx); err != nil {
+		t.Fatalf("Fresh on a follower that applied the last command: %v", err)
+	}
+}
