@@ -105,13 +105,16 @@ type joinService struct {
 	// limits bounds join attempts per peer and per IP (with bounded
 	// memory) before anything is decoded (rule S10).
 	limits *p2p.ConnLimiter
+	// refusedLog paces the warnings for rate-limited attempts.
+	refusedLog *rate.Limiter
 }
 
 func (n *Node) startJoinService() {
 	js := &joinService{
-		n:      n,
-		global: rate.NewLimiter(rate.Limit(5), 20),
-		limits: p2p.NewConnLimiter(p2p.Bucket{Rate: rate.Every(2 * time.Second), Burst: 3}, p2p.Bucket{Rate: 1, Burst: 20}),
+		n:          n,
+		global:     rate.NewLimiter(rate.Limit(5), 20),
+		limits:     p2p.NewConnLimiter(p2p.Bucket{Rate: rate.Every(2 * time.Second), Burst: 3}, p2p.Bucket{Rate: 1, Burst: 20}),
+		refusedLog: rate.NewLimiter(rate.Every(time.Second), 5),
 	}
 	n.host.SetStreamHandler(JoinProtocol, js.handle)
 	n.catchUp.vouch.ready.Store(true)
@@ -125,7 +128,11 @@ func (n *Node) startJoinService() {
 func (js *joinService) handle(s network.Stream) {
 	remote := s.Conn().RemotePeer()
 	if !js.limits.Allow(s.Conn(), js.n.now()) {
-		log.Warnw("join refused: rate limited", "peer", remote)
+		if js.refusedLog.Allow() {
+			// At most a line a second after a burst: a flood is the
+			// stranger's, the log is the operator's.
+			log.Warnw("join refused: rate limited", "peer", remote)
+		}
 		_ = wire.Reply(s, joinProto, js.refusal(codeRateLimited, ErrJoinRateLimit.Error()))
 		return
 	}

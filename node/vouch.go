@@ -113,12 +113,28 @@ func (v *vouchState) end() {
 	v.running = false
 }
 
-// onRaftRefused is consensus' OnRefused: it must not block, so the round
-// runs on its own goroutine.
+// onRaftRefused is consensus' OnRefused. It decides at once whether the
+// refusal is worth a round (not for an active or removed peer, not on a
+// node that is no active member or knows it was removed), so that such
+// refusals spend no round budget; the round itself runs on its own
+// goroutine, since OnRefused must not block.
 func (n *Node) onRaftRefused(p peer.ID) {
 	if !n.catchUp.vouch.ready.Load() {
 		// Still starting: the leaderless watch asks once it runs.
 		return
+	}
+	if n.isRemoved() || n.memberStatus(n.host.ID()) != generations.StatusActive {
+		// Only an active member is answered (a joiner has its join
+		// response; a removed or lapsed node has nothing to follow).
+		return
+	}
+	if p != "" {
+		switch n.memberStatus(p) {
+		case generations.StatusActive, generations.StatusRemoved:
+			// Refused for another reason (a non-voter's vote request, a
+			// removed peer): nothing to catch up with.
+			return
+		}
 	}
 	if n.catchUp.vouch.has(p, n.now()) || !n.catchUp.vouch.begin(n.now()) {
 		return
@@ -130,19 +146,6 @@ func (n *Node) onRaftRefused(p peer.ID) {
 		defer n.catchUp.vouch.end()
 		if n.ctx.Err() != nil {
 			return
-		}
-		if n.memberStatus(n.host.ID()) != generations.StatusActive {
-			// Only an active member is answered (a joiner has its join
-			// response; a removed or lapsed node has nothing to follow).
-			return
-		}
-		if p != "" {
-			switch n.memberStatus(p) {
-			case generations.StatusActive, generations.StatusRemoved:
-				// Refused for another reason (a non-voter's vote
-				// request, a removed peer): nothing to catch up with.
-				return
-			}
 		}
 		n.askVouch(p)
 	}()
@@ -286,11 +289,19 @@ func (js *joinService) catchUp(ctx context.Context, remote peer.ID, req *pb.Join
 	case len(req.GetCommand()) > 0:
 		return js.refusal(codeBadRequest, "a catch-up request carries no command")
 	}
+	// Who asks is checked on this member's own ledger before anything
+	// costs a read index, and again after it: a stranger or a removed
+	// member makes no member talk to the leader.
+	if st := n.memberStatus(remote); st != generations.StatusActive {
+		log.Infow("catch-up refused: not an active member", "peer", remote, "status", st)
+		return js.refusal(codeBadRequest, "only an active member may ask for the current members")
+	}
 	fctx, cancel := context.WithTimeout(ctx, freshWait)
 	err := n.cons.Fresh(fctx)
 	cancel()
 	if err != nil {
-		return js.refusal(codeUnavailable, fmt.Sprintf("this member cannot confirm its ledger is current (%v); try another", err))
+		log.Debugw("catch-up: ledger not confirmed", "peer", remote, "err", err)
+		return js.refusal(codeUnavailable, "this member cannot confirm its ledger is current; try another")
 	}
 	if st := n.memberStatus(remote); st != generations.StatusActive {
 		// A removed member whose own ledger lags asks too, every round
