@@ -311,7 +311,15 @@ func (n *Node) join(ctx context.Context, inv Invite) (err error) {
 			break
 		}
 		lastErr = err
-		// A refusal from the ledger is final; a dead member is not.
+		// A refusal from the ledger is final; a dead member is not. Nor is
+		// "unknown invite" while other members remain: an invite issued a
+		// moment ago may not have reached this member's ledger yet (the
+		// member answers from its own copy, so that made-up invites cost
+		// no read index), and another member may know it.
+		if errors.Is(err, generations.ErrUnknownInvite) {
+			log.Infow("a member does not know the invite (yet); asking the next", "member", ai.ID)
+			continue
+		}
 		if errors.Is(err, ErrJoinRefused) || errors.Is(err, ErrWrongCluster) {
 			return err
 		}
