@@ -51,6 +51,11 @@ const (
 
 	snapshotMagic = "p2pkey-snapshot\x00"
 	snapshotV1    = 1
+	// snapshotV2 adds, before the state machine's bytes, the highest leader
+	// stamp applied (8 bytes, big-endian unix nanoseconds): the floor of
+	// the next leader's stamps (S7), which a node restored from a snapshot
+	// would otherwise not know.
+	snapshotV2 = 2
 
 	// maxSnapshotSize bounds what Restore reads.
 	maxSnapshotSize = 256 << 20
@@ -162,22 +167,28 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fsmSnapshot{data: data}, nil
+	return &fsmSnapshot{data: data, stamp: f.maxStamp.Load()}, nil
 }
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, maxSnapshotSize+int64(len(snapshotMagic))+2))
+	data, err := io.ReadAll(io.LimitReader(rc, maxSnapshotSize+int64(len(snapshotMagic))+10))
 	if err != nil {
 		return err
 	}
-	payload, err := decodeSnapshot(data)
+	stamp, payload, err := decodeSnapshot(data)
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.sm.Restore(payload)
+	if err := f.sm.Restore(payload); err != nil {
+		return err
+	}
+	if stamp > f.maxStamp.Load() {
+		f.maxStamp.Store(stamp)
+	}
+	return nil
 }
 
 // View runs fn with the state machine locked against concurrent Apply.
@@ -187,24 +198,39 @@ func (f *fsm) View(fn func(StateMachine)) {
 	fn(f.sm)
 }
 
-func decodeSnapshot(data []byte) ([]byte, error) {
+// decodeSnapshot reads a snapshot envelope: version 1 (no stamp) or 2.
+func decodeSnapshot(data []byte) (stamp int64, payload []byte, err error) {
 	rest, ok := bytes.CutPrefix(data, []byte(snapshotMagic))
 	if !ok || len(rest) < 1 {
-		return nil, ErrSnapshotFormat
+		return 0, nil, ErrSnapshotFormat
 	}
-	if rest[0] != snapshotV1 {
-		return nil, fmt.Errorf("%w: version %d", ErrSnapshotFormat, rest[0])
+	switch rest[0] {
+	case snapshotV1:
+		rest = rest[1:]
+	case snapshotV2:
+		if len(rest) < 9 {
+			return 0, nil, fmt.Errorf("%w: truncated stamp", ErrSnapshotFormat)
+		}
+		stamp = int64(binary.BigEndian.Uint64(rest[1:9]))
+		rest = rest[9:]
+	default:
+		return 0, nil, fmt.Errorf("%w: version %d", ErrSnapshotFormat, rest[0])
 	}
-	if len(rest)-1 > maxSnapshotSize {
-		return nil, fmt.Errorf("%w: larger than %d bytes", ErrSnapshotFormat, maxSnapshotSize)
+	if len(rest) > maxSnapshotSize {
+		return 0, nil, fmt.Errorf("%w: larger than %d bytes", ErrSnapshotFormat, maxSnapshotSize)
 	}
-	return rest[1:], nil
+	return stamp, rest, nil
 }
 
-type fsmSnapshot struct{ data []byte }
+type fsmSnapshot struct {
+	data  []byte
+	stamp int64
+}
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	_, err := sink.Write(append([]byte(snapshotMagic), snapshotV1))
+	hdr := append([]byte(snapshotMagic), snapshotV2)
+	hdr = binary.BigEndian.AppendUint64(hdr, uint64(s.stamp))
+	_, err := sink.Write(hdr)
 	if err == nil {
 		_, err = sink.Write(s.data)
 	}
