@@ -109,18 +109,8 @@ func TestStrangerCannotDeposeLeader(t *testing.T) {
 		before[nd.host.ID()] = term(nd.c)
 	}
 
-	stranger := newHost(t)
-	defer stranger.Close()
-	// The stranger speaks real Raft: hashicorp/raft's own transport over an
-	// ungated stream layer on the same protocol ID.
-	sl := newStreamLayer(stranger, func(peer.ID) bool { return true }, nil)
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		ServerAddressProvider: addrProvider{}, Stream: sl, MaxPool: 1, Timeout: 2 * time.Second,
-		Logger: newHCLogger(&log.SugaredLogger),
-	})
-	defer trans.Close()
+	stranger, trans := strangerRaft(t, cl)
 	for _, nd := range cl.nodes {
-		stranger.Peerstore().AddAddrs(nd.host.ID(), nd.host.Addrs(), time.Hour)
 		id := raft.ServerID(nd.host.ID().String())
 		req := &raft.AppendEntriesRequest{
 			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(stranger.ID().String()), Addr: []byte(stranger.ID().String())},

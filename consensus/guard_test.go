@@ -421,16 +421,8 @@ func TestOnRefusedNamesTheRefusedPeer(t *testing.T) {
 		c.OnRefused = func(p peer.ID) { told.Store([2]peer.ID{self, p}, true) }
 	})
 	cl.waitLeader(cl.nodes)
-	stranger := newHost(t)
-	defer stranger.Close()
-	sl := newStreamLayer(stranger, func(peer.ID) bool { return true }, nil)
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		ServerAddressProvider: addrProvider{}, Stream: sl, MaxPool: 1, Timeout: 2 * time.Second,
-		Logger: newHCLogger(&log.SugaredLogger),
-	})
-	defer trans.Close()
+	stranger, trans := strangerRaft(t, cl)
 	for _, nd := range cl.nodes {
-		stranger.Peerstore().AddAddrs(nd.host.ID(), nd.host.Addrs(), time.Hour)
 		id := raft.ServerID(nd.host.ID().String())
 		req := &raft.AppendEntriesRequest{
 			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(stranger.ID().String()), Addr: []byte(stranger.ID().String())},

@@ -446,3 +446,22 @@ func newHostWithKey(t testing.TB, priv crypto.PrivKey) host.Host {
 	}
 	return h
 }
+
+// strangerRaft is a host outside cl that speaks real Raft to every node of
+// it: hashicorp/raft's own transport over an ungated stream layer on the
+// same protocol ID. Both are closed when the test ends.
+func strangerRaft(t testing.TB, cl *cluster) (host.Host, *raft.NetworkTransport) {
+	t.Helper()
+	stranger := newHost(t)
+	t.Cleanup(func() { stranger.Close() })
+	sl := newStreamLayer(stranger, func(peer.ID) bool { return true }, nil)
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		ServerAddressProvider: addrProvider{}, Stream: sl, MaxPool: 1, Timeout: 2 * time.Second,
+		Logger: newHCLogger(&log.SugaredLogger),
+	})
+	t.Cleanup(func() { trans.Close() })
+	for _, nd := range cl.nodes {
+		stranger.Peerstore().AddAddrs(nd.host.ID(), nd.host.Addrs(), time.Hour)
+	}
+	return stranger, trans
+}

@@ -356,13 +356,8 @@ func TestVouchRefusalOfARemovedPeerSpendsNoRound(t *testing.T) {
 // TestVouchRemovedMemberStopsAsking). Nobody answers it, it admits nobody,
 // and the members log no WARN for it (one INFO per request).
 func TestVouchRemovedMemberIsToldNothing(t *testing.T) {
-	nodes := testCluster(t, 4)
-	a, b, c, r := nodes[0], nodes[1], nodes[2], nodes[3]
-	rcfg := r.cfg
-	rcfg.Bootstrap, rcfg.Join = false, ""
-	r.Close()
-	removeByMajority(t, r.ID(), a, b, c)
-	r2, logs := restartRemoved(t, rcfg, r.ID(), a, b, c)
+	members, r2, logs := removedWhileDown(t)
+	a, b, c := members[0], members[1], members[2]
 	if st := r2.memberStatus(r2.ID()); st != generations.StatusActive {
 		t.Skipf("the restarted member's ledger says %v of itself: the test needs it stale", st)
 	}
@@ -413,6 +408,21 @@ func TestVouchRemovedMemberIsToldNothing(t *testing.T) {
 // restartRemoved waits until the members' ledgers and Raft configurations
 // no longer hold r (removed while down), then restarts r on its stale data
 // with the logs captured from then on.
+// removedWhileDown builds 4 members, removes the fourth by majority while
+// it is down, and restarts it on its stale data (restartRemoved): it
+// returns the three that stayed, the restarted node and its log lines.
+func removedWhileDown(t *testing.T) ([]*Node, *Node, *observer.ObservedLogs) {
+	t.Helper()
+	nodes := testCluster(t, 4)
+	a, b, c, r := nodes[0], nodes[1], nodes[2], nodes[3]
+	rcfg := r.cfg
+	rcfg.Bootstrap, rcfg.Join = false, ""
+	r.Close()
+	removeByMajority(t, r.ID(), a, b, c)
+	r2, logs := restartRemoved(t, rcfg, r.ID(), a, b, c)
+	return []*Node{a, b, c}, r2, logs
+}
+
 func restartRemoved(t *testing.T, rcfg Config, r peer.ID, members ...*Node) (*Node, *observer.ObservedLogs) {
 	t.Helper()
 	waitFor(t, "every member to see r removed, from its ledger and its Raft configuration", 20*time.Second, func() bool {
@@ -434,13 +444,7 @@ func restartRemoved(t *testing.T, rcfg Config, r peer.ID, members ...*Node) (*No
 // on the member asked, for as long as it runs. A node that knows it was
 // removed has nothing to catch up with and should ask no one.
 func TestVouchRemovedMemberStopsAsking(t *testing.T) {
-	nodes := testCluster(t, 4)
-	a, b, c, r := nodes[0], nodes[1], nodes[2], nodes[3]
-	rcfg := r.cfg
-	rcfg.Bootstrap, rcfg.Join = false, ""
-	r.Close()
-	removeByMajority(t, r.ID(), a, b, c)
-	r2, logs := restartRemoved(t, rcfg, r.ID(), a, b, c)
+	_, r2, logs := removedWhileDown(t)
 	waitFor(t, "the removed member to learn it was removed", 15*time.Second, r2.isRemoved)
 	if st := r2.memberStatus(r2.ID()); st != generations.StatusActive {
 		t.Skipf("the restarted member's ledger says %v of itself: the test needs it stale", st)
