@@ -656,7 +656,7 @@ func (ch *chaosRun) openGenerationRestart() error {
 	)
 	if mode == "slow" {
 		// X: the first member seen escrowed in the open generation.
-		j, x, og, first, err = c.slowJoin(ch.r, 3, ch.logf)
+		j, x, og, first, err = c.slowJoin(ch.r, 5, ch.logf)
 		if err != nil {
 			return err
 		}
@@ -843,7 +843,12 @@ func (c *tnet) slowJoin(r *rand.Rand, attempts int, logf func(string, ...any)) (
 		if og == nil {
 			return nil, nil, nil, nil, fmt.Errorf("joiner node %d's generation is not open once its invite was consumed and it was paused", j.i)
 		}
-		if err := c.step(j.i, 500*time.Microsecond, 100*time.Millisecond, 60*time.Second, func() (bool, error) {
+		// Each attempt runs the joiner in shorter slices: on a loaded
+		// machine (CI runs every package at once) a 500 µs sleep lasts
+		// several milliseconds, and the joiner got through three joins in
+		// a row too fast to be seen (seed 209051567).
+		slice := max(500*time.Microsecond>>(attempt-1), 50*time.Microsecond)
+		if err := c.step(j.i, slice, 100*time.Millisecond, 60*time.Second, func() (bool, error) {
 			var done bool
 			x, holders, done, err = firstEscrowed(c, lead, og.Number)
 			return done, err
@@ -853,7 +858,7 @@ func (c *tnet) slowJoin(r *rand.Rand, attempts int, logf func(string, ...any)) (
 		if x != nil {
 			return j, x, og, holders, nil
 		}
-		logf("slow join, attempt %d: generation %d closed before a member was seen escrowed in it", attempt, og.Number)
+		logf("slow join, attempt %d (slices of %v): generation %d closed before a member was seen escrowed in it", attempt, slice, og.Number)
 		c.resume(j.i)
 		if _, err := c.settle(90*time.Second, checkOpts{}); err != nil {
 			return nil, nil, nil, nil, err
