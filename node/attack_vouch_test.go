@@ -405,9 +405,6 @@ func TestVouchRemovedMemberIsToldNothing(t *testing.T) {
 	t.Logf("members logged %d INFO refusals for the removed member", countLines(logs, refusedLine, "peer", r2.ID().String()))
 }
 
-// restartRemoved waits until the members' ledgers and Raft configurations
-// no longer hold r (removed while down), then restarts r on its stale data
-// with the logs captured from then on.
 // removedWhileDown builds 4 members, removes the fourth by majority while
 // it is down, and restarts it on its stale data (restartRemoved): it
 // returns the three that stayed, the restarted node and its log lines.
@@ -423,6 +420,9 @@ func removedWhileDown(t *testing.T) ([]*Node, *Node, *observer.ObservedLogs) {
 	return []*Node{a, b, c}, r2, logs
 }
 
+// restartRemoved waits until the members' ledgers and Raft configurations
+// no longer hold r (removed while down), then restarts r on its stale data
+// with the logs captured from then on.
 func restartRemoved(t *testing.T, rcfg Config, r peer.ID, members ...*Node) (*Node, *observer.ObservedLogs) {
 	t.Helper()
 	waitFor(t, "every member to see r removed, from its ledger and its Raft configuration", 20*time.Second, func() bool {
