@@ -168,7 +168,7 @@ type Consensus struct {
 	fsm       *fsm
 	adm       *admission
 	stream    *streamLayer
-	transport *raft.NetworkTransport
+	transport *raftNet
 	store     *raftboltdb.BoltStore
 	logs      raft.LogStore
 	forward   *forwarder
@@ -286,13 +286,7 @@ func New(cfg Config) (*Consensus, error) {
 			}
 		}
 	}
-	c.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		ServerAddressProvider: addrProvider{},
-		Logger:                hl.Named("transport"),
-		Stream:                c.stream,
-		MaxPool:               cfg.MaxPool,
-		Timeout:               10 * time.Second,
-	})
+	c.transport = newRaftNet(c.stream, cfg.Logger, cfg.MaxPool, 10*time.Second)
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(self.String())
@@ -756,7 +750,6 @@ func (c *Consensus) Close() error {
 		c.raft.DeregisterObserver(c.observer)
 		<-c.nudgeDone
 		<-c.observeDone
-		c.transport.CloseStreams()
 		c.closeTransport()
 		if !c.stream.drain(2 * time.Second) {
 			c.cfg.Logger.Infow("closing the Raft store while an RPC handler still runs")
@@ -784,10 +777,4 @@ func openStore(path string) (*raftboltdb.BoltStore, error) {
 		return nil, fmt.Errorf("open raft store %s: %w", path, err)
 	}
 	return store, nil
-}
-
-type addrProvider struct{}
-
-func (addrProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
-	return raft.ServerAddress(id), nil
 }

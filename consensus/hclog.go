@@ -42,12 +42,6 @@ var raftLevels = map[string]hclog.Level{
 	"failed to start pipeline replication to": hclog.Debug,
 	"failed to send snapshot to":              hclog.Debug,
 	"failed to contact":                       hclog.Debug,
-	// A stream that ends under a command: the peer stopped, or this
-	// node's transport is shutting down ("transport shutdown", twice on
-	// every SIGTERM). A malformed RPC never reaches Raft's decoder: the
-	// RPC guard refuses, counts and logs it first.
-	"failed to decode incoming command": hclog.Debug,
-	"failed to flush response":          hclog.Debug,
 	// A new or returning follower is behind the leader's log: the leader
 	// walks back to where they agree, as Raft is meant to.
 	"failed to get previous log":                 hclog.Debug,

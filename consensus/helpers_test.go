@@ -465,3 +465,11 @@ func strangerRaft(t testing.TB, cl *cluster) (host.Host, *raft.NetworkTransport)
 	}
 	return stranger, trans
 }
+
+// addrProvider gives hashicorp/raft's NetworkTransport, which the tests and
+// benchmarks run against raftNet, a server's address: its ID, the peer ID.
+type addrProvider struct{}
+
+func (addrProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	return raft.ServerAddress(id), nil
+}

@@ -136,7 +136,7 @@ func TestQuietLogsWhenAMemberStopsAndReturns(t *testing.T) {
 func TestRaftLevels(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	hl := newHCLogger(zap.New(core).Sugar())
-	hl.Error("failed to decode incoming command", "error", "transport shutdown")
+	hl.Error("failed to appendEntries to", "peer", "x")
 	hl.Error("failed to heartbeat to", "peer", "x")
 	hl.Warn("failed to get previous log", "previous-index", 3)
 	hl.Warn("heartbeat timeout reached, starting election")

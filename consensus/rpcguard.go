@@ -1,5 +1,7 @@
 package consensus
 
+//lint:file-ignore SA1019 hashicorp/raft's wire format still carries the deprecated Leader and Candidate fields; the transport and the RPC guard read them, and tests send them
+
 import (
 	"bufio"
 	"bytes"
@@ -12,7 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// hashicorp/raft's NetworkTransport frames each RPC as one type byte followed
+// hashicorp/raft's NetworkTransport, and raftNet after it, frames each RPC as one type byte followed
 // by the msgpack-encoded request (and, for InstallSnapshot, Size raw bytes of
 // snapshot). The type values are unexported in raft; these mirror
 // net_transport.go of v1.8.0, and TestRPCTypesMatchRaft pins them.
@@ -71,8 +73,8 @@ func (in *rpcInfo) fromLeader() bool {
 // send this RPC (rules S1 and S8). A nil error admits it.
 type rpcCheck func(remote peer.ID, in *rpcInfo) error
 
-// guardReadSize is the guard's own read buffer on an accepted stream. Raft
-// puts its 256 KiB buffer on top of the guard.
+// guardReadSize is the guard's own read buffer on an accepted stream;
+// raftNet reads the guard through a small one of its own (rpcReadSize).
 const guardReadSize = 32 << 10
 
 // maxKeptFrame bounds the frame buffer a guard keeps between RPCs; a larger
@@ -112,7 +114,7 @@ type rpcGuard struct {
 func newRPCGuard(src io.Reader, remote peer.ID, check rpcCheck, refused func(*rpcInfo, error)) *rpcGuard {
 	g := &rpcGuard{remote: remote, from: remote.String(), check: check, refused: refused}
 	g.rec.r = bufio.NewReaderSize(src, guardReadSize)
-	// NetworkTransport.handleConn decodes with a zero MsgpackHandle too.
+	// raftNet.serve decodes with a zero MsgpackHandle too.
 	g.dec = codec.NewDecoder(&g.rec, &codec.MsgpackHandle{})
 	return g
 }
@@ -207,7 +209,7 @@ func (g *rpcGuard) next() error {
 
 // recorder reads through a bufio.Reader and keeps every byte the decoder
 // consumes, so the checked bytes can be handed on exactly. The msgpack decoder
-// reads exactly what each value needs (NetworkTransport relies on that too,
+// reads exactly what each value needs (raftNet.serve relies on that too,
 // sharing one bufio.Reader between the type byte and the decoder).
 type recorder struct {
 	r       *bufio.Reader

@@ -26,9 +26,10 @@ const RaftProtocol protocol.ID = "/p2pkey/raft/1.0.0"
 const raftServiceName = "p2pkey.raft"
 
 // defaultMaxPool is how many idle streams the transport keeps per peer. Every
-// RPC on a fresh stream costs a 256 KiB buffer at each end (the dialer's
-// writer, the acceptor's reader); pooling makes an idle cluster's heartbeats
-// nearly free. go-libp2p-raft uses 0. One is not enough: a leader's
+// RPC on a fresh stream costs a yamux stream, a protocol negotiation and a
+// handler goroutine (and, under hashicorp/raft's NetworkTransport, a 256 KiB
+// buffer at each end); pooling makes an idle cluster's heartbeats nearly
+// free. go-libp2p-raft uses 0. One is not enough: a leader's
 // heartbeats and its replication RPCs to a follower overlap whenever
 // entries flow (every CommitTimeout in tests), and each overlap then opened
 // and dropped a stream with its buffers (TestJoinFlood timed out removing a
