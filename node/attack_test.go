@@ -1,5 +1,7 @@
 package node
 
+//lint:file-ignore SA1019 hashicorp/raft's wire format still carries the deprecated Leader and Candidate fields; the transport and the RPC guard read them, and tests send them
+
 import (
 	"bufio"
 	"bytes"

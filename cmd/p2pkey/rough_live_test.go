@@ -56,7 +56,7 @@ func TestRoughLive(t *testing.T) {
 	}
 	t.Logf("invite without quorum: %s", r.stderr)
 	t.Logf("status without quorum:\n%s", must(t, n1, "status"))
-	d2 = startDaemon(t, n2, nil)
+	startDaemon(t, n2, nil) // stopped by the test's cleanup
 	if r := cli(t, n2, nil, "wait", "--members", "2", "--unlocked", "--timeout", "60s"); r.code != 0 {
 		t.Fatalf("node 2 back: %v", r)
 	}

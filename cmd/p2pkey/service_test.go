@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -311,7 +312,7 @@ func TestSystemdNotify(t *testing.T) {
 	}
 
 	// Node 1 back: READY, and the key on the first try.
-	d1 = startDaemon(t, n1, nil)
+	startDaemon(t, n1, nil) // stopped by the test's cleanup
 	l.until(t, d2, "READY=1 after the restart", 60*time.Second, nil, func(m string) bool { return hasLine(m, "READY=1") })
 	r = cli(t, n2, nil, "key", "--purpose", "svc")
 	if r.code != 0 || r.stdout != want {
@@ -486,7 +487,9 @@ func TestKeySockets(t *testing.T) {
 			}
 		}
 		// The API answers 403 (asked here as root, which has no rule).
-		hc := &http.Client{Transport: &http.Transport{Dial: func(_, _ string) (net.Conn, error) { return net.Dial("unix", app) }}}
+		hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", app)
+		}}}
 		for _, path := range []string{"invite", "remove", "leave", "reinstate", "recovery-kit", "key"} {
 			resp, err := hc.Post("http://p2pkey/v1/"+path, "application/json", strings.NewReader(`{"purpose":"app/db","peer_id":"`+id2+`"}`))
 			if err != nil {

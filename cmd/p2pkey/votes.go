@@ -266,6 +266,7 @@ func confirm(in io.Reader, errw io.Writer, interactive, yes bool, act destructiv
 		return nil
 	}
 	if !interactive {
+		//lint:ignore ST1005 a whole message for the operator, in sentences
 		return &statusError{code: exitUsage, err: fmt.Errorf("%s: stdin is not a terminal; pass --yes to confirm.\n%s.", act.refusal, capitalise(act.loss))}
 	}
 	fmt.Fprintf(errw, "%s\n%s.\nType yes to continue: ", act.question, capitalise(act.loss))
