@@ -18,15 +18,18 @@ import (
 
 // Buffer sizes of a Raft stream. hashicorp/raft's NetworkTransport gives each
 // stream a 256 KiB buffer at each end (the dialer's writer, the acceptor's
-// reader): a leader keeps a few pooled streams per follower, so at 25 members
-// those buffers were 14 MB of its heap, a third of its resident memory. An
-// AppendEntries batch larger than rpcWriteSize goes out in several writes,
-// which the stream layer would have cut into frames anyway.
+// reader) for the stream's life: a leader keeps a few pooled streams per
+// follower, so at 25 members those buffers were 14 MB of its heap, a third of
+// its resident memory. raftNet lends small buffers for one request or one
+// response instead (writeBufs, readBufs); only a pipeline's stream, and an
+// accepted stream, keep a reader. An AppendEntries batch larger than
+// rpcWriteSize goes out in several writes, which yamux would have cut into
+// frames anyway.
 const (
-	// rpcWriteSize is the dialer's write buffer: a request.
+	// rpcWriteSize is a lent writer: one request or one response.
 	rpcWriteSize = 8 << 10
-	// rpcReadSize is every other buffer: responses, which are small, and
-	// the acceptor's reader, which reads from the RPC guard's own buffer.
+	// rpcReadSize is a reader: responses, which are small, and requests,
+	// which an accepted stream reads from the RPC guard's own buffer.
 	rpcReadSize = 4 << 10
 )
 
@@ -139,25 +142,51 @@ func encodeHandle() *codec.MsgpackHandle {
 	return h
 }
 
+// Buffers are lent to a stream for one request or one response, not owned
+// by it: a leader keeps two or three streams to every follower, idle
+// between heartbeats, and they then hold no buffer at all.
+var (
+	writeBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, rpcWriteSize) }}
+	readBufs  = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, rpcReadSize) }}
+)
+
+// errTrailingBytes means a peer sent more than the one response a request
+// asks for: it does not speak the protocol, and the stream is dropped.
+var errTrailingBytes = errors.New("raft stream: bytes after the response")
+
 // rpcConn is one dialled Raft stream.
 type rpcConn struct {
 	target raft.ServerAddress
 	conn   net.Conn
-	w      *bufio.Writer
-	dec    *codec.Decoder
-	enc    *codec.Encoder
+	enc    *codec.Encoder // bound to a lent writer for each request
+	dec    *codec.Decoder // bound to r, or to a lent reader for each response
+	// r is the stream's own reader once a pipeline uses it: several
+	// responses may then be in flight, and buffered, at once.
+	r *bufio.Reader
 }
 
 func (c *rpcConn) release() { _ = c.conn.Close() }
 
-// send writes one RPC and flushes it; on failure the stream is released.
+// send writes one RPC through a lent buffer and flushes it; on failure the
+// stream is released.
 func (c *rpcConn) send(typ uint8, args any) error {
-	err := c.w.WriteByte(typ)
+	w := writeBufs.Get().(*bufio.Writer)
+	w.Reset(c.conn)
+	defer func() {
+		w.Reset(nil)
+		writeBufs.Put(w)
+	}()
+	if c.enc == nil {
+		c.enc = codec.NewEncoder(w, encodeHandle())
+	} else {
+		c.enc.Reset(w)
+	}
+	err := w.WriteByte(typ)
 	if err == nil {
 		err = c.enc.Encode(args)
 	}
 	if err == nil {
-		err = c.w.Flush()
+		err = w.Flush()
 	}
 	if err != nil {
 		c.release()
@@ -168,6 +197,20 @@ func (c *rpcConn) send(typ uint8, args any) error {
 // recv reads one response into resp. It reports whether the stream may be
 // reused: a remote error leaves it usable, a broken stream is released.
 func (c *rpcConn) recv(resp any) (bool, error) {
+	r := c.r
+	if r == nil {
+		r = readBufs.Get().(*bufio.Reader)
+		r.Reset(c.conn)
+		defer func() {
+			r.Reset(nil)
+			readBufs.Put(r)
+		}()
+		if c.dec == nil {
+			c.dec = codec.NewDecoder(r, &codec.MsgpackHandle{})
+		} else {
+			c.dec.Reset(r)
+		}
+	}
 	var remoteErr string
 	if err := c.dec.Decode(&remoteErr); err != nil {
 		c.release()
@@ -177,10 +220,24 @@ func (c *rpcConn) recv(resp any) (bool, error) {
 		c.release()
 		return false, err
 	}
+	if c.r == nil && r.Buffered() > 0 {
+		c.release()
+		return false, errTrailingBytes
+	}
 	if remoteErr != "" {
 		return true, errors.New(remoteErr)
 	}
 	return true, nil
+}
+
+// pin gives the stream a reader of its own, for a pipeline.
+func (c *rpcConn) pin() {
+	c.r = bufio.NewReaderSize(c.conn, rpcReadSize)
+	if c.dec == nil {
+		c.dec = codec.NewDecoder(c.r, &codec.MsgpackHandle{})
+	} else {
+		c.dec.Reset(c.r)
+	}
 }
 
 // conn returns a pooled stream to target, or dials one.
@@ -201,14 +258,7 @@ func (t *raftNet) conn(target raft.ServerAddress) (*rpcConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &rpcConn{
-		target: target,
-		conn:   nc,
-		w:      bufio.NewWriterSize(nc, rpcWriteSize),
-		dec:    codec.NewDecoder(bufio.NewReaderSize(nc, rpcReadSize), &codec.MsgpackHandle{}),
-	}
-	c.enc = codec.NewEncoder(c.w, encodeHandle())
-	return c, nil
+	return &rpcConn{target: target, conn: nc}, nil
 }
 
 // put returns a healthy stream to the pool, or closes it when the pool is
@@ -277,10 +327,7 @@ func (t *raftNet) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, ar
 	if err := c.send(rpcInstallSnapshot, args); err != nil {
 		return err
 	}
-	if _, err := io.Copy(c.w, data); err != nil {
-		return err
-	}
-	if err := c.w.Flush(); err != nil {
+	if _, err := io.Copy(c.conn, data); err != nil {
 		return err
 	}
 	_, err = c.recv(resp)
@@ -293,6 +340,7 @@ func (t *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddre
 	if err != nil {
 		return nil, err
 	}
+	c.pin()
 	p := &rpcPipeline{
 		t: t, c: c,
 		// As NetworkTransport's: the decoder holds one request and the
@@ -408,30 +456,59 @@ func (t *raftNet) accept() {
 // the stream's peer; a refused one ends the stream as a clean EOF.
 func (t *raftNet) serve(conn net.Conn) {
 	defer conn.Close()
+	// The reader stays with the stream (a pipeline's requests arrive
+	// back to back); a writer is lent for each response.
 	r := bufio.NewReaderSize(conn, rpcReadSize)
-	w := bufio.NewWriterSize(conn, rpcReadSize)
 	dec := codec.NewDecoder(r, &codec.MsgpackHandle{})
-	enc := codec.NewEncoder(w, encodeHandle())
+	var enc *codec.Encoder
 	for {
-		if err := t.serveOne(r, dec, enc); err != nil {
+		resp, err := t.serveOne(r, dec)
+		if err == nil {
+			enc, err = respond(conn, enc, resp)
+		}
+		if err != nil {
 			if !errors.Is(err, io.EOF) && !t.isClosed() {
 				t.log.Debugw("raft stream ended", "peer", conn.RemoteAddr(), "err", err)
 			}
 			return
 		}
-		if err := w.Flush(); err != nil {
-			t.log.Debugw("raft stream: flush", "peer", conn.RemoteAddr(), "err", err)
-			return
-		}
 	}
 }
 
+// respond writes Raft's answer, an error string then the response, through
+// a lent buffer. It returns the encoder, for the stream's next answer.
+func respond(conn net.Conn, enc *codec.Encoder, resp raft.RPCResponse) (*codec.Encoder, error) {
+	w := writeBufs.Get().(*bufio.Writer)
+	w.Reset(conn)
+	defer func() {
+		w.Reset(nil)
+		writeBufs.Put(w)
+	}()
+	if enc == nil {
+		enc = codec.NewEncoder(w, encodeHandle())
+	} else {
+		enc.Reset(w)
+	}
+	msg := ""
+	if resp.Error != nil {
+		msg = resp.Error.Error()
+	}
+	if err := enc.Encode(msg); err != nil {
+		return enc, err
+	}
+	if err := enc.Encode(resp.Response); err != nil {
+		return enc, err
+	}
+	return enc, w.Flush()
+}
+
 // serveOne reads one RPC, hands it to Raft (or to the heartbeat handler) and
-// writes Raft's answer.
-func (t *raftNet) serveOne(r *bufio.Reader, dec *codec.Decoder, enc *codec.Encoder) error {
+// waits for Raft's answer.
+func (t *raftNet) serveOne(r *bufio.Reader, dec *codec.Decoder) (raft.RPCResponse, error) {
+	var none raft.RPCResponse
 	typ, err := r.ReadByte()
 	if err != nil {
-		return err
+		return none, err
 	}
 	respCh := make(chan raft.RPCResponse, 1)
 	rpc := raft.RPC{RespChan: respCh}
@@ -440,7 +517,7 @@ func (t *raftNet) serveOne(r *bufio.Reader, dec *codec.Decoder, enc *codec.Encod
 	case rpcAppendEntries:
 		var req raft.AppendEntriesRequest
 		if err := dec.Decode(&req); err != nil {
-			return err
+			return none, err
 		}
 		rpc.Command = &req
 		leader := req.Addr
@@ -453,31 +530,31 @@ func (t *raftNet) serveOne(r *bufio.Reader, dec *codec.Decoder, enc *codec.Encod
 	case rpcRequestVote:
 		var req raft.RequestVoteRequest
 		if err := dec.Decode(&req); err != nil {
-			return err
+			return none, err
 		}
 		rpc.Command = &req
 	case rpcRequestPreVote:
 		var req raft.RequestPreVoteRequest
 		if err := dec.Decode(&req); err != nil {
-			return err
+			return none, err
 		}
 		rpc.Command = &req
 	case rpcInstallSnapshot:
 		var req raft.InstallSnapshotRequest
 		if err := dec.Decode(&req); err != nil {
-			return err
+			return none, err
 		}
 		rpc.Command = &req
 		rpc.Reader = io.LimitReader(r, req.Size)
 	case rpcTimeoutNow:
 		var req raft.TimeoutNowRequest
 		if err := dec.Decode(&req); err != nil {
-			return err
+			return none, err
 		}
 		rpc.Command = &req
 	default:
 		// The guard refuses unknown types before they get here.
-		return errUnknownRPC
+		return none, errUnknownRPC
 	}
 	if fn := t.heartbeat.Load(); heartbeat && fn != nil {
 		(*fn)(rpc)
@@ -485,20 +562,13 @@ func (t *raftNet) serveOne(r *bufio.Reader, dec *codec.Decoder, enc *codec.Encod
 		select {
 		case t.consume <- rpc:
 		case <-t.closed:
-			return errTransportClosed
+			return none, errTransportClosed
 		}
 	}
 	select {
 	case resp := <-respCh:
-		msg := ""
-		if resp.Error != nil {
-			msg = resp.Error.Error()
-		}
-		if err := enc.Encode(msg); err != nil {
-			return err
-		}
-		return enc.Encode(resp.Response)
+		return resp, nil
 	case <-t.closed:
-		return errTransportClosed
+		return none, errTransportClosed
 	}
 }

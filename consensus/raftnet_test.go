@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/zap"
 )
@@ -344,5 +346,38 @@ func TestRaftNetCloseWhileRaftHoldsAnRPC(t *testing.T) {
 	var resp raft.RequestVoteResponse
 	if err := server.trans.RequestVote(raft.ServerID(client.addr), client.addr, &raft.RequestVoteRequest{RPCHeader: server.header(), Term: 1}, &resp); !errors.Is(err, raft.ErrTransportShutdown) {
 		t.Errorf("an RPC from a closed transport: %v, want %v", err, raft.ErrTransportShutdown)
+	}
+}
+
+// A peer that answers one request twice does not speak the protocol: the
+// caller gets an error, and the stream is dropped rather than pooled, so the
+// extra answer can never pass for the answer to a later request.
+func TestRaftNetDropsAStreamWithTwoAnswers(t *testing.T) {
+	client := newRaftNetEnd(t, false)
+	h := newHost(t)
+	t.Cleanup(func() { h.Close() })
+	h.SetStreamHandler(RaftProtocol, func(s network.Stream) {
+		var buf bytes.Buffer
+		enc := codec.NewEncoder(&buf, encodeHandle())
+		for range 2 {
+			enc.Encode("")
+			enc.Encode(&raft.RequestVoteResponse{Term: 5, Granted: true})
+		}
+		s.Write(buf.Bytes()) // both answers in one write, so they arrive together
+		io.Copy(io.Discard, s)
+	})
+	client.host.Peerstore().AddAddrs(h.ID(), h.Addrs(), time.Hour)
+	addr := raft.ServerAddress(h.ID().String())
+	var resp raft.RequestVoteResponse
+	err := client.trans.RequestVote(raft.ServerID(addr), addr, &raft.RequestVoteRequest{RPCHeader: client.header(), Term: 5}, &resp)
+	if !errors.Is(err, errTrailingBytes) {
+		t.Errorf("RequestVote answered twice: %v, want %v", err, errTrailingBytes)
+	}
+	rn := client.trans.(*raftNet)
+	rn.mu.Lock()
+	pooled := len(rn.pool[addr])
+	rn.mu.Unlock()
+	if pooled != 0 {
+		t.Errorf("%d pooled streams to a peer that answered twice, want 0", pooled)
 	}
 }
