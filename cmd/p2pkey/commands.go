@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -103,6 +104,8 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var bootstrap bool
 	var join, joinFile string
 	var heartbeat time.Duration
+	var keepStartupPages bool
+	var startupPagesAfter time.Duration
 	var relays []string
 	var natPortMap, noMDNS, noRelayService bool
 	var reachability string
@@ -261,6 +264,9 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 			cluster := n.Status().ClusterID // from disk while the ledger catches up
 			daemonLog.Infow(fmt.Sprintf("node %s running in cluster %s", n.ID(), cluster), "peer", n.ID(), "cluster", cluster, "socket", cfg.SocketPath())
 			sdDone = sd.watch(ctx, n)
+			if !keepStartupPages {
+				go releaseStartupPagesWhenSettled(ctx, n, startupPagesAfter)
+			}
 			for {
 				select {
 				case <-ctx.Done():
@@ -292,8 +298,53 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	ks.register(cmd)
 	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 3s, consensus.LANTiming)")
 	cmd.Flags().MarkHidden("raft-heartbeat")
+	cmd.Flags().BoolVar(&keepStartupPages, "keep-startup-pages", false, "keep the executable's pages used only while starting mapped (by default they are released once the node has been unlocked for a while; see docs/DESIGN.md, \"Idle cost\")")
+	cmd.Flags().DurationVar(&startupPagesAfter, "startup-pages-after", defaultStartupPagesAfter, "how long after the node first has its key the start-up pages are released")
+	cmd.Flags().MarkHidden("startup-pages-after")
 	return cmd
 }
+
+// defaultStartupPagesAfter is how long a daemon runs unlocked before it
+// releases its start-up pages: its first leader election, catch-up and
+// share exchanges are over by then.
+const defaultStartupPagesAfter = 30 * time.Second
+
+// releaseStartupPagesWhenSettled waits until the node has its key (unlocked,
+// or a first member's key not escrowed yet), then after, and releases the executable's start-up pages once
+// (releaseStartupPages).
+func releaseStartupPagesWhenSettled(ctx context.Context, n *node.Node, after time.Duration) {
+	events, cancel := n.Events()
+	defer cancel()
+	for {
+		if state, _ := n.LockState(); state != node.LockLocked {
+			break // unlocked, or holding a key not escrowed yet
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-events:
+			if !ok {
+				return
+			}
+		}
+	}
+	cancel()
+	t := time.NewTimer(after)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-t.C:
+	}
+	before, now, err := releaseStartupPages()
+	if err != nil {
+		daemonLog.Infow("start-up pages kept", "reason", err)
+		return
+	}
+	daemonLog.Infow("released the executable's start-up pages", "resident_before_mb", mb(before), "resident_after_mb", mb(now))
+}
+
+func mb(b int64) float64 { return float64(b*10/(1<<20)) / 10 }
 
 func newInviteCmd(g *globals) *cobra.Command {
 	var ttl, timeout time.Duration
