@@ -102,7 +102,8 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// build compiles the main package pkg (relative to the module root) to out.
+// build compiles the main package pkg (relative to the module root) to out,
+// statically (CGO_ENABLED=0), as testnet/testnet does.
 func build(pkg, out string) error {
 	root, err := moduleRoot()
 	if err != nil {
@@ -110,6 +111,7 @@ func build(pkg, out string) error {
 	}
 	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, msg)
 	}
