@@ -3,6 +3,7 @@ package consensus
 //lint:file-ignore SA1019 hashicorp/raft's wire format still carries the deprecated Leader and Candidate fields; the transport and the RPC guard read them, and tests send them
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -103,15 +104,17 @@ func (s *stampSM) Apply(now int64, cmd []byte) ([]byte, error) {
 func (s *stampSM) Snapshot() ([]byte, error) { return nil, nil }
 func (s *stampSM) Restore([]byte) error      { return nil }
 
-// FuzzRPCGuard feeds arbitrary bytes to the guard of an accepted Raft stream.
-// It must never panic, and every RPC it hands on must decode, with
-// hashicorp's own handle, to a request that names the stream's peer in every
-// identity field and passes the check.
+// FuzzRPCGuard feeds arbitrary bytes to an accepted Raft stream: through
+// the guard into raftNet's own handler (serveOne), as Consensus runs them.
+// Neither may panic, and every RPC the handler hands to Raft (or to the
+// heartbeat handler) must name the stream's peer in every identity field and
+// pass the check.
 func FuzzRPCGuard(f *testing.F) {
 	const remote = peer.ID("remote")
 	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(remote.String()), Addr: []byte(remote.String())}
 	other := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("someone"), Addr: []byte(remote.String())}
 	f.Add(frame(f, rpcAppendEntries, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 2, Leader: hdr.Addr, Entries: []*raft.Log{{Index: 1, Data: []byte("x")}}}))
+	f.Add(frame(f, rpcAppendEntries, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 2, Leader: hdr.Addr})) // a heartbeat
 	f.Add(append(frame(f, rpcInstallSnapshot, &raft.InstallSnapshotRequest{RPCHeader: hdr, Leader: hdr.Addr, Size: 3}), "abc"...))
 	f.Add(frame(f, rpcRequestVote, &raft.RequestVoteRequest{RPCHeader: other, Term: 9}))
 	f.Add(frame(f, rpcTimeoutNow, &raft.TimeoutNowRequest{RPCHeader: hdr}))
@@ -124,63 +127,55 @@ func FuzzRPCGuard(f *testing.F) {
 			return (&admission{raft: func() *raft.Raft { return nil }}).identity(in)
 		}
 		g := newRPCGuard(bytes.NewReader(data), remote, check, func(*rpcInfo, error) {})
-		r := &guardedHandler{g: g}
-		for r.next(t) {
+		rn := &raftNet{consume: make(chan raft.RPC), closed: make(chan struct{})}
+		answer := func(rpc raft.RPC) {
+			checkHandedOn(t, remote, rpc)
+			if rpc.Reader != nil {
+				io.Copy(io.Discard, rpc.Reader)
+			}
+			rpc.Respond(nil, nil)
 		}
+		rn.SetHeartbeatHandler(answer)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for rpc := range rn.consume {
+				answer(rpc)
+			}
+		}()
+		r := bufio.NewReaderSize(readerOnly{g}, rpcReadSize)
+		dec := codec.NewDecoder(r, &codec.MsgpackHandle{})
+		for {
+			if _, err := rn.serveOne(r, dec); err != nil {
+				break
+			}
+		}
+		close(rn.consume)
+		<-done
 	})
 }
 
-// guardedHandler reads from a guard the way NetworkTransport.handleConn does:
-// a type byte, then the request with a zero MsgpackHandle.
-type guardedHandler struct {
-	g   *rpcGuard
-	dec *codec.Decoder
-}
-
-func (h *guardedHandler) next(t *testing.T) bool {
-	if h.dec == nil {
-		h.dec = codec.NewDecoder(readerOnly{h.g}, &codec.MsgpackHandle{})
-	}
-	var b [1]byte
-	if _, err := io.ReadFull(readerOnly{h.g}, b[:]); err != nil {
-		return false
-	}
+// checkHandedOn fails t unless rpc names remote in every identity field.
+func checkHandedOn(t *testing.T, remote peer.ID, rpc raft.RPC) {
 	var hdr raft.RPCHeader
 	var named []byte
-	switch b[0] {
-	case rpcAppendEntries:
-		var req raft.AppendEntriesRequest
-		if err := h.dec.Decode(&req); err != nil {
-			t.Fatalf("handed on an AppendEntries that does not decode: %v", err)
-		}
+	switch req := rpc.Command.(type) {
+	case *raft.AppendEntriesRequest:
 		hdr, named = req.RPCHeader, req.Leader
-	case rpcInstallSnapshot:
-		var req raft.InstallSnapshotRequest
-		if err := h.dec.Decode(&req); err != nil {
-			t.Fatalf("handed on an InstallSnapshot that does not decode: %v", err)
-		}
+	case *raft.InstallSnapshotRequest:
 		hdr, named = req.RPCHeader, req.Leader
-		io.CopyN(io.Discard, readerOnly{h.g}, max(req.Size, 0))
-	case rpcTimeoutNow:
-		var req raft.TimeoutNowRequest
-		if err := h.dec.Decode(&req); err != nil {
-			t.Fatalf("handed on a TimeoutNow that does not decode: %v", err)
-		}
+	case *raft.TimeoutNowRequest:
 		hdr = req.RPCHeader
-	case rpcRequestPreVote:
-		var req raft.RequestPreVoteRequest
-		if err := h.dec.Decode(&req); err != nil {
-			t.Fatalf("handed on a RequestPreVote that does not decode: %v", err)
-		}
+	case *raft.RequestPreVoteRequest:
 		hdr = req.RPCHeader
 	default:
-		t.Fatalf("handed on RPC type %d", b[0])
+		t.Errorf("handed on %T", rpc.Command)
+		return
 	}
-	want := h.g.remote.String()
+	want := remote.String()
 	if string(hdr.ID) != want || string(hdr.Addr) != want || (len(named) > 0 && string(named) != want) {
-		t.Fatalf("handed on an RPC naming %q/%q/%q, not %q", hdr.ID, hdr.Addr, named, want)
+		t.Errorf("handed on an RPC naming %q/%q/%q, not %q", hdr.ID, hdr.Addr, named, want)
 	}
-	return true
 }
 
 // readerOnly hides the guard's other methods, as bufio would.
