@@ -22,12 +22,13 @@ import (
 // follower, so at 25 members those buffers were 14 MB of its heap, a third of
 // its resident memory. raftNet lends small buffers for one request or one
 // response instead (writeBufs, readBufs); only a pipeline's stream, and an
-// accepted stream, keep a reader. An AppendEntries batch larger than
-// rpcWriteSize goes out in several writes, which yamux would have cut into
-// frames anyway.
+// accepted stream, keep a reader. A lent writer costs memory only while an
+// RPC is being written, so it can be large enough that a big AppendEntries
+// batch (a command may be 1 MiB) goes out in few writes: each write is a
+// yamux frame, a Noise message and a system call.
 const (
 	// rpcWriteSize is a lent writer: one request or one response.
-	rpcWriteSize = 8 << 10
+	rpcWriteSize = 64 << 10
 	// rpcReadSize is a reader: responses, which are small, and requests,
 	// which an accepted stream reads from the RPC guard's own buffer.
 	rpcReadSize = 4 << 10
