@@ -29,11 +29,15 @@ func (e *statusError) Unwrap() error { return e.err }
 
 // defaultGCPercent is the garbage collector's target when GOGC is not set:
 // a daemon's heap is small and mostly idle, and collecting at 50% growth
-// instead of 100% keeps a 25-member daemon under 40 MB of RSS at no
-// measurable CPU cost (issue 13, bench/idle).
+// instead of 100% keeps its headroom small at no measurable CPU cost
+// (issue 13, bench/idle).
 const defaultGCPercent = 50
 
 func main() {
+	if err := harden(); err != nil {
+		fmt.Fprintf(os.Stderr, "p2pkey: cannot keep key material out of core dumps: %v\n", err)
+		os.Exit(exitError)
+	}
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
