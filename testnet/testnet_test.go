@@ -44,6 +44,7 @@ func testBinary(t testing.TB) string {
 		binPath = filepath.Join(binDir, "p2pkey")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/p2pkey")
 		cmd.Dir = ".."
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as testnet/testnet builds it
 		if out, err := cmd.CombinedOutput(); err != nil {
 			binErr = fmt.Errorf("go build ./cmd/p2pkey: %v\n%s", err, out)
 		}
