@@ -81,13 +81,31 @@ func (d *daemon) alive() bool {
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !portsGiven[port] {
+			portsGiven[port] = true
+			return port, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no loopback port not handed out before")
 }
+
+// portsGiven are the ports freePort has handed out: the kernel may offer a
+// closed listener's port again at once, and two daemons (or a Raft
+// configuration listing one address twice: "found duplicate address",
+// bench run of 5, 15 and 25 nodes) must not get the same one.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // moduleRoot is the directory of the module's go.mod.
 func moduleRoot() (string, error) {
@@ -336,10 +354,16 @@ func startRaft(ctx context.Context, stops *[]func(), bin, root string, n int) (*
 			c.mu.Unlock()
 			return c, nil
 		}
+		for _, d := range c.nodes {
+			if !d.alive() {
+				return c, fmt.Errorf("rafttcp %s exited before the cluster agreed on a leader (see its rafttcp.log)", d.name)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return c, fmt.Errorf("the rafttcp cluster did not agree on a leader: %w", ctx.Err())
 		case <-c.changed:
+		case <-time.After(time.Second): // a process that exits says nothing on c.changed
 		}
 	}
 }
