@@ -299,43 +299,58 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 3s, consensus.LANTiming)")
 	cmd.Flags().MarkHidden("raft-heartbeat")
 	cmd.Flags().BoolVar(&keepStartupPages, "keep-startup-pages", false, "keep the executable's pages used only while starting mapped (by default they are released once the node has been unlocked for a while; see docs/DESIGN.md, \"Idle cost\")")
-	cmd.Flags().DurationVar(&startupPagesAfter, "startup-pages-after", defaultStartupPagesAfter, "how long after the node first has its key the start-up pages are released")
+	cmd.Flags().DurationVar(&startupPagesAfter, "startup-pages-after", defaultStartupPagesAfter, "how long the cluster must be quiet, once the node has its key, before the start-up pages are released")
 	cmd.Flags().MarkHidden("startup-pages-after")
 	return cmd
 }
 
-// defaultStartupPagesAfter is how long a daemon runs unlocked before it
-// releases its start-up pages: its first leader election, catch-up and
-// share exchanges are over by then.
+// defaultStartupPagesAfter is how long a daemon that has its key waits for
+// its cluster to be quiet (no member, leader or generation change) before it
+// releases its start-up pages: joins, elections and re-shares run code the
+// idle daemon does not, and would fault much of it back in.
 const defaultStartupPagesAfter = 30 * time.Second
 
+// settling reports whether an event means the cluster is still changing.
+// The leader's re-announcement of the newest generation (every 30 s) and
+// unlock progress do not.
+func settling(e node.Event) bool {
+	switch e.Type {
+	case node.EventJoined, node.EventMemberAdded, node.EventMemberRemoved, node.EventMemberChanged,
+		node.EventLeaderChanged, node.EventGenerationOpen, node.EventGenerationDone, node.EventCatchingUp:
+		return true
+	}
+	return false
+}
+
 // releaseStartupPagesWhenSettled waits until the node has its key (unlocked,
-// or a first member's key not escrowed yet), then after, and releases the executable's start-up pages once
+// or a first member's key not escrowed yet) and its cluster has been quiet
+// for after, then releases the executable's start-up pages once
 // (releaseStartupPages).
 func releaseStartupPagesWhenSettled(ctx context.Context, n *node.Node, after time.Duration) {
 	events, cancel := n.Events()
 	defer cancel()
+	quiet := time.NewTimer(after)
+	defer quiet.Stop()
 	for {
-		if state, _ := n.LockState(); state != node.LockLocked {
-			break // unlocked, or holding a key not escrowed yet
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-events:
+		case e, ok := <-events:
 			if !ok {
 				return
 			}
+			if settling(e) {
+				quiet.Reset(after)
+			}
+			continue
+		case <-quiet.C:
 		}
+		if state, _ := n.LockState(); state != node.LockLocked {
+			break // unlocked, or holding a key not escrowed yet
+		}
+		quiet.Reset(after)
 	}
 	cancel()
-	t := time.NewTimer(after)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return
-	case <-t.C:
-	}
 	before, now, err := releaseStartupPages()
 	if err != nil {
 		daemonLog.Infow("start-up pages kept", "reason", err)
