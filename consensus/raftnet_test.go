@@ -71,6 +71,14 @@ func (e *raftNetEnd) configuration() []byte {
 	return raft.EncodeConfiguration(raft.Configuration{Servers: []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(e.addr), Address: e.addr}}})
 }
 
+// pooled is how many idle streams e's raftNet keeps to addr.
+func (e *raftNetEnd) pooled(addr raft.ServerAddress) int {
+	rn := e.trans.(*raftNet)
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	return len(rn.pool[addr])
+}
+
 // serveRPCs answers every RPC the transport hands to Raft with answer until
 // the test ends.
 func serveRPCs(t *testing.T, e *raftNetEnd, answer func(rpc raft.RPC)) {
@@ -128,10 +136,7 @@ func TestRaftNetInstallSnapshot(t *testing.T) {
 	default:
 		t.Error("the snapshot's bytes did not reach Raft")
 	}
-	rn := client.trans.(*raftNet)
-	rn.mu.Lock()
-	pooled := len(rn.pool[server.addr])
-	rn.mu.Unlock()
+	pooled := client.pooled(server.addr)
 	if pooled != 0 {
 		t.Errorf("%d pooled streams after a snapshot, want 0", pooled)
 	}
@@ -234,10 +239,7 @@ func TestRaftNetPipelineHeartbeatAndErrors(t *testing.T) {
 	if vote.Term != 4 {
 		t.Errorf("RequestVote response %+v, want term 4 alongside the error", vote)
 	}
-	rn := client.trans.(*raftNet)
-	rn.mu.Lock()
-	pooled := len(rn.pool[server.addr])
-	rn.mu.Unlock()
+	pooled := client.pooled(server.addr)
 	if pooled != 1 {
 		t.Errorf("%d pooled streams after a heartbeat and a refused vote on one stream, want 1", pooled)
 	}
@@ -373,10 +375,7 @@ func TestRaftNetDropsAStreamWithTwoAnswers(t *testing.T) {
 	if !errors.Is(err, errTrailingBytes) {
 		t.Errorf("RequestVote answered twice: %v, want %v", err, errTrailingBytes)
 	}
-	rn := client.trans.(*raftNet)
-	rn.mu.Lock()
-	pooled := len(rn.pool[addr])
-	rn.mu.Unlock()
+	pooled := client.pooled(addr)
 	if pooled != 0 {
 		t.Errorf("%d pooled streams to a peer that answered twice, want 0", pooled)
 	}
