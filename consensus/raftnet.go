@@ -20,8 +20,8 @@ import (
 // stream a 256 KiB buffer at each end (the dialer's writer, the acceptor's
 // reader) for the stream's life: a leader keeps a few pooled streams per
 // follower, so at 25 members those buffers were 14 MB of its heap, a third of
-// its resident memory. raftNet lends small buffers for one request or one
-// response instead (writeBufs, readBufs); only a pipeline's stream, and an
+// its resident memory. raftNet lends buffers for one request or one response
+// instead (writeBufs, readBufs); only a pipeline's stream, and an
 // accepted stream, keep a reader. A lent writer costs memory only while an
 // RPC is being written, so it can be large enough that a big AppendEntries
 // batch (a command may be 1 MiB) goes out in few writes: each write is a
@@ -49,7 +49,7 @@ var errTransportClosed = raft.ErrTransportShutdown
 // protocol byte for byte (a type byte and a msgpack request; a msgpack error
 // string and a msgpack response; a snapshot's bytes after its request), so
 // RaftProtocol did not change with it, over streamLayer's gated streams, with
-// buffers sized for p2pkey's RPCs instead of 256 KiB ones. Its semantics are
+// buffers lent per RPC instead of two 256 KiB ones per stream. Its semantics are
 // NetworkTransport's: pooled streams per peer, a deadline per RPC (scaled by
 // size for a snapshot), pipelined AppendEntries, and the heartbeat fast path.
 type raftNet struct {
