@@ -298,7 +298,7 @@ GOLOG_LOG_LEVEL="info,p2pkey/consensus=debug"; GOLOG_LOG_FMT=json gives JSON.`,
 	ks.register(cmd)
 	cmd.Flags().DurationVar(&heartbeat, "raft-heartbeat", 0, "Raft heartbeat and election timeout (default 3s, consensus.LANTiming)")
 	cmd.Flags().MarkHidden("raft-heartbeat")
-	cmd.Flags().BoolVar(&keepStartupPages, "keep-startup-pages", false, "keep the executable's pages used only while starting mapped (by default they are released once the node has been unlocked for a while; see docs/DESIGN.md, \"Idle cost\")")
+	cmd.Flags().BoolVar(&keepStartupPages, "keep-startup-pages", false, "keep the executable's pages used only while starting mapped (by default they are released once the node has its key and the cluster has been quiet for 30 s; see docs/DESIGN.md, \"Idle cost\")")
 	cmd.Flags().DurationVar(&startupPagesAfter, "startup-pages-after", defaultStartupPagesAfter, "how long the cluster must be quiet, once the node has its key, before the start-up pages are released")
 	cmd.Flags().MarkHidden("startup-pages-after")
 	return cmd
