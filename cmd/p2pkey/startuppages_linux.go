@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -80,27 +79,36 @@ type mapping struct {
 	path       string
 }
 
-// parseMaps reads /proc/PID/maps; lines it cannot read are skipped.
+// parseMaps reads /proc/PID/maps: the mappings of files. Anonymous mappings
+// and lines it cannot read are skipped.
 func parseMaps(b []byte) []mapping {
 	var out []mapping
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 6 {
-			continue // anonymous: no path
+	for line := range bytes.Lines(b) {
+		if m, ok := parseMapLine(string(line)); ok && m.path != "" {
+			out = append(out, m)
 		}
-		lo, hi, ok := strings.Cut(f[0], "-")
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 != nil || err2 != nil || end <= start {
-			continue
-		}
-		out = append(out, mapping{start: uintptr(start), end: uintptr(end), perms: f[1], path: strings.Join(f[5:], " ")})
 	}
 	return out
+}
+
+// parseMapLine reads one mapping line of /proc/PID/maps or smaps (path ""
+// for an anonymous mapping). smaps' field lines ("Rss: 12 kB") are not
+// mapping lines.
+func parseMapLine(line string) (mapping, bool) {
+	f := strings.Fields(line)
+	if len(f) < 5 {
+		return mapping{}, false
+	}
+	lo, hi, ok := strings.Cut(f[0], "-")
+	if !ok {
+		return mapping{}, false
+	}
+	start, err1 := strconv.ParseUint(lo, 16, 64)
+	end, err2 := strconv.ParseUint(hi, 16, 64)
+	if err1 != nil || err2 != nil || end <= start {
+		return mapping{}, false
+	}
+	return mapping{start: uintptr(start), end: uintptr(end), perms: f[1], path: strings.Join(f[5:], " ")}, true
 }
 
 // executableRSS sums the resident bytes of this process's mappings of exe
@@ -113,17 +121,12 @@ func executableRSS(exe string) (int64, error) {
 	var total int64
 	in := false
 	for line := range bytes.Lines(b) {
-		f := strings.Fields(string(line))
-		if len(f) == 0 {
+		if m, ok := parseMapLine(string(line)); ok {
+			in = m.path == exe
 			continue
 		}
-		if strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
-			in = len(f) >= 6 && strings.Join(f[5:], " ") == exe
-			continue
-		}
-		if in && f[0] == "Rss:" && len(f) >= 2 {
-			kb, err := strconv.ParseInt(f[1], 10, 64)
-			if err == nil {
+		if f := strings.Fields(string(line)); in && len(f) >= 2 && f[0] == "Rss:" {
+			if kb, err := strconv.ParseInt(f[1], 10, 64); err == nil {
 				total += kb << 10
 			}
 		}
