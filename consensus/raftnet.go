@@ -152,7 +152,8 @@ var (
 )
 
 // errTrailingBytes means a peer sent more than the one response a request
-// asks for: it does not speak the protocol, and the stream is dropped.
+// asks for, as far as the reader has seen: it does not speak the protocol,
+// and the stream is dropped.
 var errTrailingBytes = errors.New("raft stream: bytes after the response")
 
 // rpcConn is one dialled Raft stream.

@@ -351,9 +351,12 @@ func TestRaftNetCloseWhileRaftHoldsAnRPC(t *testing.T) {
 	}
 }
 
-// A peer that answers one request twice does not speak the protocol: the
-// caller gets an error, and the stream is dropped rather than pooled, so the
-// extra answer can never pass for the answer to a later request.
+// A peer that answers one request twice, in one write, does not speak the
+// protocol: the caller gets an error, and the stream is dropped rather than
+// pooled, so the extra answer does not pass for the answer to a later
+// request. (An extra answer sent later is read as the next one: the peer
+// could as well have sent that answer to the next request, so it gains
+// nothing.)
 func TestRaftNetDropsAStreamWithTwoAnswers(t *testing.T) {
 	client := newRaftNetEnd(t, false)
 	h := newHost(t)
