@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"testing"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
@@ -197,3 +198,47 @@ func frame(t testing.TB, typ uint8, req any) []byte {
 type nopCloser struct{ *bytes.Reader }
 
 func (nopCloser) Close() error { return nil }
+
+// FuzzRaftNetResponse feeds arbitrary bytes to raftNet's client as a peer's
+// answer to one RPC: it must never panic, and a stream it keeps for the
+// pool must have held exactly one answer.
+func FuzzRaftNetResponse(f *testing.F) {
+	answer := func(remoteErr string, resp any) []byte {
+		var buf bytes.Buffer
+		enc := codec.NewEncoder(&buf, encodeHandle())
+		if err := enc.Encode(remoteErr); err != nil {
+			f.Fatal(err)
+		}
+		if err := enc.Encode(resp); err != nil {
+			f.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	f.Add(answer("", &raft.AppendEntriesResponse{Term: 3, LastLog: 9, Success: true}))
+	f.Add(answer("not today", &raft.AppendEntriesResponse{Term: 3}))
+	f.Add(append(answer("", &raft.AppendEntriesResponse{}), answer("", &raft.AppendEntriesResponse{})...))
+	f.Add([]byte{0xdb, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		conn := &bytesConn{r: bytes.NewReader(data)}
+		c := &rpcConn{conn: conn}
+		var resp raft.AppendEntriesResponse
+		reusable, _ := c.recv(&resp)
+		if reusable && conn.closed {
+			t.Fatal("a released stream is reported reusable")
+		}
+		if reusable && conn.r.Len() > 0 && len(data) <= rpcReadSize {
+			t.Fatalf("a stream with %d bytes after its answer is reported reusable", conn.r.Len())
+		}
+	})
+}
+
+// bytesConn is a net.Conn that reads from r and records Close; recv uses
+// nothing else.
+type bytesConn struct {
+	net.Conn
+	r      *bytes.Reader
+	closed bool
+}
+
+func (c *bytesConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *bytesConn) Close() error               { c.closed = true; return nil }
